@@ -1,0 +1,82 @@
+//! Builds and runs the API server: the seam between `main` and the test harness.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{EndpointExt, Route, Server};
+use tasklane_shared::config::Settings;
+use tasklane_shared::redis::Keys;
+
+use crate::http::HttpPolicy;
+use crate::openapi;
+use crate::state::AppState;
+
+/// A bound, not yet running API server.
+pub struct Application {
+    acceptor: poem::listener::TcpAcceptor,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to the dependencies (lazily: start-up does not wait for them) and binds the
+    /// listener, so the port is known before the server runs (tests bind port 0).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = tasklane_shared::db::connect(&settings)?;
+        let redis = tasklane_shared::redis::connect(&settings)?;
+        let state = AppState {
+            db,
+            redis,
+            keys: Keys::new(settings.redis_prefix.clone()),
+            metrics: tasklane_shared::telemetry::metrics_handle(),
+            settings: Arc::new(settings),
+        };
+        let acceptor = TcpListener::bind(state.settings.api_addr).into_acceptor().await?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().copied())
+            .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        Ok(Self { acceptor, local_addr, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
+    /// finish within the configured grace period.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let grace = self.state.settings.shutdown_grace;
+        let policy = HttpPolicy {
+            cors_origins: self.state.settings.cors_origins.clone(),
+            max_body_bytes: self.state.settings.max_body_bytes,
+        };
+        tracing::info!(addr = %self.local_addr, "API listening");
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(routes(self.state).with(policy), shutdown, Some(grace))
+            .await?;
+        tracing::info!("API stopped");
+        Ok(())
+    }
+}
+
+/// Every route of the service.
+pub fn routes(state: AppState) -> impl poem::Endpoint {
+    let api = openapi::service();
+    let docs = api.swagger_ui();
+    let spec = poem::endpoint::make_sync(|_| {
+        poem::Response::builder().content_type("application/json").body(openapi::spec_json())
+    });
+    Route::new()
+        .nest("/docs", docs)
+        .at("/api/openapi.json", spec)
+        .nest("/", api)
+        .data(state)
+}

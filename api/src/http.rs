@@ -1,0 +1,206 @@
+//! The HTTP policy every response passes through (SPEC section 2).
+//!
+//! One middleware, outermost, so that nothing — not a 404 from the router, a 405 from
+//! poem-openapi, a body it cannot parse, nor a panic-free internal error — escapes without
+//! the request id, the security headers, CORS and a problem+json body. It also enforces
+//! the body limit and records the request metrics.
+//!
+//! Why not poem's own middlewares: `SizeLimit` answers 411 to every request without a
+//! `Content-Length` (so to plain GETs) and never bounds a chunked body; `Cors` answers 403 to
+//! any origin not on its list, which would break same-origin requests from Swagger UI
+//! (browsers send `Origin` on POST). Both rules are a few lines here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response, Result};
+use tracing::Instrument;
+
+use crate::problem::Problem;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+/// Swagger UI is one HTML page with inline script and style that calls the API itself.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                        img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
+const CORS_ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+const CORS_ALLOW_HEADERS: &str =
+    "authorization, content-type, if-match, if-none-match, last-event-id, x-request-id";
+const CORS_EXPOSE_HEADERS: &str = "etag, location, retry-after, x-cache, x-request-id";
+
+/// The id of the current request, available to handlers as request data.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Settings of the policy, taken from [`tasklane_shared::config::Settings`].
+#[derive(Debug, Clone)]
+pub struct HttpPolicy {
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+impl<E: Endpoint> Middleware<E> for HttpPolicy {
+    type Output = HttpPolicyEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        HttpPolicyEndpoint { inner, policy: Arc::new(self.clone()) }
+    }
+}
+
+pub struct HttpPolicyEndpoint<E> {
+    inner: E,
+    policy: Arc<HttpPolicy>,
+}
+
+impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> Result<Response> {
+        let started = Instant::now();
+        let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        req.set_data(RequestId(request_id.clone()));
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|origin| self.policy.allows_origin(origin))
+            .cloned();
+        let span = tracing::info_span!("request", %request_id, %method, %path);
+
+        async move {
+            let (mut resp, route) = if origin.is_some() && is_preflight(&req) {
+                (preflight_response(), "preflight".to_owned())
+            } else {
+                self.call_inner(req, &request_id).await
+            };
+            let status = resp.status();
+            apply_headers(&mut resp, &request_id, origin, path.starts_with("/docs"));
+            let elapsed = started.elapsed().as_secs_f64();
+            let labels = [
+                ("method", method.to_string()),
+                ("route", route),
+                ("status", status.as_u16().to_string()),
+            ];
+            metrics::counter!("http_requests_total", &labels).increment(1);
+            metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed);
+            tracing::info!(status = status.as_u16(), elapsed_ms = elapsed * 1000.0, "request done");
+            Ok(resp)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl<E: Endpoint> HttpPolicyEndpoint<E> {
+    /// Runs the inner endpoint; returns the response (errors as problems) and the matched
+    /// route pattern, which labels metrics without one series per task id.
+    async fn call_inner(&self, mut req: Request, request_id: &str) -> (Response, String) {
+        if let Err(problem) = self.limit_body(&mut req).await {
+            return (problem.with_request_id(request_id).into_response(), "unmatched".into());
+        }
+        match self.inner.call(req).await {
+            Ok(resp) => {
+                let resp = resp.into_response();
+                let route = route_of(resp.data::<poem::PathPattern>());
+                (resp, route)
+            }
+            Err(err) => {
+                let route = route_of(err.data::<poem::PathPattern>());
+                let problem = Problem::from_error(&err);
+                let mut resp = problem.with_request_id(request_id).into_response();
+                if err.status() == StatusCode::UNAUTHORIZED {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                (resp, route)
+            }
+        }
+    }
+
+    /// 413 for a body over the limit: by `Content-Length` when given, otherwise by reading
+    /// at most the limit of a streamed body (which is then handed on from memory).
+    async fn limit_body(&self, req: &mut Request) -> Result<(), Problem> {
+        let max = self.policy.max_body_bytes;
+        let too_large = || {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is larger than the limit of {max} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(length) if length > max as u64 => Err(too_large()),
+            Some(_) => Ok(()),
+            None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
+                let bytes = req.take_body().into_bytes_limit(max).await.map_err(|_| too_large())?;
+                req.set_body(Body::from_bytes(bytes));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn route_of(pattern: Option<&poem::PathPattern>) -> String {
+    pattern.map_or_else(|| "unmatched".to_owned(), |p| p.0.to_string())
+}
+
+impl HttpPolicy {
+    /// Origins match exactly (scheme, host and port), as browsers send them.
+    fn allows_origin(&self, origin: &HeaderValue) -> bool {
+        origin
+            .to_str()
+            .map(|origin| self.cors_origins.iter().any(|allowed| allowed == origin))
+            .unwrap_or(false)
+    }
+}
+
+/// An incoming id is kept only if it is short and plain, so it cannot forge log lines.
+fn incoming_request_id(req: &Request) -> Option<String> {
+    let value = req.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    (!value.is_empty() && value.len() <= 128 && value.chars().all(plain)).then(|| value.to_owned())
+}
+
+fn is_preflight(req: &Request) -> bool {
+    req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+fn preflight_response() -> Response {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, CORS_ALLOW_METHODS)
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, CORS_ALLOW_HEADERS)
+        .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+        .finish()
+}
+
+fn apply_headers(resp: &mut Response, request_id: &str, origin: Option<HeaderValue>, docs: bool) {
+    let headers = resp.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, id);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(if docs { DOCS_CSP } else { API_CSP }),
+    );
+    // A handler that sets its own caching (an ETag, an explicit Cache-Control) means it.
+    if !headers.contains_key(header::CACHE_CONTROL) && !headers.contains_key(header::ETAG) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    // Responses differ by Origin whether or not this one was allowed, so caches must key on it.
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(CORS_EXPOSE_HEADERS));
+    }
+}

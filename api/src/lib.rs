@@ -1,0 +1,17 @@
+//! The Tasklane HTTP API.
+//!
+//! # Layout
+//! - [`app`]: builds the server from settings ([`app::Application`]), the entry point of
+//!   `main` and of the test harness.
+//! - [`http`]: the policy every response passes through (request id, problem+json, security
+//!   headers, CORS, body limit, metrics).
+//! - [`problem`]: the RFC 9457 error shape.
+//! - [`openapi`]: the document and its tags; [`ops`]: health and metrics.
+//! - [`state`]: what handlers share.
+
+pub mod app;
+pub mod http;
+pub mod openapi;
+pub mod ops;
+pub mod problem;
+pub mod state;

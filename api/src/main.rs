@@ -1,0 +1,31 @@
+//! `tasklane-api`: serves the API (`serve`, the default), applies migrations (`migrate`) or
+//! prints the OpenAPI document (`openapi`).
+
+use anyhow::Context;
+use tasklane_api::app::Application;
+use tasklane_shared::config::Settings;
+use tasklane_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
+    if command == "openapi" {
+        print!("{}", tasklane_api::openapi::spec_json());
+        return Ok(());
+    }
+    let settings = Settings::from_env()?;
+    telemetry::init_tracing(&settings);
+    match command.as_str() {
+        "serve" => {
+            let app = Application::build(settings).await.context("starting the API")?;
+            app.run_until_stopped(shutdown::signal()).await
+        }
+        "migrate" => {
+            let pool = tasklane_shared::db::connect(&settings)?;
+            tasklane_shared::db::migrate(&pool).await.context("applying migrations")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        other => anyhow::bail!("unknown command {other:?}; expected serve, migrate or openapi"),
+    }
+}

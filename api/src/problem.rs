@@ -1,0 +1,116 @@
+//! Errors as RFC 9457 `application/problem+json`, the one error shape of the API.
+//!
+//! Handlers return typed problems in their response enums; everything else that fails a
+//! request (unknown route, wrong method, a body poem-openapi cannot parse, an oversized body,
+//! an internal error) arrives at the HTTP layer as a `poem::Error` and is turned into the
+//! same shape by [`Problem::from_error`]. Internal details never reach the client: a 5xx says
+//! only that something failed, and the cause is logged with the request id.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::Object;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// A problem detail (RFC 9457).
+#[derive(Debug, Clone, Object, serde::Serialize)]
+#[oai(example)]
+pub struct Problem {
+    /// A URI naming the kind of problem; stable, so clients may branch on it.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request, for a person.
+    pub detail: String,
+    /// The request's `X-Request-Id`; quote it when reporting a problem.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// One entry per invalid field, when the problem is invalid input.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, Object, serde::Serialize)]
+pub struct FieldError {
+    /// Path of the field, e.g. `title` or `tasks[3].title`.
+    pub field: String,
+    /// A stable machine-readable code, e.g. `too_long`.
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem of the given status; `code` becomes the `type` URN.
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            problem_type: format!("urn:tasklane:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            request_id: None,
+            errors: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, request_id: &str) -> Self {
+        self.request_id = Some(request_id.to_owned());
+        self
+    }
+
+    /// Maps any error that escaped a handler to a problem; 5xx details are logged, not sent.
+    pub fn from_error(err: &poem::Error) -> Self {
+        let status = err.status();
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNPROCESSABLE_ENTITY => "validation_failed",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            s if s.is_server_error() => "internal",
+            _ => "error",
+        };
+        let detail = if status.is_server_error() {
+            tracing::error!(error = %err, ?status, "request failed");
+            "the server could not complete the request; quote the request id when reporting it".to_owned()
+        } else {
+            match status {
+                StatusCode::NOT_FOUND => "no resource matches this path".to_owned(),
+                StatusCode::METHOD_NOT_ALLOWED => "this path does not support this method".to_owned(),
+                _ => err.to_string(),
+            }
+        };
+        Self::new(status, code, detail)
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl poem_openapi::types::Example for Problem {
+    fn example() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no resource matches this path")
+            .with_request_id("0193a0c4-5b1e-7c4e-9a51-3f2b9d1e8a77")
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        Response::builder()
+            .status(self.status_code())
+            .content_type(CONTENT_TYPE)
+            .body(body)
+    }
+}

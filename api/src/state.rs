@@ -1,0 +1,19 @@
+//! The one state every handler reaches through `Data<&AppState>`; cheap to clone.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tasklane_shared::config::Settings;
+use tasklane_shared::redis::Keys;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    /// Multiplexed and self-reconnecting; clone per use.
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub settings: Arc<Settings>,
+    pub metrics: PrometheusHandle,
+}

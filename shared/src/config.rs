@@ -1,0 +1,366 @@
+//! Settings for both binaries, read once from the environment.
+//!
+//! Variable names follow the ecosystem where one exists (`DATABASE_URL`, `REDIS_URL`,
+//! `AWS_*`, ...) and are `TASKLANE_*` otherwise; the README lists every one. Defaults exist
+//! only so that a developer can start the stack with no configuration: in `prod` every
+//! connection setting must be given and weak secrets stop start-up, with every problem
+//! reported at once rather than one per restart.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Which profile the process runs under; decides defaults, validation and log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Dev,
+    Test,
+    Prod,
+}
+
+impl Environment {
+    fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "dev" | "development" => Some(Self::Dev),
+            "test" => Some(Self::Test),
+            "prod" | "production" => Some(Self::Prod),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dev => "dev",
+            Self::Test => "test",
+            Self::Prod => "prod",
+        }
+    }
+}
+
+/// Every setting of the API and the worker. Secrets are [`SecretString`] so that a
+/// `{:?}` of the settings (we log it at start-up) never prints them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub env: Environment,
+    /// Where the API listens (`TASKLANE_API_ADDR`).
+    pub api_addr: SocketAddr,
+    /// Where a worker serves `/health/*` and `/metrics` (`TASKLANE_WORKER_ADDR`); port 0
+    /// picks a free one so several workers can run on one host.
+    pub worker_addr: SocketAddr,
+    pub database_url: SecretString,
+    /// Connections per process; the API and each worker hold their own pool.
+    pub database_max_connections: u32,
+    pub redis_url: SecretString,
+    /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
+    pub redis_prefix: String,
+    pub smtp_url: SecretString,
+    /// Sender of every email.
+    pub mail_from: String,
+    pub s3: S3Settings,
+    pub jwt_secret: SecretString,
+    /// Origin used to build links in emails; never taken from a request's `Host`.
+    pub public_url: url::Url,
+    /// Origins allowed to call the API from a browser; empty means no cross-origin access.
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted, in bytes; larger ones get a 413.
+    pub max_body_bytes: usize,
+    /// A `tracing_subscriber::EnvFilter` directive (`TASKLANE_LOG`).
+    pub log_filter: String,
+    /// How long the API waits for in-flight requests, and a worker for running jobs, on
+    /// SIGTERM before giving up (`TASKLANE_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
+    /// How often the outbox relay polls when no notification arrives
+    /// (`TASKLANE_RELAY_POLL_MS`); LISTEN/NOTIFY makes the common case immediate.
+    pub relay_poll_interval: Duration,
+    /// How long a job claim lasts without a heartbeat (`TASKLANE_JOB_LEASE_SECS`): a job held
+    /// by a worker that died is handed to another worker within about this long.
+    pub job_lease: Duration,
+    /// How long finished jobs stay in Redis for inspection (`TASKLANE_JOB_RETENTION_SECS`).
+    pub job_retention: Duration,
+    /// How long dead jobs stay in Redis for inspection and retry
+    /// (`TASKLANE_DEAD_JOB_RETENTION_SECS`).
+    pub dead_job_retention: Duration,
+    /// Jobs one worker process runs at once per job kind (`TASKLANE_WORKER_CONCURRENCY`).
+    pub worker_concurrency: usize,
+}
+
+/// Object storage settings. `public_endpoint` is the host clients use, which is what
+/// presigned URLs must be signed for; it differs from `endpoint` behind a proxy or in compose.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub public_endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+}
+
+const DEV_JWT_SECRET: &str = "tasklane-dev-only-jwt-secret-change-me-in-prod";
+const DEV_AWS_ACCESS_KEY_ID: &str = "tasklane-dev";
+const DEV_AWS_SECRET_ACCESS_KEY: &str = "tasklane-dev-secret";
+/// The smallest JWT secret accepted in prod: HS256 wants at least its output size.
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Every problem found while reading the settings, so one start-up reports them all.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads settings from a map of variables; the seam tests use instead of the process
+    /// environment, which is shared by every test in the binary.
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut reader = Reader { vars, problems: Vec::new(), env: Environment::Dev };
+        let env = match reader.raw("TASKLANE_ENV") {
+            None => Environment::Dev,
+            Some(raw) => Environment::parse(&raw).unwrap_or_else(|| {
+                reader.problems.push(format!(
+                    "TASKLANE_ENV must be dev, test or prod (got {raw:?})"
+                ));
+                Environment::Dev
+            }),
+        };
+        reader.env = env;
+        let r = &mut reader;
+
+        let api_addr = r.parsed("TASKLANE_API_ADDR", "127.0.0.1:8080");
+        let worker_addr = r.parsed("TASKLANE_WORKER_ADDR", "127.0.0.1:8081");
+        let database_url = r.secret("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tasklane");
+        let database_max_connections = r.parsed_any("TASKLANE_DATABASE_MAX_CONNECTIONS", "10");
+        let redis_url = r.secret("REDIS_URL", "redis://127.0.0.1:6379");
+        let redis_prefix = r.string_any("TASKLANE_REDIS_PREFIX", "tasklane");
+        let smtp_url = r.secret("SMTP_URL", "smtp://127.0.0.1:1025");
+        let mail_from = r.string_any("TASKLANE_MAIL_FROM", "Tasklane <no-reply@tasklane.local>");
+        let endpoint = r.string("S3_ENDPOINT", "http://127.0.0.1:9000");
+        let public_endpoint = r.raw("S3_PUBLIC_ENDPOINT").unwrap_or_else(|| endpoint.clone());
+        let s3 = S3Settings {
+            public_endpoint,
+            bucket: r.string("S3_BUCKET", "tasklane"),
+            region: r.string_any("AWS_REGION", "us-east-1"),
+            access_key_id: r.string("AWS_ACCESS_KEY_ID", DEV_AWS_ACCESS_KEY_ID),
+            secret_access_key: r.secret("AWS_SECRET_ACCESS_KEY", DEV_AWS_SECRET_ACCESS_KEY),
+            endpoint,
+        };
+        let jwt_secret = r.secret("JWT_SECRET", DEV_JWT_SECRET);
+        let public_url = r.parsed("PUBLIC_URL", "http://127.0.0.1:8080");
+        let cors_origins = r
+            .string_any("TASKLANE_CORS_ORIGINS", "")
+            .split(',')
+            .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+            .filter(|origin| !origin.is_empty())
+            .collect();
+        let max_body_bytes = r.parsed_any("TASKLANE_MAX_BODY_BYTES", "1048576");
+        let log_filter = r.string_any("TASKLANE_LOG", "info");
+        let shutdown_grace = Duration::from_secs(r.parsed_any("TASKLANE_SHUTDOWN_GRACE_SECS", "25"));
+        let relay_poll_interval = Duration::from_millis(r.parsed_any("TASKLANE_RELAY_POLL_MS", "1000"));
+
+        let job_lease = Duration::from_secs(r.parsed_any("TASKLANE_JOB_LEASE_SECS", "15"));
+        let job_retention = Duration::from_secs(r.parsed_any("TASKLANE_JOB_RETENTION_SECS", "86400"));
+        let dead_job_retention = Duration::from_secs(r.parsed_any("TASKLANE_DEAD_JOB_RETENTION_SECS", "604800"));
+        let worker_concurrency = r.parsed_any("TASKLANE_WORKER_CONCURRENCY", "8");
+
+        let settings = Settings {
+            env,
+            api_addr,
+            worker_addr,
+            database_url,
+            database_max_connections,
+            redis_url,
+            redis_prefix,
+            smtp_url,
+            mail_from,
+            s3,
+            jwt_secret,
+            public_url,
+            cors_origins,
+            max_body_bytes,
+            log_filter,
+            shutdown_grace,
+            relay_poll_interval,
+            job_lease,
+            job_retention,
+            dead_job_retention,
+            worker_concurrency,
+        };
+        if env == Environment::Prod {
+            settings.check_prod_secrets(&mut reader.problems);
+        }
+        if settings.job_lease < Duration::from_secs(3) {
+            reader.problems.push("TASKLANE_JOB_LEASE_SECS must be at least 3 (heartbeats renew it every third)".into());
+        }
+        if settings.worker_concurrency == 0 {
+            reader.problems.push("TASKLANE_WORKER_CONCURRENCY must be at least 1".into());
+        }
+        if reader.problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError { problems: reader.problems })
+        }
+    }
+
+    fn check_prod_secrets(&self, problems: &mut Vec<String>) {
+        let jwt = self.jwt_secret.expose_secret();
+        if jwt.len() < MIN_JWT_SECRET_BYTES || jwt == DEV_JWT_SECRET {
+            problems.push(format!(
+                "JWT_SECRET must be a random secret of at least {MIN_JWT_SECRET_BYTES} bytes in prod \
+                 (e.g. `openssl rand -base64 48`)"
+            ));
+        }
+        if self.s3.access_key_id == DEV_AWS_ACCESS_KEY_ID
+            || self.s3.secret_access_key.expose_secret() == DEV_AWS_SECRET_ACCESS_KEY
+        {
+            problems.push("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are the dev defaults; set real credentials in prod".into());
+        }
+        if self.public_url.scheme() != "https" {
+            problems.push(format!("PUBLIC_URL must be https in prod (got {})", self.public_url));
+        }
+    }
+}
+
+/// Reads variables, applying defaults outside prod and collecting problems.
+struct Reader {
+    vars: HashMap<String, String>,
+    problems: Vec<String>,
+    env: Environment,
+}
+
+impl Reader {
+    fn raw(&self, key: &str) -> Option<String> {
+        self.vars.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    /// A setting that has a default only outside prod (connection strings, credentials).
+    fn string(&mut self, key: &str, dev_default: &str) -> String {
+        match self.raw(key) {
+            Some(value) => value,
+            None if self.env == Environment::Prod => {
+                self.problems.push(format!("{key} is required in prod"));
+                String::new()
+            }
+            None => dev_default.to_owned(),
+        }
+    }
+
+    /// A setting whose default is fine everywhere (tuning, names).
+    fn string_any(&mut self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn secret(&mut self, key: &str, dev_default: &str) -> SecretString {
+        SecretString::from(self.string(key, dev_default))
+    }
+
+    fn parse_or_report<T: std::str::FromStr>(&mut self, key: &str, raw: String, default: &str) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        match raw.parse() {
+            Ok(value) => value,
+            Err(err) => {
+                self.problems.push(format!("{key}={raw:?} is invalid: {err}"));
+                default.parse().unwrap_or_else(|_| unreachable!("defaults parse"))
+            }
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, key: &str, dev_default: &str) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.string(key, dev_default);
+        let raw = if raw.is_empty() { dev_default.to_owned() } else { raw };
+        self.parse_or_report(key, raw, dev_default)
+    }
+
+    fn parsed_any<T: std::str::FromStr>(&mut self, key: &str, default: &str) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.string_any(key, default);
+        self.parse_or_report(key, raw, default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn dev_starts_with_no_configuration() {
+        let settings = Settings::from_vars(HashMap::new()).expect("dev defaults");
+        assert_eq!(settings.env, Environment::Dev);
+        assert_eq!(settings.redis_prefix, "tasklane");
+        assert_eq!(settings.s3.public_endpoint, settings.s3.endpoint);
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let settings = Settings::from_vars(vars(&[
+            ("TASKLANE_API_ADDR", "127.0.0.1:9999"),
+            ("TASKLANE_CORS_ORIGINS", "https://a.example, https://b.example/"),
+            ("S3_ENDPOINT", "http://10.0.0.1:9000"),
+        ]))
+        .expect("valid");
+        assert_eq!(settings.api_addr.port(), 9999);
+        assert_eq!(settings.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(settings.s3.public_endpoint, "http://10.0.0.1:9000");
+    }
+
+    #[test]
+    fn prod_without_settings_lists_every_missing_one() {
+        let err = Settings::from_vars(vars(&[("TASKLANE_ENV", "prod")])).expect_err("must fail");
+        let text = err.to_string();
+        for key in ["DATABASE_URL", "REDIS_URL", "SMTP_URL", "JWT_SECRET", "S3_BUCKET", "PUBLIC_URL"] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn prod_refuses_a_short_jwt_secret_and_dev_credentials() {
+        let err = Settings::from_vars(vars(&[
+            ("TASKLANE_ENV", "prod"),
+            ("TASKLANE_API_ADDR", "0.0.0.0:8080"),
+            ("TASKLANE_WORKER_ADDR", "0.0.0.0:8081"),
+            ("DATABASE_URL", "postgres://db/tasklane"),
+            ("REDIS_URL", "redis://redis"),
+            ("SMTP_URL", "smtp://mail:25"),
+            ("S3_ENDPOINT", "https://s3.example"),
+            ("S3_BUCKET", "b"),
+            ("AWS_ACCESS_KEY_ID", "tasklane-dev"),
+            ("AWS_SECRET_ACCESS_KEY", "tasklane-dev-secret"),
+            ("JWT_SECRET", "short"),
+            ("PUBLIC_URL", "https://tasklane.example"),
+        ]))
+        .expect_err("must fail");
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.problems[0].contains("JWT_SECRET"));
+        assert!(err.problems[1].contains("dev defaults"));
+    }
+
+    #[test]
+    fn a_malformed_value_is_named() {
+        let err = Settings::from_vars(vars(&[("TASKLANE_MAX_BODY_BYTES", "lots")])).expect_err("bad");
+        assert!(err.to_string().contains("TASKLANE_MAX_BODY_BYTES=\"lots\" is invalid"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed_by_debug() {
+        let settings = Settings::from_vars(vars(&[("JWT_SECRET", "super-secret-value-0123456789abcdef")]))
+            .expect("valid");
+        assert!(!format!("{settings:?}").contains("super-secret-value"));
+    }
+}

@@ -1,0 +1,135 @@
+//! Every job kind, declared in one place (SPEC section 7).
+//!
+//! A job is a serde payload plus a [`JobSpec`]: its name, queue, attempts, backoff, timeout
+//! and whether it runs once per key. The API only ever writes jobs to the outbox
+//! ([`crate::outbox::enqueue`]); the worker registers one handler per kind in its explicit
+//! list. Renaming a kind or queue orphans queued jobs, so these strings are part of the
+//! storage format.
+
+use std::time::Duration;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The Redis queues. Each is drained by its own apalis worker(s), so a flood of one kind of
+/// work (uploads) never starves another (emails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    Emails,
+    Uploads,
+    Maintenance,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 3] = [Queue::Emails, Queue::Uploads, Queue::Maintenance];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Emails => "emails",
+            Queue::Uploads => "uploads",
+            Queue::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: attempt `n` waits a random time in
+/// `[0, min(cap, base * 2^(n-1))]`, so retries of many jobs that failed together spread out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The longest wait after `attempt` (1-based) failed attempts.
+    pub fn ceiling(self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// A random wait in `[0, ceiling(attempt)]`.
+    pub fn delay(self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt).as_millis() as u64;
+        Duration::from_millis(rand::random_range(0..=ceiling))
+    }
+}
+
+/// How a job kind is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The kind's name, stored with each job.
+    pub kind: &'static str,
+    pub queue: Queue,
+    /// Attempts before the job is dead, including the first.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// An attempt running longer than this fails (and is retried).
+    pub timeout: Duration,
+    /// Whether at most one job per key may exist at a time (cron ticks, per-user digests).
+    pub unique: bool,
+}
+
+/// A job payload with its spec.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    const SPEC: JobSpec;
+}
+
+/// Sends one email through SMTP. The idempotency key is recorded when the mail is sent, so a
+/// retried or duplicated job never sends the same email twice.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SendEmail {
+    /// Unique per email (e.g. `verify:<user>:<token id>`).
+    pub idempotency_key: String,
+    pub to: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: Option<String>,
+}
+
+impl Job for SendEmail {
+    const SPEC: JobSpec = JobSpec {
+        kind: "send_email",
+        queue: Queue::Emails,
+        max_attempts: 8,
+        backoff: Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(300) },
+        timeout: Duration::from_secs(30),
+        unique: false,
+    };
+}
+
+/// Every declared kind; the worker's registration list must cover each (a test checks).
+pub const ALL: &[JobSpec] = &[SendEmail::SPEC];
+
+/// The spec of a kind by name.
+pub fn spec(kind: &str) -> Option<&'static JobSpec> {
+    ALL.iter().find(|spec| spec.kind == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let backoff = Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(60) };
+        assert_eq!(backoff.ceiling(1), Duration::from_secs(2));
+        assert_eq!(backoff.ceiling(3), Duration::from_secs(8));
+        assert_eq!(backoff.ceiling(40), Duration::from_secs(60));
+        for attempt in 1..10 {
+            assert!(backoff.delay(attempt) <= backoff.ceiling(attempt));
+        }
+    }
+
+    #[test]
+    fn kinds_are_unique() {
+        let mut kinds: Vec<_> = ALL.iter().map(|spec| spec.kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), ALL.len());
+    }
+}
+
+/// A failure that no retry can fix (bad input, a rejected address): the job goes straight to
+/// the dead set. Return it boxed from a handler; anything else is retried.
+#[derive(Debug, thiserror::Error)]
+#[error("permanent failure: {0}")]
+pub struct PermanentError(pub String);

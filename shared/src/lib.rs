@@ -1,0 +1,19 @@
+//! What the Tasklane API and worker both need, and nothing HTTP- or worker-specific.
+//!
+//! # Layout
+//! - [`config`]: the typed settings, read from the environment.
+//! - [`db`]: the PostgreSQL pool and the embedded migrations.
+//! - [`redis`]: Redis connections and key naming (prefix, per-queue hash tags).
+//! - [`jobs`]: the declaration of every job kind and its payload.
+//! - [`outbox`]: writing jobs in the caller's transaction, and the relay that moves them to
+//!   Redis.
+//! - [`telemetry`]: tracing and the Prometheus recorder; [`shutdown`]: the signal to stop.
+
+pub mod config;
+pub mod db;
+pub mod redis;
+pub mod shutdown;
+pub mod telemetry;
+pub mod jobs;
+pub mod outbox;
+pub mod queue;

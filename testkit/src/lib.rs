@@ -1,0 +1,384 @@
+//! The integration-test harness.
+//!
+//! Every test gets its own world on the shared servers `scripts/test` starts: a database
+//! cloned from a migrated template, a Redis key prefix, unique mail addresses and object
+//! keys. Nothing is flushed or shared, so tests run in parallel (nextest runs each in its
+//! own process). Fault tests that stop Redis start a private `redis-server` ([`TestRedis`])
+//! instead of touching the shared one.
+//!
+//! # Layout
+//! - [`TestApp`]: the API on port 0 plus helpers (HTTP client, database, mail, S3, workers).
+//! - [`TestWorker`]: a worker in this process; [`TestApp::worker_process`] runs the real
+//!   binary for tests that kill it.
+//! - [`TestRedis`]: a private Redis that a test may stop and start again.
+//! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tasklane_shared::config::Settings;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Polls `check` every 25 ms until it yields a value or `deadline` passes.
+pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A unique, readable suffix for names (databases, prefixes, addresses, keys).
+pub fn unique(label: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{label}_{}", &id[id.len() - 12..])
+}
+
+/// A free TCP port on 127.0.0.1 (for processes that need a port before they start).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// The settings `scripts/test` exported, with test-friendly overrides.
+pub fn base_settings() -> Settings {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    vars.entry("TASKLANE_ENV".into()).or_insert_with(|| "test".into());
+    let mut settings = Settings::from_vars(vars).expect("scripts/test exports valid settings");
+    settings.api_addr = "127.0.0.1:0".parse().expect("literal address");
+    settings.worker_addr = "127.0.0.1:0".parse().expect("literal address");
+    settings.shutdown_grace = Duration::from_secs(5);
+    settings.relay_poll_interval = Duration::from_millis(200);
+    settings
+}
+
+/// The running API of one test, with its own database and Redis prefix.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`
+    pub address: String,
+    pub client: reqwest::Client,
+    /// A pool on this test's database.
+    pub db: PgPool,
+    /// The settings the API runs with; start workers with [`TestApp::worker_settings`].
+    pub settings: Settings,
+    db_name: String,
+    admin_options: PgConnectOptions,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts the API against a fresh database and Redis prefix.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], letting the test adjust the settings first (e.g. a private
+    /// Redis, a smaller body limit).
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = base_settings();
+        let (db_name, admin_options, database_url) = create_database(&settings).await.expect("test database");
+        settings.database_url = SecretString::from(database_url);
+        settings.redis_prefix = unique("t");
+        adjust(&mut settings);
+
+        let app = tasklane_api::app::Application::build(settings.clone()).await.expect("API builds");
+        let address = format!("http://{}", app.local_addr());
+        let (shutdown, stopped) = oneshot::channel();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        let db = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(settings.database_url.expose_secret())
+            .await
+            .expect("connect to the test database");
+        Self {
+            address,
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+            db,
+            settings,
+            db_name,
+            admin_options,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Settings for a worker on this test's database and queues.
+    pub fn worker_settings(&self) -> Settings {
+        self.settings.clone()
+    }
+
+    /// Starts a worker inside this test process.
+    pub async fn spawn_worker(&self) -> TestWorker {
+        TestWorker::spawn(self.worker_settings()).await
+    }
+
+    /// A command that runs the real `tasklane-worker` binary against this test's world, for
+    /// tests that must kill or signal a worker process.
+    pub fn worker_process(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary("tasklane-worker"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TASKLANE_ENV", "test")
+            .env("TASKLANE_LOG", std::env::var("TASKLANE_LOG").unwrap_or_else(|_| "info".into()))
+            .env("DATABASE_URL", self.settings.database_url.expose_secret())
+            .env("REDIS_URL", self.settings.redis_url.expose_secret())
+            .env("TASKLANE_REDIS_PREFIX", &self.settings.redis_prefix)
+            .env("SMTP_URL", self.settings.smtp_url.expose_secret())
+            .env("TASKLANE_WORKER_ADDR", "127.0.0.1:0")
+            .env("TASKLANE_JOB_LEASE_SECS", self.settings.job_lease.as_secs().to_string())
+            .env("TASKLANE_SHUTDOWN_GRACE_SECS", self.settings.shutdown_grace.as_secs().to_string())
+            .env("TASKLANE_RELAY_POLL_MS", self.settings.relay_poll_interval.as_millis().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// The emails captured for `to`, newest last.
+    pub async fn emails_to(&self, to: &str) -> Vec<serde_json::Value> {
+        emails_to(&self.client, to).await
+    }
+
+    /// Waits until `count` emails to `to` were captured, and returns them.
+    pub async fn wait_for_emails(&self, to: &str, count: usize, deadline: Duration) -> Vec<serde_json::Value> {
+        wait_until(deadline, &format!("{count} email(s) to {to}"), || async {
+            let emails = self.emails_to(to).await;
+            (emails.len() >= count).then_some(emails)
+        })
+        .await
+    }
+
+    /// A client of the test S3 server, path-style, signed with the configured credentials.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let s3 = &self.settings.s3;
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            &s3.access_key_id,
+            s3.secret_access_key.expose_secret(),
+            None,
+            None,
+            "tasklane-test",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&s3.endpoint)
+            .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Rows still waiting in the outbox.
+    pub async fn outbox_len(&self) -> i64 {
+        tasklane_shared::outbox::backlog(&self.db).await.expect("count outbox")
+    }
+}
+
+impl Drop for TestApp {
+    /// Stops the server and drops the test's database (best effort, on a thread of its own
+    /// because `Drop` cannot await).
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        let admin = self.admin_options.clone();
+        let name = self.db_name.clone();
+        let pool = self.db.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async move {
+                    pool.close().await;
+                    if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"drop database if exists "{name}" with (force)"#))).execute(&mut conn).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A worker running inside the test process.
+pub struct TestWorker {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestWorker {
+    pub async fn spawn(settings: Settings) -> Self {
+        let app = tasklane_worker::app::WorkerApp::build(settings).await.expect("worker builds");
+        let addr = app.local_addr();
+        let (shutdown, stopped) = oneshot::channel();
+        let handle = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self { addr, shutdown: Some(shutdown), handle: Some(handle) }
+    }
+
+    /// Stops the worker gracefully and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.handle.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A private `redis-server` that a test may stop and start again on the same port.
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl TestRedis {
+    pub async fn start() -> Self {
+        let mut redis = Self { port: free_port(), child: None };
+        redis.start_again().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on its port and waits until it answers.
+    pub async fn start_again(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server on PATH (scripts/test installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("valid url");
+        wait_until(Duration::from_secs(10), "the private redis to answer", || {
+            let client = client.clone();
+            async move {
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server (as a crash would) and waits until it has exited.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// The path of a workspace binary, beside the test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built; scripts/test builds every binary first", path.display());
+    path
+}
+
+/// The mail capture's messages to `to`, oldest first.
+pub async fn emails_to(client: &reqwest::Client, to: &str) -> Vec<serde_json::Value> {
+    let base = std::env::var("MAIL_API_URL").expect("MAIL_API_URL (scripts/test sets it)");
+    let all: Vec<serde_json::Value> = client
+        .get(format!("{base}/email"))
+        .send()
+        .await
+        .expect("mail capture answers")
+        .json()
+        .await
+        .expect("mail capture returns JSON");
+    all.into_iter()
+        .filter(|mail| {
+            mail["to"].as_array().is_some_and(|list| {
+                list.iter().any(|addr| addr["address"].as_str().is_some_and(|a| a.eq_ignore_ascii_case(to)))
+            })
+        })
+        .collect()
+}
+
+/// Creates this test's database from the migrated template, creating the template first if
+/// this is the first test to need it (an advisory lock makes concurrent test processes
+/// build it once). Returns the database name, the admin options and its URL.
+async fn create_database(settings: &Settings) -> anyhow::Result<(String, PgConnectOptions, String)> {
+    let base: PgConnectOptions = settings.database_url.expose_secret().parse().context("DATABASE_URL")?;
+    let admin = base.clone().database("postgres").disable_statement_logging();
+    let mut conn = PgConnection::connect_with(&admin).await.context("connect to postgres")?;
+    let template = template_name();
+    sqlx::query("select pg_advisory_lock(727274)").execute(&mut conn).await?;
+    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+        .bind(&template)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let building = format!("{template}_building");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"drop database if exists "{building}""#))).execute(&mut conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"create database "{building}""#))).execute(&mut conn).await?;
+        let pool = PgPoolOptions::new().max_connections(1).connect_with(base.clone().database(&building)).await?;
+        tasklane_shared::db::migrate(&pool).await?;
+        pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"alter database "{building}" rename to "{template}""#))).execute(&mut conn).await?;
+    }
+    sqlx::query("select pg_advisory_unlock(727274)").execute(&mut conn).await?;
+    let name = unique("test");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"create database "{name}" template "{template}""#))).execute(&mut conn).await?;
+    let mut url = url::Url::parse(settings.database_url.expose_secret())?;
+    url.set_path(&name);
+    Ok((name, admin, url.to_string()))
+}
+
+/// The template is named after the migrations' checksums, so a changed migration gets a
+/// fresh template instead of a stale one.
+fn template_name() -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for migration in tasklane_shared::db::MIGRATOR.iter() {
+        for byte in migration.checksum.iter() {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("tasklane_template_{hash:016x}")
+}

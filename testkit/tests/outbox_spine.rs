@@ -1,0 +1,194 @@
+//! The outbox spine (SPEC section 7): API transaction -> outbox -> relay -> Redis -> worker
+//! -> SMTP, with real processes and servers.
+
+use std::time::Duration;
+
+use tasklane_shared::jobs::{Job, Queue, SendEmail};
+use tasklane_shared::outbox::{self, Relay};
+use tasklane_shared::queue::{QueueSettings, QueueStore};
+use tasklane_shared::redis::Keys;
+use tasklane_testkit::{TestApp, TestRedis, unique, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn email(to: &str, key: &str) -> SendEmail {
+    SendEmail {
+        idempotency_key: key.to_owned(),
+        to: to.to_owned(),
+        subject: format!("test {key}"),
+        text_body: "hello".into(),
+        html_body: Some("<p>hello</p>".into()),
+    }
+}
+
+fn address() -> String {
+    format!("{}@example.test", unique("to"))
+}
+
+async fn enqueue_committed(app: &TestApp, job: &SendEmail) {
+    let mut tx = app.db.begin().await.unwrap();
+    outbox::enqueue(&mut tx, job, Some("req-test")).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn store_for(app: &TestApp) -> QueueStore {
+    let conn = tasklane_shared::redis::connect(&app.settings).unwrap();
+    QueueStore::new(conn, Keys::new(app.settings.redis_prefix.clone()), QueueSettings::default())
+}
+
+#[tokio::test]
+async fn a_job_from_a_committed_transaction_reaches_a_worker() {
+    let app = TestApp::spawn().await;
+    let _worker = app.spawn_worker().await;
+    let to = address();
+    enqueue_committed(&app, &email(&to, &unique("k"))).await;
+
+    let emails = app.wait_for_emails(&to, 1, DEADLINE).await;
+    assert_eq!(emails[0]["text"].as_str().unwrap().trim(), "hello");
+    wait_until(DEADLINE, "outbox drained", || async { (app.outbox_len().await == 0).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn a_job_from_a_rolled_back_transaction_never_runs() {
+    let app = TestApp::spawn().await;
+    let _worker = app.spawn_worker().await;
+    let to = address();
+    let mut tx = app.db.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &email(&to, "rolled-back"), None).await.unwrap();
+    tx.rollback().await.unwrap();
+    // A job committed afterwards travels the same path; once it has arrived, the earlier
+    // one would have too.
+    enqueue_committed(&app, &email(&to, "committed-after")).await;
+
+    let emails = app.wait_for_emails(&to, 1, DEADLINE).await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0]["subject"], "test committed-after");
+    assert_eq!(app.outbox_len().await, 0);
+}
+
+#[tokio::test]
+async fn a_job_written_while_redis_is_down_arrives_after_redis_returns() {
+    let mut redis = TestRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(|s| s.redis_url = url.into()).await;
+    let _worker = app.spawn_worker().await;
+    redis.stop().await;
+
+    let to = address();
+    enqueue_committed(&app, &email(&to, &unique("k"))).await;
+    // The relay tried and failed: the row is still there and says why.
+    let error: String = wait_until(DEADLINE, "a failed relay attempt", || async {
+        sqlx::query_scalar::<_, Option<String>>("select last_error from outbox where relay_attempts > 0")
+            .fetch_optional(&app.db)
+            .await
+            .unwrap()
+            .flatten()
+    })
+    .await;
+    assert!(!error.is_empty());
+    assert!(app.emails_to(&to).await.is_empty());
+
+    redis.start_again().await;
+    app.wait_for_emails(&to, 1, Duration::from_secs(30)).await;
+    assert_eq!(app.outbox_len().await, 0);
+}
+
+#[tokio::test]
+async fn two_relays_never_deliver_a_row_twice() {
+    const ROWS: usize = 600;
+    let app = TestApp::spawn().await;
+    let mut tx = app.db.begin().await.unwrap();
+    for i in 0..ROWS {
+        outbox::enqueue(&mut tx, &email("nobody@example.test", &format!("k{i}")), None).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let store = store_for(&app);
+    let relay = Relay::new(app.db.clone(), store.clone(), Duration::from_millis(100));
+    let drain = |relay: Relay| async move {
+        let mut moved = 0;
+        loop {
+            match relay.relay_batch().await.unwrap() {
+                0 => return moved,
+                n => moved += n,
+            }
+        }
+    };
+    let (a, b) = tokio::join!(tokio::spawn(drain(relay.clone())), tokio::spawn(drain(relay)));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a + b, ROWS, "each row delivered by exactly one relay ({a} + {b})");
+    assert!(a > 0 && b > 0, "both relays took part ({a} + {b})");
+    let depth = store.depth(Queue::Emails).await.unwrap();
+    assert_eq!(depth.pending, ROWS as u64);
+    assert_eq!(app.outbox_len().await, 0);
+}
+
+#[tokio::test]
+async fn a_row_pushed_twice_is_one_job() {
+    let app = TestApp::spawn().await;
+    let store = store_for(&app);
+    let job = tasklane_shared::queue::NewJob {
+        id: uuid::Uuid::now_v7(),
+        kind: SendEmail::SPEC.kind.into(),
+        payload: serde_json::to_string(&email("x@example.test", "k")).unwrap(),
+        max_attempts: 3,
+        request_id: None,
+    };
+    assert_eq!(store.push(Queue::Emails, &[job.clone()]).await.unwrap(), 1);
+    assert_eq!(store.push(Queue::Emails, &[job]).await.unwrap(), 0);
+    assert_eq!(store.depth(Queue::Emails).await.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn duplicate_email_jobs_send_one_email() {
+    let app = TestApp::spawn().await;
+    let to = address();
+    let key = unique("same-key");
+    enqueue_committed(&app, &email(&to, &key)).await;
+    enqueue_committed(&app, &email(&to, &key)).await;
+    let _worker = app.spawn_worker().await;
+    // A third job with another key, enqueued after both, marks the point where both
+    // duplicates have been handled (one queue, FIFO, one worker per kind per process).
+    let marker = address();
+    enqueue_committed(&app, &email(&marker, &unique("marker"))).await;
+    app.wait_for_emails(&marker, 1, DEADLINE).await;
+    let store = store_for(&app);
+    wait_until(DEADLINE, "both duplicates done", || async {
+        let depth = store.depth(Queue::Emails).await.unwrap();
+        (depth.pending == 0 && depth.running == 0 && depth.done == 3).then_some(())
+    })
+    .await;
+    assert_eq!(app.emails_to(&to).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_worker_serves_health_and_queue_metrics() {
+    let app = TestApp::spawn().await;
+    let worker = app.spawn_worker().await;
+    let base = format!("http://{}", worker.addr);
+    let live = app.client.get(format!("{base}/health/live")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = app.client.get(format!("{base}/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = app.client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"queue_jobs{queue="emails",state="pending"}"#), "{metrics}");
+    assert!(metrics.contains("outbox_backlog"), "{metrics}");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_process_stops_on_sigterm_and_leaves_nothing_held() {
+    let app = TestApp::spawn().await;
+    let mut child = app.worker_process().spawn().unwrap();
+    let to = address();
+    enqueue_committed(&app, &email(&to, &unique("k"))).await;
+    app.wait_for_emails(&to, 1, DEADLINE).await;
+
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits within the grace").unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let depth = store_for(&app).depth(Queue::Emails).await.unwrap();
+    assert_eq!((depth.running, depth.pending), (0, 0));
+}

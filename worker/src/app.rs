@@ -1,0 +1,143 @@
+//! Builds and runs a worker process: the outbox relay, one apalis worker per job kind under a
+//! monitor, and the health/metrics server. The seam between `main` and the test harness.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use apalis_core::monitor::Monitor;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{EndpointExt, Server};
+use sqlx::PgPool;
+use tasklane_shared::config::Settings;
+use tasklane_shared::jobs::Job;
+use tasklane_shared::outbox::Relay;
+use tasklane_shared::queue::{HeldClaims, QueueSettings, QueueStore, RedisBackend};
+use tasklane_shared::redis::Keys;
+use tokio::sync::watch;
+
+use crate::health;
+use crate::jobs;
+use crate::mailer::Mailer;
+
+/// What every job handler and backend of this process shares; cheap to clone.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub db: PgPool,
+    pub store: QueueStore,
+    pub mailer: Mailer,
+    /// Claims this process holds, handed back if a graceful shutdown runs out of time.
+    pub held: HeldClaims,
+    /// Unique per process start, so a restarted worker never inherits a dead one's claims.
+    pub name: String,
+    pub concurrency: usize,
+    settings: Arc<Settings>,
+}
+
+impl WorkerContext {
+    pub fn worker_name(&self, kind: &str) -> String {
+        format!("{}/{kind}", self.name)
+    }
+
+    /// A backend for kind `J` with a blocking connection of its own.
+    pub fn backend<J: Job>(&self) -> RedisBackend<J> {
+        let blocking = tasklane_shared::redis::connect_blocking(&self.settings)
+            .expect("REDIS_URL was validated when the worker started");
+        RedisBackend::new(self.store.clone(), blocking, self.worker_name(J::SPEC.kind), self.held.clone())
+    }
+}
+
+/// A bound, not yet running worker process.
+pub struct WorkerApp {
+    ctx: WorkerContext,
+    acceptor: poem::listener::TcpAcceptor,
+    local_addr: SocketAddr,
+    settings: Arc<Settings>,
+}
+
+impl WorkerApp {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let db = tasklane_shared::db::connect(&settings)?;
+        let redis = tasklane_shared::redis::connect(&settings)?;
+        tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
+        let queue_settings = QueueSettings {
+            lease: settings.job_lease,
+            done_retention: settings.job_retention,
+            dead_retention: settings.dead_job_retention,
+        };
+        let store = QueueStore::new(redis, Keys::new(settings.redis_prefix.clone()), queue_settings);
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let ctx = WorkerContext {
+            db,
+            store,
+            mailer: Mailer::new(&settings)?,
+            held: HeldClaims::default(),
+            name: format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..]),
+            concurrency: settings.worker_concurrency,
+            settings: settings.clone(),
+        };
+        let acceptor = TcpListener::bind(settings.worker_addr).into_acceptor().await?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().copied())
+            .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        Ok(Self { ctx, acceptor, local_addr, settings })
+    }
+
+    /// Where `/health/*` and `/metrics` are served.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn context(&self) -> &WorkerContext {
+        &self.ctx
+    }
+
+    /// Runs until `shutdown` resolves. Then the relay and fetching stop, running jobs get
+    /// the grace period to finish, and whatever is still held is handed back to its queue.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                // An error means the sender is gone, which also means stop.
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+
+        let ctx = self.ctx;
+        tracing::info!(worker = %ctx.name, addr = %self.local_addr, "worker starting");
+        let relay = Relay::new(ctx.db.clone(), ctx.store.clone(), self.settings.relay_poll_interval);
+        let relay = tokio::spawn(relay.run(until_stopped()));
+        let routes = health::routes().data(ctx.clone());
+        let http = tokio::spawn(
+            Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
+                routes,
+                until_stopped(),
+                Some(std::time::Duration::from_secs(1)),
+            ),
+        );
+
+        let monitor = jobs::register(Monitor::new(), &ctx).shutdown_timeout(self.settings.shutdown_grace);
+        let signal = until_stopped();
+        let result = monitor.run_with_signal(async move {
+            signal.await;
+            Ok(())
+        })
+        .await;
+        if !ctx.held.is_empty() {
+            ctx.held.release_all(&ctx.store).await;
+        }
+        let _ = relay.await;
+        let _ = http.await;
+        tracing::info!(worker = %ctx.name, "worker stopped");
+        result.map_err(|err| anyhow::anyhow!("worker monitor failed: {err}"))
+    }
+}

@@ -1,0 +1,12 @@
+//! The Tasklane worker: runs the jobs the API writes to the outbox.
+//!
+//! # Layout
+//! - [`app`]: builds the process ([`app::WorkerApp`]): relay, apalis monitor, health server.
+//! - [`jobs`]: the handlers and the one list that registers them.
+//! - [`mailer`]: SMTP with lettre.
+//! - [`health`]: `/health/*` and `/metrics`.
+
+pub mod app;
+pub mod health;
+pub mod jobs;
+pub mod mailer;

@@ -1,0 +1,14 @@
+//! `tasklane-worker`: one worker process of the fleet. Run as many as the load needs.
+
+use anyhow::Context;
+use tasklane_shared::config::Settings;
+use tasklane_shared::{shutdown, telemetry};
+use tasklane_worker::app::WorkerApp;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    telemetry::init_tracing(&settings);
+    let app = WorkerApp::build(settings).await.context("starting the worker")?;
+    app.run_until_stopped(shutdown::signal()).await
+}
