@@ -95,6 +95,10 @@ impl TestApp {
     /// Redis, a smaller body limit).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = base_settings();
+        // Logs only when asked for (`TASKLANE_LOG=debug scripts/test ...`): quiet by default.
+        if std::env::var_os("TASKLANE_LOG").is_some() {
+            tasklane_shared::telemetry::init_tracing(&settings);
+        }
         let (db_name, admin_options, database_url) = create_database(&settings).await.expect("test database");
         settings.database_url = SecretString::from(database_url);
         settings.redis_prefix = unique("t");
@@ -202,7 +206,8 @@ impl TestApp {
 
 impl Drop for TestApp {
     /// Stops the server and drops the test's database (best effort, on a thread of its own
-    /// because `Drop` cannot await).
+    /// because `Drop` cannot await). `with (force)` ends the test's own connections: closing
+    /// the pool here would wait on I/O owned by the test's runtime, which this blocks.
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
@@ -212,12 +217,10 @@ impl Drop for TestApp {
         }
         let admin = self.admin_options.clone();
         let name = self.db_name.clone();
-        let pool = self.db.clone();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async move {
-                    pool.close().await;
                     if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
                         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"drop database if exists "{name}" with (force)"#))).execute(&mut conn).await;
                     }
