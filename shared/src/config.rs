@@ -84,6 +84,10 @@ pub struct Settings {
     pub dead_job_retention: Duration,
     /// Jobs one worker process runs at once per job kind (`TASKLANE_WORKER_CONCURRENCY`).
     pub worker_concurrency: usize,
+    /// Schedule overrides by job kind, from `TASKLANE_CRON_<KIND>` (e.g.
+    /// `TASKLANE_CRON_MARK_OVERDUE="*/2 * * * * *"` for `mark_overdue`). The worker parses
+    /// and validates them at start-up.
+    pub cron: HashMap<String, String>,
 }
 
 /// Object storage settings. `public_endpoint` is the host clients use, which is what
@@ -168,6 +172,14 @@ impl Settings {
         let job_retention = Duration::from_secs(r.parsed_any("TASKLANE_JOB_RETENTION_SECS", "86400"));
         let dead_job_retention = Duration::from_secs(r.parsed_any("TASKLANE_DEAD_JOB_RETENTION_SECS", "604800"));
         let worker_concurrency = r.parsed_any("TASKLANE_WORKER_CONCURRENCY", "8");
+        let cron = r
+            .vars
+            .iter()
+            .filter_map(|(key, value)| {
+                let kind = key.strip_prefix("TASKLANE_CRON_")?.to_ascii_lowercase();
+                Some((kind, value.trim().to_owned()))
+            })
+            .collect();
 
         let settings = Settings {
             env,
@@ -191,6 +203,7 @@ impl Settings {
             job_retention,
             dead_job_retention,
             worker_concurrency,
+            cron,
         };
         if env == Environment::Prod {
             settings.check_prod_secrets(&mut reader.problems);

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The Redis queues. Each is drained by its own apalis worker(s), so a flood of one kind of
@@ -64,8 +65,12 @@ pub struct JobSpec {
     pub backoff: Backoff,
     /// An attempt running longer than this fails (and is retried).
     pub timeout: Duration,
-    /// Whether at most one job per key may exist at a time (cron ticks, per-user digests).
+    /// Whether it runs at most once per key (cron ticks, per-user digests): such jobs are
+    /// pushed with a key whose claim is atomic with the push.
     pub unique: bool,
+    /// For scheduled kinds, the default cron expression (`sec min hour day month weekday`),
+    /// overridable with `TASKLANE_CRON_<KIND>`.
+    pub schedule: Option<&'static str>,
 }
 
 /// A job payload with its spec.
@@ -93,11 +98,47 @@ impl Job for SendEmail {
         backoff: Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(300) },
         timeout: Duration::from_secs(30),
         unique: false,
+        schedule: None,
     };
 }
 
+/// A job started by a schedule rather than by a request: built from its tick.
+pub trait CronJob: Job {
+    fn for_tick(tick: DateTime<Utc>) -> Self;
+}
+
+/// Deletes the idempotency records of emails sent more than [`SENT_EMAIL_RETENTION_DAYS`]
+/// ago, so the table stays bounded. A duplicate of an email job arrives within minutes (a
+/// retry, a relay redelivery), never weeks later.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PruneSentEmails {
+    /// The scheduled time of the tick that started this run.
+    pub tick: DateTime<Utc>,
+}
+
+pub const SENT_EMAIL_RETENTION_DAYS: i32 = 30;
+
+impl Job for PruneSentEmails {
+    const SPEC: JobSpec = JobSpec {
+        kind: "prune_sent_emails",
+        queue: Queue::Maintenance,
+        // Maintenance is idempotent and catches up on the next tick (SPEC section 7).
+        max_attempts: 1,
+        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
+        timeout: Duration::from_secs(300),
+        unique: true,
+        schedule: Some("0 30 3 * * *"),
+    };
+}
+
+impl CronJob for PruneSentEmails {
+    fn for_tick(tick: DateTime<Utc>) -> Self {
+        Self { tick }
+    }
+}
+
 /// Every declared kind; the worker's registration list must cover each (a test checks).
-pub const ALL: &[JobSpec] = &[SendEmail::SPEC];
+pub const ALL: &[JobSpec] = &[SendEmail::SPEC, PruneSentEmails::SPEC];
 
 /// The spec of a kind by name.
 pub fn spec(kind: &str) -> Option<&'static JobSpec> {
@@ -116,6 +157,16 @@ mod tests {
         assert_eq!(backoff.ceiling(40), Duration::from_secs(60));
         for attempt in 1..10 {
             assert!(backoff.delay(attempt) <= backoff.ceiling(attempt));
+        }
+    }
+
+    #[test]
+    fn default_schedules_parse_and_unique_kinds_have_one() {
+        for spec in ALL {
+            if let Some(expression) = spec.schedule {
+                assert!(expression.parse::<cron::Schedule>().is_ok(), "{}: {expression}", spec.kind);
+                assert!(spec.unique, "{} runs once per tick, so it must be unique", spec.kind);
+            }
         }
     }
 

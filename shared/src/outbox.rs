@@ -101,6 +101,7 @@ impl Relay {
                 payload: row.try_get("payload")?,
                 max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts")?).unwrap_or(1),
                 request_id: row.try_get("request_id")?,
+                unique: None,
             };
             match by_queue.iter_mut().find(|(q, _)| *q == queue) {
                 Some((_, jobs)) => jobs.push(job),

@@ -36,12 +36,13 @@ pub fn connect_blocking(settings: &Settings) -> anyhow::Result<ConnectionManager
 }
 
 /// Warns loudly unless Redis runs with `maxmemory-policy noeviction`: under any other policy
-/// Redis may silently drop queued jobs when memory runs short.
-pub async fn check_eviction_policy(conn: &mut ConnectionManager) {
+/// Redis may silently drop queued jobs when memory runs short. Returns whether the policy is
+/// safe (unknown counts as unsafe).
+pub async fn check_eviction_policy(conn: &mut ConnectionManager) -> bool {
     let reply: redis::RedisResult<Vec<String>> =
         redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await;
     match reply.as_deref() {
-        Ok([_, policy]) if policy == "noeviction" => {}
+        Ok([_, policy]) if policy == "noeviction" => return true,
         Ok([_, policy]) => tracing::error!(
             %policy,
             "REDIS maxmemory-policy IS NOT noeviction: Redis may evict queued jobs under memory \
@@ -50,6 +51,7 @@ pub async fn check_eviction_policy(conn: &mut ConnectionManager) {
         Ok(_) => tracing::warn!("could not read Redis maxmemory-policy"),
         Err(err) => tracing::warn!(error = %err, "could not read Redis maxmemory-policy (CONFIG may be disabled); make sure it is noeviction"),
     }
+    false
 }
 
 /// Builds key names under one prefix.

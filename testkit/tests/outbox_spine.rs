@@ -133,6 +133,7 @@ async fn a_row_pushed_twice_is_one_job() {
         payload: serde_json::to_string(&email("x@example.test", "k")).unwrap(),
         max_attempts: 3,
         request_id: None,
+        unique: None,
     };
     assert_eq!(store.push(Queue::Emails, &[job.clone()]).await.unwrap(), 1);
     assert_eq!(store.push(Queue::Emails, &[job]).await.unwrap(), 0);

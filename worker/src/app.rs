@@ -39,6 +39,10 @@ impl WorkerContext {
         format!("{}/{kind}", self.name)
     }
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// A backend for kind `J` with a blocking connection of its own.
     pub fn backend<J: Job>(&self) -> RedisBackend<J> {
         let blocking = tasklane_shared::redis::connect_blocking(&self.settings)
@@ -57,10 +61,11 @@ pub struct WorkerApp {
 
 impl WorkerApp {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::cron::validate(&settings)?;
         let settings = Arc::new(settings);
         let db = tasklane_shared::db::connect(&settings)?;
         let redis = tasklane_shared::redis::connect(&settings)?;
-        tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
+        let _ = tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
         let queue_settings = QueueSettings {
             lease: settings.job_lease,
             done_retention: settings.job_retention,
@@ -125,7 +130,10 @@ impl WorkerApp {
             ),
         );
 
-        let monitor = jobs::register(Monitor::new(), &ctx).shutdown_timeout(self.settings.shutdown_grace);
+        if let Err(err) = jobs::catch_up(&ctx).await {
+            tracing::warn!(error = %err, "could not catch up missed schedule ticks");
+        }
+        let monitor = jobs::register(Monitor::new(), &ctx)?.shutdown_timeout(self.settings.shutdown_grace);
         let signal = until_stopped();
         let result = monitor.run_with_signal(async move {
             signal.await;

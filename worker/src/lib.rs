@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`app`]: builds the process ([`app::WorkerApp`]): relay, apalis monitor, health server.
 //! - [`jobs`]: the handlers and the one list that registers them.
+//! - [`cron`]: schedules, run once per tick across the fleet.
 //! - [`mailer`]: SMTP with lettre.
 //! - [`health`]: `/health/*` and `/metrics`.
 
 pub mod app;
+pub mod cron;
 pub mod health;
 pub mod jobs;
 pub mod mailer;

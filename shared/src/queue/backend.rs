@@ -112,18 +112,18 @@ impl<J: Job> RedisBackend<J> {
         let store = self.store.clone();
         let mut blocking = self.blocking.clone();
         let worker = self.worker.clone();
-        let queue = J::SPEC.queue;
+        let (queue, kind) = (J::SPEC.queue, J::SPEC.kind);
         Box::pin(async move {
             let mut failures = 0u32;
             loop {
-                let result = match store.claim(queue, &worker, 1).await {
+                let result = match store.claim(queue, kind, &worker, 1).await {
                     Ok(mut claims) if !claims.is_empty() => {
                         if let Some(claim) = claims.pop() {
                             return claim;
                         }
                         Ok(())
                     }
-                    Ok(_) => store.wait_for_work(&mut blocking, queue, IDLE_WAIT).await,
+                    Ok(_) => store.wait_for_work(&mut blocking, queue, kind, IDLE_WAIT).await,
                     Err(err) => Err(err),
                 };
                 match result {

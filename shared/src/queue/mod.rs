@@ -17,6 +17,7 @@ pub mod backend;
 
 pub use backend::{HeldClaims, RedisBackend};
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::Script;
@@ -67,6 +68,9 @@ pub struct NewJob {
     pub payload: String,
     pub max_attempts: u32,
     pub request_id: Option<String>,
+    /// For kinds that run once per key: the key (under the queue's namespace) and how long
+    /// its claim lasts. A second job with a claimed key is skipped.
+    pub unique: Option<(String, Duration)>,
 }
 
 /// A job claimed by a worker for one attempt.
@@ -111,13 +115,14 @@ impl QueueStore {
         self.settings
     }
 
-    /// A key of a queue's namespace.
-    pub fn key(&self, queue: Queue, name: &str) -> String {
-        format!("{}:{name}", self.keys.queue(queue.as_str()))
+    /// The namespace of a queue: `<prefix>:{<queue>}:`, one hash tag.
+    fn ns(&self, queue: Queue) -> String {
+        format!("{}:", self.keys.queue(queue.as_str()))
     }
 
-    fn job_prefix(&self, queue: Queue) -> String {
-        self.key(queue, "job:")
+    /// A key of a queue's namespace.
+    pub fn key(&self, queue: Queue, name: &str) -> String {
+        format!("{}{name}", self.ns(queue))
     }
 
     /// Adds jobs to a queue; returns how many were new (ids already present are skipped).
@@ -126,11 +131,7 @@ impl QueueStore {
             return Ok(0);
         }
         let mut invocation = PUSH.prepare_invoke();
-        invocation
-            .key(self.key(queue, "pending"))
-            .key(self.key(queue, "wake"))
-            .arg(self.job_prefix(queue))
-            .arg(WAKE_CAP);
+        invocation.key(self.key(queue, "running")).arg(self.ns(queue)).arg(WAKE_CAP);
         for job in jobs {
             invocation
                 .arg(job.id.to_string())
@@ -138,27 +139,29 @@ impl QueueStore {
                 .arg(&job.payload)
                 .arg(job.max_attempts)
                 .arg(job.request_id.as_deref().unwrap_or(""));
+            match &job.unique {
+                Some((key, ttl)) => invocation.arg(key).arg(millis(*ttl)),
+                None => invocation.arg("").arg(0),
+            };
         }
         invocation.invoke_async(&mut self.conn.clone()).await
     }
 
-    /// Claims up to `n` jobs for `worker`, after moving due retries and expired leases back
-    /// to pending.
-    pub async fn claim(&self, queue: Queue, worker: &str, n: usize) -> redis::RedisResult<Vec<Claim>> {
+    /// Claims up to `n` jobs of `kind` for `worker`, after moving due retries and expired
+    /// leases back to pending.
+    pub async fn claim(&self, queue: Queue, kind: &str, worker: &str, n: usize) -> redis::RedisResult<Vec<Claim>> {
         type Row = (String, String, String, u32, u32, String, String);
         let rows: Vec<Row> = FETCH
-            .key(self.key(queue, "pending"))
             .key(self.key(queue, "running"))
-            .key(self.key(queue, "scheduled"))
-            .key(self.key(queue, "done"))
-            .key(self.key(queue, "dead"))
-            .arg(self.job_prefix(queue))
+            .arg(self.ns(queue))
+            .arg(kind)
             .arg(worker)
             .arg(millis(self.settings.lease))
             .arg(n)
             .arg(millis(self.settings.done_retention))
             .arg(millis(self.settings.dead_retention))
             .arg(SWEEP_LIMIT)
+            .arg(WAKE_CAP)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(rows
@@ -186,10 +189,7 @@ impl QueueStore {
         let queue = claim.queue;
         let accepted: i64 = FINISH
             .key(self.key(queue, "running"))
-            .key(self.key(queue, "done"))
-            .key(self.key(queue, "scheduled"))
-            .key(self.key(queue, "dead"))
-            .arg(format!("{}{}", self.job_prefix(queue), claim.id))
+            .arg(self.ns(queue))
             .arg(&claim.id)
             .arg(&claim.token)
             .arg(name)
@@ -226,41 +226,70 @@ impl QueueStore {
         let mut invocation = RENEW.prepare_invoke();
         invocation
             .key(self.key(queue, "running"))
-            .key(self.key(queue, "pending"))
-            .arg(self.job_prefix(queue))
+            .arg(self.ns(queue))
             .arg(mode)
-            .arg(millis(self.settings.lease));
+            .arg(millis(self.settings.lease))
+            .arg(WAKE_CAP);
         for (id, token) in claims {
             invocation.arg(id).arg(token);
         }
         invocation.invoke_async(&mut self.conn.clone()).await
     }
 
-    /// Blocks on the queue's wake list for up to `timeout`, on a connection of the caller's
+    /// Blocks on a kind's wake list for up to `timeout`, on a connection of the caller's
     /// own (a blocking command would stall every user of a shared multiplexed connection).
     pub async fn wait_for_work(
         &self,
         blocking: &mut ConnectionManager,
         queue: Queue,
+        kind: &str,
         timeout: Duration,
     ) -> redis::RedisResult<()> {
         let _: Option<(String, String)> = redis::cmd("BLPOP")
-            .arg(self.key(queue, "wake"))
+            .arg(self.key(queue, &format!("wake:{kind}")))
             .arg(timeout.as_secs_f64())
             .query_async(blocking)
             .await?;
         Ok(())
     }
 
-    /// The state of one job (`pending`, `running`, `scheduled`, `done`, `dead`), if it exists.
-    pub async fn state(&self, queue: Queue, id: &str) -> redis::RedisResult<Option<String>> {
-        redis::cmd("HGET")
-            .arg(format!("{}{id}", self.job_prefix(queue)))
-            .arg("state")
-            .query_async(&mut self.conn.clone())
-            .await
-    }
 }
+
+/// One attempt of a job, as kept in its history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub started_ms: Option<i64>,
+    pub duration_ms: Option<i64>,
+    /// Why it failed; `None` when it succeeded.
+    pub error: Option<String>,
+    /// For a failure that was retried: the backoff chosen before the next attempt.
+    pub retry_in_ms: Option<i64>,
+}
+
+/// A job as stored, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub queue: Queue,
+    pub kind: String,
+    pub payload: String,
+    /// `pending`, `running`, `scheduled`, `done` or `dead`.
+    pub state: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// The worker holding it, when running.
+    pub worker: Option<String>,
+    pub last_error: Option<String>,
+    pub request_id: Option<String>,
+    pub history: Vec<AttemptRecord>,
+}
+
+/// The states a job can be listed by, with the index that holds them.
+pub const STATES: [&str; 5] = ["pending", "running", "scheduled", "done", "dead"];
 
 /// How many jobs a queue holds in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -275,36 +304,118 @@ pub struct Depth {
 }
 
 impl QueueStore {
+    /// One job, if it still exists.
+    pub async fn job(&self, queue: Queue, id: &str) -> redis::RedisResult<Option<JobRecord>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key(queue, &format!("job:{id}")))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+        let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
+        Ok(Some(JobRecord {
+            id: id.to_owned(),
+            queue,
+            kind: text("kind").unwrap_or_default(),
+            payload: text("payload").unwrap_or_default(),
+            state: text("state").unwrap_or_default(),
+            attempts: number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            max_attempts: number("max_attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            created_ms: number("created_ms").unwrap_or(0),
+            finished_ms: number("finished_ms"),
+            worker: text("worker").filter(|_| text("state").as_deref() == Some("running")),
+            last_error: text("last_error"),
+            request_id: text("request_id"),
+            history: text("history").and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+        }))
+    }
+
+    /// Ids of jobs in one state, oldest first (pending: per kind, in declaration order), at
+    /// most `limit`.
+    pub async fn ids(&self, queue: Queue, state: &str, limit: usize) -> redis::RedisResult<Vec<String>> {
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1);
+        let mut conn = self.conn.clone();
+        if state != "pending" {
+            return redis::cmd("ZRANGE").arg(self.key(queue, state)).arg(0).arg(stop).query_async(&mut conn).await;
+        }
+        let mut ids = Vec::new();
+        for kind in kinds_of(queue) {
+            let more: Vec<String> = redis::cmd("LRANGE")
+                .arg(self.key(queue, &format!("pending:{kind}")))
+                .arg(0)
+                .arg(stop)
+                .query_async(&mut conn)
+                .await?;
+            ids.extend(more);
+        }
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    /// Records that a schedule's tick at `at_ms` was enqueued (for `GET /admin/schedules`).
+    pub async fn record_tick(&self, kind: &str, at_ms: i64) -> redis::RedisResult<()> {
+        redis::cmd("HSET")
+            .arg(self.keys.global("schedules:last_tick"))
+            .arg(kind)
+            .arg(at_ms)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// The last enqueued tick of a schedule, in Unix milliseconds.
+    pub async fn last_tick(&self, kind: &str) -> redis::RedisResult<Option<i64>> {
+        redis::cmd("HGET")
+            .arg(self.keys.global("schedules:last_tick"))
+            .arg(kind)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
     /// A clone of the store's shared connection.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
-    /// Counts per state, read in one round trip.
+    /// Counts per state, and the age of the oldest pending job.
     pub async fn depth(&self, queue: Queue) -> redis::RedisResult<Depth> {
-        let (pending, running, scheduled, done, dead, head, time): (u64, u64, u64, u64, u64, Option<String>, (u64, u64)) =
-            redis::pipe()
-                .llen(self.key(queue, "pending"))
-                .zcard(self.key(queue, "running"))
-                .zcard(self.key(queue, "scheduled"))
-                .zcard(self.key(queue, "done"))
-                .zcard(self.key(queue, "dead"))
-                .lindex(self.key(queue, "pending"), 0)
-                .cmd("TIME")
-                .query_async(&mut self.conn.clone())
-                .await?;
-        let mut oldest_pending_age = Duration::ZERO;
-        if let Some(id) = head {
-            let created: Option<u64> = redis::cmd("HGET")
-                .arg(format!("{}{id}", self.job_prefix(queue)))
-                .arg("created_ms")
-                .query_async(&mut self.conn.clone())
-                .await?;
-            let now_ms = time.0 * 1000 + time.1 / 1000;
-            oldest_pending_age = Duration::from_millis(now_ms.saturating_sub(created.unwrap_or(now_ms)));
+        let mut conn = self.conn.clone();
+        let (running, scheduled, done, dead, time): (u64, u64, u64, u64, (u64, u64)) = redis::pipe()
+            .zcard(self.key(queue, "running"))
+            .zcard(self.key(queue, "scheduled"))
+            .zcard(self.key(queue, "done"))
+            .zcard(self.key(queue, "dead"))
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let (mut pending, mut oldest_ms) = (0, now_ms);
+        for kind in kinds_of(queue) {
+            let list = self.key(queue, &format!("pending:{kind}"));
+            let (len, head): (u64, Option<String>) =
+                redis::pipe().llen(&list).lindex(&list, 0).query_async(&mut conn).await?;
+            pending += len;
+            if let Some(id) = head {
+                let created: Option<u64> =
+                    redis::cmd("HGET").arg(self.key(queue, &format!("job:{id}"))).arg("created_ms").query_async(&mut conn).await?;
+                oldest_ms = oldest_ms.min(created.unwrap_or(now_ms));
+            }
         }
-        Ok(Depth { pending, running, scheduled, done, dead, oldest_pending_age })
+        Ok(Depth {
+            pending,
+            running,
+            scheduled,
+            done,
+            dead,
+            oldest_pending_age: Duration::from_millis(now_ms.saturating_sub(oldest_ms)),
+        })
     }
+}
+
+/// The declared kinds of a queue.
+fn kinds_of(queue: Queue) -> impl Iterator<Item = &'static str> {
+    crate::jobs::ALL.iter().filter(move |spec| spec.queue == queue).map(|spec| spec.kind)
 }
 
 fn millis(duration: Duration) -> u64 {

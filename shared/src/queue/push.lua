@@ -1,25 +1,32 @@
--- Adds a batch of jobs, skipping any whose id already exists, so a row the relay pushes
--- twice (a push that succeeded before its transaction failed to commit) is still one job.
--- KEYS: pending list, wake list
--- ARGV: job key prefix, wake_cap, then per job: id, kind, payload, max_attempts, request_id
+-- Adds a batch of jobs. A job is skipped when its id already exists (a row the relay pushed
+-- twice is still one job) or when it carries a unique key that is already claimed (a cron
+-- tick that another replica enqueued first). The claim and the push are one atomic step.
+-- Keys live under the queue's namespace NS (one hash tag, so one cluster slot); KEYS[1] is a
+-- key of that namespace, for routing.
+-- ARGV: NS, wake_cap, then per job: id, kind, payload, max_attempts, request_id,
+--       unique_key ('' for none), unique_ttl_ms
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local prefix = ARGV[1]
+local ns, cap = ARGV[1], tonumber(ARGV[2])
 local added = 0
-for i = 3, #ARGV, 5 do
-  local id = ARGV[i]
-  local key = prefix .. id
-  if redis.call('EXISTS', key) == 0 then
+for i = 3, #ARGV, 7 do
+  local id, kind, unique = ARGV[i], ARGV[i + 1], ARGV[i + 5]
+  local key = ns .. 'job:' .. id
+  local fresh = redis.call('EXISTS', key) == 0
+  if fresh and unique ~= '' then
+    fresh = redis.call('SET', ns .. 'unique:' .. unique, id, 'NX', 'PX', tonumber(ARGV[i + 6])) ~= false
+  end
+  if fresh then
     redis.call('HSET', key,
-      'id', id, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2], 'attempts', 0,
+      'id', id, 'kind', kind, 'payload', ARGV[i + 2], 'attempts', 0,
       'max_attempts', ARGV[i + 3], 'state', 'pending', 'created_ms', now,
       'request_id', ARGV[i + 4], 'history', '[]')
-    redis.call('RPUSH', KEYS[1], id)
-    -- One token per job wakes one idle worker blocked on the wake list; the cap keeps the
-    -- list bounded when no worker is listening.
-    redis.call('RPUSH', KEYS[2], '1')
+    redis.call('RPUSH', ns .. 'pending:' .. kind, id)
+    -- One token per job wakes one idle worker of the kind blocked on its wake list; the cap
+    -- keeps the list bounded when no worker is listening.
+    redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
+    redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
     added = added + 1
   end
 end
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 return added

@@ -1,24 +1,27 @@
 -- Extends the leases of the jobs a live worker still holds (its heartbeat), or, with
--- mode 'release', hands them back to the front of the queue uncounted (graceful shutdown of
--- jobs that never started). Fenced by each attempt's token.
--- KEYS: running, pending
--- ARGV: job key prefix, mode (renew|release), lease_ms, then id, token pairs
+-- mode 'release', hands them back to the front of their kind's queue uncounted (graceful
+-- shutdown). Fenced by each attempt's token.
+-- KEYS[1]: a key of the namespace, for routing.
+-- ARGV: NS, mode (renew|release), lease_ms, wake_cap, then id, token pairs
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local prefix, mode, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ns, mode, lease, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local count = 0
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local key = prefix .. id
+  local key = ns .. 'job:' .. id
   if redis.call('HGET', key, 'token') == token then
     count = count + 1
     if mode == 'renew' then
-      redis.call('ZADD', KEYS[1], 'XX', now + lease, id)
+      redis.call('ZADD', ns .. 'running', 'XX', now + lease, id)
     else
-      redis.call('ZREM', KEYS[1], id)
+      local kind = redis.call('HGET', key, 'kind')
+      redis.call('ZREM', ns .. 'running', id)
       redis.call('HINCRBY', key, 'attempts', -1)
       redis.call('HSET', key, 'state', 'pending', 'token', '')
-      redis.call('LPUSH', KEYS[2], id)
+      redis.call('LPUSH', ns .. 'pending:' .. kind, id)
+      redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
+      redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
     end
   end
 end

@@ -1,0 +1,423 @@
+//! The queue's promises under faults (SPEC section 7), with real worker processes, real
+//! Redis, Postgres and SMTP capture: nothing here is simulated except the fault itself.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use apalis_core::error::BoxDynError;
+use apalis_core::monitor::Monitor;
+use apalis_core::worker::builder::WorkerBuilder;
+use tasklane_shared::jobs::{Backoff, Job, JobSpec, PermanentError, Queue, SendEmail};
+use tasklane_shared::outbox;
+use tasklane_shared::queue::{HeldClaims, NewJob, Outcome, QueueSettings, QueueStore, RedisBackend};
+use tasklane_shared::redis::Keys;
+use tasklane_testkit::{GateMode, TcpGate, TestApp, TestRedis, signal, unique, wait_until};
+
+fn email(to: &str) -> SendEmail {
+    SendEmail {
+        idempotency_key: unique("key"),
+        to: to.to_owned(),
+        subject: "fault test".into(),
+        text_body: "hello".into(),
+        html_body: None,
+    }
+}
+
+fn address() -> String {
+    format!("{}@example.test", unique("to"))
+}
+
+async fn enqueue(app: &TestApp, job: &SendEmail) -> String {
+    let mut tx = app.db.begin().await.unwrap();
+    let id = outbox::enqueue(&mut tx, job, None).await.unwrap();
+    tx.commit().await.unwrap();
+    id.to_string()
+}
+
+fn store(app: &TestApp, settings: QueueSettings) -> QueueStore {
+    let conn = tasklane_shared::redis::connect(&app.settings).unwrap();
+    QueueStore::new(conn, Keys::new(app.settings.redis_prefix.clone()), settings)
+}
+
+async fn wait_for_state(store: &QueueStore, queue: Queue, id: &str, state: &str, deadline: Duration) {
+    wait_until(deadline, &format!("job {id} {state}"), || async {
+        let job = store.job(queue, id).await.unwrap()?;
+        (job.state == state).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_held_by_a_killed_worker_is_finished_by_another_and_sends_once() {
+    let app = TestApp::spawn_with(|s| s.job_lease = Duration::from_secs(3)).await;
+    let store = store(&app, QueueSettings::default());
+    let hung_smtp = TcpGate::smtp(GateMode::Hold).await;
+    let mut doomed = app.worker_process().env("SMTP_URL", hung_smtp.url("smtp")).spawn().unwrap();
+    let to = address();
+    let id = enqueue(&app, &email(&to)).await;
+    wait_for_state(&store, Queue::Emails, &id, "running", Duration::from_secs(20)).await;
+
+    signal(&doomed, "KILL");
+    doomed.wait().await.unwrap();
+    let killed_at = Instant::now();
+    let _survivor = app.spawn_worker().await;
+
+    app.wait_for_emails(&to, 1, Duration::from_secs(30)).await;
+    let recovered_in = killed_at.elapsed();
+    assert!(recovered_in < Duration::from_secs(30), "recovered in {recovered_in:?}");
+    wait_for_state(&store, Queue::Emails, &id, "done", Duration::from_secs(10)).await;
+    let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 2, "the killed attempt counts");
+    assert!(job.history[0].error.as_deref().unwrap().contains("lease expired"), "{:?}", job.history);
+    assert_eq!(job.history[1].error, None);
+    assert_eq!(app.emails_to(&to).await.len(), 1, "sent exactly once");
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
+    let app = TestApp::spawn().await;
+    let lease = Duration::from_millis(300);
+    let store = store(&app, QueueSettings { lease, ..QueueSettings::default() });
+    let job = NewJob {
+        id: uuid::Uuid::now_v7(),
+        kind: "send_email".into(),
+        payload: serde_json::to_string(&email("x@example.test")).unwrap(),
+        max_attempts: 2,
+        request_id: None,
+        unique: None,
+    };
+    let id = job.id.to_string();
+    store.push(Queue::Emails, &[job]).await.unwrap();
+
+    // A "worker" that claims and dies each time: it never reports an outcome.
+    for attempt in 1..=2 {
+        let claim = wait_until(Duration::from_secs(10), "a claim", || async {
+            store.claim(Queue::Emails, "send_email", &format!("crasher-{attempt}"), 1).await.unwrap().pop()
+        })
+        .await;
+        assert_eq!(claim.attempt, attempt);
+    }
+    wait_until(Duration::from_secs(10), "the job to die", || async {
+        store.claim(Queue::Emails, "send_email", "sweeper", 1).await.unwrap();
+        let job = store.job(Queue::Emails, &id).await.unwrap()?;
+        (job.state == "dead").then_some(())
+    })
+    .await;
+    let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.history.len(), 2);
+    assert!(job.history.iter().all(|a| a.error.as_deref().unwrap_or("").contains("lease expired")));
+}
+
+#[tokio::test]
+async fn a_late_result_from_an_expired_claim_is_refused() {
+    let app = TestApp::spawn().await;
+    let store = store(&app, QueueSettings { lease: Duration::from_millis(200), ..QueueSettings::default() });
+    let job = NewJob {
+        id: uuid::Uuid::now_v7(),
+        kind: "send_email".into(),
+        payload: "{}".into(),
+        max_attempts: 3,
+        request_id: None,
+        unique: None,
+    };
+    store.push(Queue::Emails, &[job]).await.unwrap();
+    let first = store.claim(Queue::Emails, "send_email", "slow", 1).await.unwrap().pop().unwrap();
+    let second = wait_until(Duration::from_secs(10), "the job to be reclaimed", || async {
+        store.claim(Queue::Emails, "send_email", "fresh", 1).await.unwrap().pop()
+    })
+    .await;
+    assert_eq!(second.attempt, 2);
+    let late = Outcome::Dead { error: "stale".into() };
+    assert!(!store.finish(&first, &late, Duration::ZERO).await.unwrap(), "stale token refused");
+    assert!(store.finish(&second, &Outcome::Succeeded, Duration::ZERO).await.unwrap());
+    let record = store.job(Queue::Emails, &second.id).await.unwrap().unwrap();
+    assert_eq!(record.state, "done");
+}
+
+#[tokio::test]
+async fn sigterm_mid_job_hands_the_job_back_and_nothing_is_lost() {
+    let app = TestApp::spawn().await;
+    let store = store(&app, QueueSettings::default());
+    let hung_smtp = TcpGate::smtp(GateMode::Hold).await;
+    let mut stopping = app
+        .worker_process()
+        .env("SMTP_URL", hung_smtp.url("smtp"))
+        .env("TASKLANE_SHUTDOWN_GRACE_SECS", "1")
+        .env("TASKLANE_JOB_LEASE_SECS", "60")
+        .spawn()
+        .unwrap();
+    let to = address();
+    let id = enqueue(&app, &email(&to)).await;
+    wait_for_state(&store, Queue::Emails, &id, "running", Duration::from_secs(20)).await;
+
+    signal(&stopping, "TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(15), stopping.wait()).await.expect("exits").unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // Handed back at once, not after the 60 s lease; and not counted as an attempt.
+    let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
+    assert_eq!(job.state, "pending");
+    assert_eq!(job.attempts, 0);
+
+    let _next = app.spawn_worker().await;
+    app.wait_for_emails(&to, 1, Duration::from_secs(20)).await;
+    wait_for_state(&store, Queue::Emails, &id, "done", Duration::from_secs(10)).await;
+    assert_eq!(app.emails_to(&to).await.len(), 1);
+}
+
+#[tokio::test]
+async fn smtp_down_for_a_while_means_retries_with_growing_backoff_then_one_email() {
+    let app = TestApp::spawn().await;
+    let store = store(&app, QueueSettings::default());
+    let gate = TcpGate::smtp(GateMode::Refuse).await;
+    let mut settings = app.worker_settings();
+    settings.smtp_url = gate.url("smtp").into();
+    let _worker = tasklane_testkit::TestWorker::spawn(settings).await;
+    let to = address();
+    let id = enqueue(&app, &email(&to)).await;
+
+    wait_until(Duration::from_secs(30), "three failed attempts", || async {
+        let job = store.job(Queue::Emails, &id).await.unwrap()?;
+        (job.history.len() >= 3).then_some(())
+    })
+    .await;
+    gate.set(GateMode::Forward);
+    app.wait_for_emails(&to, 1, Duration::from_secs(60)).await;
+    wait_for_state(&store, Queue::Emails, &id, "done", Duration::from_secs(10)).await;
+
+    let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
+    let (failed, succeeded) = job.history.split_at(job.history.len() - 1);
+    assert!(failed.len() >= 3 && succeeded[0].error.is_none(), "{:?}", job.history);
+    let backoff = SendEmail::SPEC.backoff;
+    for (i, attempt) in failed.iter().enumerate() {
+        let n = u32::try_from(i + 1).unwrap();
+        let delay = Duration::from_millis(u64::try_from(attempt.retry_in_ms.unwrap()).unwrap());
+        assert!(delay <= backoff.ceiling(n), "attempt {n}: {delay:?} over {:?}", backoff.ceiling(n));
+        if n > 1 {
+            assert!(backoff.ceiling(n) > backoff.ceiling(n - 1), "the ceiling grows");
+        }
+    }
+    assert_eq!(app.emails_to(&to).await.len(), 1, "one email in the end");
+}
+
+/// A job kind of this test's own, on a queue of the real store, so the dead path can be
+/// driven without waiting out `send_email`'s eight attempts.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Flaky {
+    fail: bool,
+    permanent: bool,
+}
+
+impl Job for Flaky {
+    const SPEC: JobSpec = JobSpec {
+        kind: "flaky",
+        queue: Queue::Maintenance,
+        max_attempts: 3,
+        backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) },
+        timeout: Duration::from_secs(5),
+        unique: false,
+        schedule: None,
+    };
+}
+
+async fn flaky(job: Flaky) -> Result<(), BoxDynError> {
+    match (job.fail, job.permanent) {
+        (true, true) => Err(Box::new(PermanentError("bad input".into()))),
+        (true, false) => Err("always fails".into()),
+        _ => Ok(()),
+    }
+}
+
+async fn push_flaky(store: &QueueStore, job: &Flaky) -> String {
+    let new = NewJob {
+        id: uuid::Uuid::now_v7(),
+        kind: Flaky::SPEC.kind.into(),
+        payload: serde_json::to_string(job).unwrap(),
+        max_attempts: Flaky::SPEC.max_attempts,
+        request_id: None,
+        unique: None,
+    };
+    store.push(Flaky::SPEC.queue, &[new.clone()]).await.unwrap();
+    new.id.to_string()
+}
+
+#[tokio::test]
+async fn a_job_that_always_fails_is_dead_after_its_attempts_and_the_worker_carries_on() {
+    let app = TestApp::spawn().await;
+    let store = store(&app, QueueSettings::default());
+    let blocking = tasklane_shared::redis::connect_blocking(&app.settings).unwrap();
+    let backend_store = store.clone();
+    let monitor = Monitor::new().register(move |_| {
+        WorkerBuilder::new("flaky-worker")
+            .backend(RedisBackend::<Flaky>::new(backend_store.clone(), blocking.clone(), "flaky-worker".into(), HeldClaims::default()))
+            .build(flaky)
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(monitor.run_with_signal(async move {
+        let _ = stopped.await;
+        Ok(())
+    }));
+    let _email_worker = app.spawn_worker().await;
+
+    let doomed = push_flaky(&store, &Flaky { fail: true, permanent: false }).await;
+    let hopeless = push_flaky(&store, &Flaky { fail: true, permanent: true }).await;
+    wait_for_state(&store, Queue::Maintenance, &doomed, "dead", Duration::from_secs(20)).await;
+    wait_for_state(&store, Queue::Maintenance, &hopeless, "dead", Duration::from_secs(20)).await;
+
+    let dead = store.job(Queue::Maintenance, &doomed).await.unwrap().unwrap();
+    assert_eq!(dead.attempts, 3, "{dead:?}");
+    assert_eq!(dead.history.len(), 3);
+    assert!(dead.history.iter().all(|a| a.error.as_deref() == Some("always fails") && a.worker.is_some()));
+    let skipped = store.job(Queue::Maintenance, &hopeless).await.unwrap().unwrap();
+    assert_eq!(skipped.attempts, 1, "a permanent error skips the retries");
+
+    // The same worker still runs the next job, and other queues never noticed.
+    let fine = push_flaky(&store, &Flaky { fail: false, permanent: false }).await;
+    wait_for_state(&store, Queue::Maintenance, &fine, "done", Duration::from_secs(20)).await;
+    let to = address();
+    enqueue(&app, &email(&to)).await;
+    app.wait_for_emails(&to, 1, Duration::from_secs(20)).await;
+    assert_eq!(store.depth(Queue::Maintenance).await.unwrap().dead, 2);
+
+    let _ = stop.send(());
+    monitor.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn after_a_redis_restart_relay_and_workers_reconnect_by_themselves() {
+    let mut redis = TestRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(|s| s.redis_url = url.into()).await;
+    let mut worker = app.worker_process().spawn().unwrap();
+    let before = address();
+    enqueue(&app, &email(&before)).await;
+    app.wait_for_emails(&before, 1, Duration::from_secs(20)).await;
+
+    redis.stop().await;
+    let during = address();
+    enqueue(&app, &email(&during)).await;
+    redis.start_again().await;
+
+    app.wait_for_emails(&during, 1, Duration::from_secs(30)).await;
+    let after = address();
+    enqueue(&app, &email(&after)).await;
+    app.wait_for_emails(&after, 1, Duration::from_secs(30)).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker process survived the restart");
+    signal(&worker, "TERM");
+    worker.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn three_worker_processes_run_each_tick_of_a_two_second_schedule_once() {
+    const WINDOW: Duration = Duration::from_secs(60);
+    let app = TestApp::spawn().await;
+    let store = store(&app, QueueSettings::default());
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| app.worker_process().env("TASKLANE_CRON_PRUNE_SENT_EMAILS", "*/2 * * * * *").spawn().unwrap())
+        .collect();
+
+    let first = wait_until(Duration::from_secs(20), "the first tick", || async {
+        store.last_tick("prune_sent_emails").await.unwrap()
+    })
+    .await;
+    let end = first + i64::try_from(WINDOW.as_millis()).unwrap();
+    wait_until(WINDOW + Duration::from_secs(20), "a minute of ticks", || async {
+        (store.last_tick("prune_sent_emails").await.unwrap()? >= end).then_some(())
+    })
+    .await;
+    for worker in &workers {
+        signal(worker, "TERM");
+    }
+    for worker in &mut workers {
+        worker.wait().await.unwrap();
+    }
+
+    let mut runs: BTreeMap<i64, u32> = BTreeMap::new();
+    for state in ["pending", "running", "scheduled", "done", "dead"] {
+        for id in store.ids(Queue::Maintenance, state, 10_000).await.unwrap() {
+            let job = store.job(Queue::Maintenance, &id).await.unwrap().unwrap();
+            let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap();
+            let tick = chrono::DateTime::parse_from_rfc3339(payload["tick"].as_str().unwrap()).unwrap();
+            *runs.entry(tick.timestamp()).or_default() += 1;
+            assert!(job.attempts <= 1, "a tick's job ran at most once: {job:?}");
+        }
+    }
+    let ticks: Vec<i64> = runs.keys().copied().collect();
+    assert!(runs.values().all(|n| *n == 1), "one job per tick: {runs:?}");
+    assert!(ticks.len() >= 30, "a minute of two-second ticks: {ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] - w[0] == 2), "no tick missed: {ticks:?}");
+}
+
+#[tokio::test]
+async fn after_all_workers_were_down_only_the_latest_missed_tick_runs() {
+    let app = TestApp::spawn().await;
+    let store = store(&app, QueueSettings::default());
+    // The schedule last ran ten minutes ago (about 300 two-second ticks were missed).
+    let ten_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
+    store.record_tick("prune_sent_emails", ten_minutes_ago.timestamp_millis()).await.unwrap();
+
+    let mut settings = app.worker_settings();
+    settings.cron.insert("prune_sent_emails".into(), "*/2 * * * * *".into());
+    let started = chrono::Utc::now();
+    let worker = tasklane_testkit::TestWorker::spawn(settings.clone()).await;
+    let again = tasklane_testkit::TestWorker::spawn(settings).await;
+    wait_until(Duration::from_secs(10), "the catch-up run", || async {
+        (store.depth(Queue::Maintenance).await.unwrap().done >= 1).then_some(())
+    })
+    .await;
+    worker.stop().await.unwrap();
+    again.stop().await.unwrap();
+
+    let mut ticks = Vec::new();
+    for state in ["pending", "running", "done"] {
+        for id in store.ids(Queue::Maintenance, state, 1000).await.unwrap() {
+            let job = store.job(Queue::Maintenance, &id).await.unwrap().unwrap();
+            let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap();
+            ticks.push(chrono::DateTime::parse_from_rfc3339(payload["tick"].as_str().unwrap()).unwrap());
+        }
+    }
+    let missed: Vec<_> = ticks.iter().filter(|t| **t <= started).collect();
+    assert_eq!(missed.len(), 1, "one catch-up run, not the backlog: {ticks:?}");
+    assert!(started.signed_duration_since(*missed[0]) <= chrono::Duration::seconds(2));
+}
+
+#[tokio::test]
+async fn finished_jobs_expire_and_the_key_count_returns_to_its_baseline() {
+    let app = TestApp::spawn_with(|s| s.job_retention = Duration::from_secs(1)).await;
+    let conn = tasklane_shared::redis::connect(&app.settings).unwrap();
+    let pattern = format!("{}:*", app.settings.redis_prefix);
+    let count_keys = || {
+        let mut conn = conn.clone();
+        let pattern = pattern.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
+            keys.len()
+        }
+    };
+    let _worker = app.spawn_worker().await;
+    let baseline = count_keys().await;
+    let to = address();
+    for _ in 0..3 {
+        for _ in 0..20 {
+            enqueue(&app, &email(&to)).await;
+        }
+        let sent = app.emails_to(&to).await.len();
+        app.wait_for_emails(&to, sent + 20, Duration::from_secs(30)).await;
+        let peak = count_keys().await;
+        assert!(peak > baseline);
+        wait_until(Duration::from_secs(15), "keys back to the baseline", || async {
+            (count_keys().await <= baseline).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_worker_reports_an_eviction_policy_that_can_lose_jobs() {
+    let redis = TestRedis::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    assert!(tasklane_shared::redis::check_eviction_policy(&mut conn).await, "noeviction is accepted");
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-lru").query_async(&mut conn).await.unwrap();
+    assert!(!tasklane_shared::redis::check_eviction_policy(&mut conn).await, "allkeys-lru is reported");
+}

@@ -1,0 +1,168 @@
+//! Schedules: each scheduled job kind runs once per tick however many workers run.
+//!
+//! Every worker runs an apalis-cron tick worker per schedule; a tick does not run the job, it
+//! enqueues it. The job's id is derived from the schedule and the tick's scheduled time, and
+//! the push claims `cron:<kind>:<tick>` in the same atomic step (see the queue's push script),
+//! so of N replicas firing the same tick exactly one enqueues it. There is no leader to
+//! elect or lose. The job then runs on whichever worker claims it, with the queue's
+//! retries and orphan recovery.
+//!
+//! After all workers were down, the first worker to start enqueues the latest tick it missed
+//! (once, by the same claim), never the backlog. A tick worker that falls behind its schedule
+//! yields the missed tick instead of failing, which apalis-cron does (it returns
+//! `OutOfRange` from then on, and apalis stops a worker on a backend error).
+
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::error::BoxDynError;
+use apalis_core::layers::Identity;
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::data::Data;
+use apalis_core::worker::context::WorkerContext;
+use apalis_cron::{CronScheduler, Tick};
+use chrono::{DateTime, Utc};
+use tasklane_shared::config::Settings;
+use tasklane_shared::jobs::{CronJob, JobSpec};
+use tasklane_shared::queue::{NewJob, QueueStore};
+
+/// How long a tick's claim lasts: far longer than any clock skew between workers.
+const TICK_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Namespace of tick job ids (UUIDv5 of `<kind>@<unix seconds>`).
+const TICK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3a52_8d0e_4b7a_9f21_5e0c_7d43_a9b1);
+
+/// The effective schedule of a kind: its `TASKLANE_CRON_<KIND>` override or its default.
+pub fn schedule_of(spec: &JobSpec, settings: &Settings) -> anyhow::Result<Option<(String, cron::Schedule)>> {
+    let Some(default) = spec.schedule else {
+        return Ok(None);
+    };
+    let expression = settings.cron.get(spec.kind).cloned().unwrap_or_else(|| default.to_owned());
+    let schedule = cron::Schedule::from_str(&expression).with_context(|| {
+        format!(
+            "TASKLANE_CRON_{}={expression:?} is not a cron expression with a seconds field \
+             (`sec min hour day month weekday`, e.g. \"0 */5 * * * *\")",
+            spec.kind.to_ascii_uppercase()
+        )
+    })?;
+    Ok(Some((expression, schedule)))
+}
+
+/// Checks every override names a scheduled kind and parses, so a typo stops start-up.
+pub fn validate(settings: &Settings) -> anyhow::Result<()> {
+    for kind in settings.cron.keys() {
+        let spec = tasklane_shared::jobs::spec(kind).filter(|spec| spec.schedule.is_some());
+        anyhow::ensure!(spec.is_some(), "TASKLANE_CRON_{} does not name a scheduled job", kind.to_ascii_uppercase());
+    }
+    for spec in tasklane_shared::jobs::ALL {
+        schedule_of(spec, settings)?;
+    }
+    Ok(())
+}
+
+/// Enqueues `J` for the tick at `at`; `false` when another worker already did.
+pub async fn enqueue_tick_at<J: CronJob>(store: &QueueStore, at: DateTime<Utc>) -> anyhow::Result<bool> {
+    let kind = J::SPEC.kind;
+    let seconds = at.timestamp();
+    let job = NewJob {
+        id: uuid::Uuid::new_v5(&TICK_NAMESPACE, format!("{kind}@{seconds}").as_bytes()),
+        kind: kind.to_owned(),
+        payload: serde_json::to_string(&J::for_tick(at))?,
+        max_attempts: J::SPEC.max_attempts,
+        request_id: None,
+        unique: Some((format!("cron:{kind}:{seconds}"), TICK_CLAIM_TTL)),
+    };
+    let added = store.push(J::SPEC.queue, &[job]).await? == 1;
+    if added {
+        store.record_tick(kind, at.timestamp_millis()).await?;
+        tracing::info!(kind, tick = %at, "scheduled job enqueued");
+    }
+    Ok(added)
+}
+
+/// The apalis handler of a tick: enqueue the kind's job for it.
+pub async fn on_tick<J: CronJob>(tick: Tick, store: Data<QueueStore>) -> Result<(), BoxDynError> {
+    let at = i64::try_from(tick.get_timestamp())
+        .ok()
+        .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+        .ok_or("tick out of range")?;
+    enqueue_tick_at::<J>(&store, at).await?;
+    Ok(())
+}
+
+/// At start-up: if the schedule ran before and a tick was missed since, enqueue the latest
+/// missed one (once across the fleet).
+pub async fn catch_up<J: CronJob>(store: &QueueStore, schedule: &cron::Schedule) -> anyhow::Result<()> {
+    let Some(last_ms) = store.last_tick(J::SPEC.kind).await? else {
+        return Ok(());
+    };
+    let now = Utc::now();
+    let Some(latest) = schedule.after(&(now + chrono::Duration::milliseconds(1))).next_back() else {
+        return Ok(());
+    };
+    if latest.timestamp_millis() > last_ms && latest <= now {
+        tracing::info!(kind = J::SPEC.kind, tick = %latest, "catching up the latest missed tick");
+        enqueue_tick_at::<J>(store, latest).await?;
+    }
+    Ok(())
+}
+
+/// apalis-cron's scheduler, reset instead of failing when it falls behind (see module doc).
+pub struct TickSource {
+    inner: CronScheduler<cron::Schedule>,
+    template: CronScheduler<cron::Schedule>,
+}
+
+impl TickSource {
+    pub fn new(schedule: cron::Schedule) -> Self {
+        let template = CronScheduler::new(schedule);
+        Self { inner: template.clone(), template }
+    }
+}
+
+impl Backend for TickSource {
+    type Task = Task<Tick>;
+    type Error = apalis_cron::Error;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx, worker)
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Option<Result<Task<Tick>, Self::Error>>> {
+        match self.inner.poll_next(cx, worker) {
+            Poll::Ready(Some(Err(apalis_cron::Error::OutOfRange { tick, duration }))) => {
+                tracing::warn!(tick, late_ms = duration.as_millis() as u64, "tick fired late; enqueuing it now");
+                // A fresh scheduler computes the next tick from now.
+                self.inner = self.template.clone();
+                Poll::Ready(Some(Ok(TaskBuilder::new(Tick::new(tick)).build())))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).get_mut().poll_close(cx, worker)
+    }
+}
+
+impl BackendConfig for TickSource {
+    type Args = Tick;
+    type Id = String;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}
