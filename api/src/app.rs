@@ -9,6 +9,9 @@ use poem::{EndpointExt, Route, Server};
 use tasklane_shared::config::Settings;
 use tasklane_shared::redis::Keys;
 
+use crate::auth::password::PasswordHasher;
+use crate::auth::throttle::LoginThrottle;
+use crate::auth::tokens::TokenIssuer;
 use crate::http::HttpPolicy;
 use crate::openapi;
 use crate::state::AppState;
@@ -26,11 +29,15 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = tasklane_shared::db::connect(&settings)?;
         let redis = tasklane_shared::redis::connect(&settings)?;
+        let keys = Keys::new(settings.redis_prefix.clone());
         let state = AppState {
             db,
+            throttle: LoginThrottle::new(redis.clone(), keys.clone()),
             redis,
-            keys: Keys::new(settings.redis_prefix.clone()),
+            keys,
             metrics: tasklane_shared::telemetry::metrics_handle(),
+            hasher: PasswordHasher::new(&settings.auth)?,
+            tokens: TokenIssuer::new(&settings),
             settings: Arc::new(settings),
         };
         let acceptor = TcpListener::bind(state.settings.api_addr).into_acceptor().await?;

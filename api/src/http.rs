@@ -104,16 +104,17 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
             Ok(resp) => {
                 let resp = resp.into_response();
                 let route = route_of(resp.data::<poem::PathPattern>());
-                (resp, route)
+                (with_request_id(resp, request_id).await, route)
+            }
+            // A documented error response (e.g. `ServerError`): already a problem.
+            Err(err) if err.is_from_response() => {
+                let route = route_of(err.data::<poem::PathPattern>());
+                (with_request_id(err.into_response(), request_id).await, route)
             }
             Err(err) => {
                 let route = route_of(err.data::<poem::PathPattern>());
                 let problem = Problem::from_error(&err);
-                let mut resp = problem.with_request_id(request_id).into_response();
-                if err.status() == StatusCode::UNAUTHORIZED {
-                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                }
-                (resp, route)
+                (problem.with_request_id(request_id).into_response(), route)
             }
         }
     }
@@ -145,6 +146,31 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
             None => Ok(()),
         }
     }
+}
+
+/// Handlers build problems without knowing the request id; it is filled in here so every
+/// problem carries it.
+async fn with_request_id(mut resp: Response, request_id: &str) -> Response {
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(crate::problem::CONTENT_TYPE.as_bytes()));
+    if !is_problem {
+        return resp;
+    }
+    let Ok(bytes) = resp.take_body().into_bytes().await else {
+        return resp;
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut problem)) => {
+            problem.entry("request_id").or_insert_with(|| request_id.into());
+            serde_json::to_vec(&problem).unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    };
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp.set_body(body);
+    resp
 }
 
 fn route_of(pattern: Option<&poem::PathPattern>) -> String {
@@ -182,9 +208,13 @@ fn preflight_response() -> Response {
 }
 
 fn apply_headers(resp: &mut Response, request_id: &str, origin: Option<HeaderValue>, docs: bool) {
+    let status = resp.status();
     let headers = resp.headers_mut();
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, id);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

@@ -7,11 +7,15 @@
 //!   headers, CORS, body limit, metrics).
 //! - [`problem`]: the RFC 9457 error shape.
 //! - [`openapi`]: the document and its tags; [`ops`]: health and metrics.
+//! - [`auth`]: passwords, tokens, the bearer scheme, login limits.
+//! - [`routes`]: one module per resource.
 //! - [`state`]: what handlers share.
 
 pub mod app;
+pub mod auth;
 pub mod http;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+pub mod routes;
 pub mod state;

@@ -6,20 +6,31 @@
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::ops::OpsApi;
+use crate::routes::admin_users::AdminUsersApi;
+use crate::routes::auth::AuthApi;
+use crate::routes::me::MeApi;
 
 #[derive(Tags)]
 pub enum ApiTags {
+    /// Register, sign in, refresh and sign out; verify an address; reset a password.
+    Auth,
+    /// Your own account: profile, digest preferences, password.
+    Account,
+    /// Administration (admins only): accounts, job queues, schedules.
+    Admin,
     /// Health and metrics for operators and orchestrators.
     Operations,
 }
 
-pub type Apis = OpsApi;
+pub type Apis = (AuthApi, MeApi, AdminUsersApi, OpsApi);
 
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(OpsApi, "Tasklane API", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((AuthApi, MeApi, AdminUsersApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
         .description(
             "Task management over a durable job queue. Errors are `application/problem+json` \
-             (RFC 9457). Every response carries `X-Request-Id`.",
+             (RFC 9457). Every response carries `X-Request-Id`. To call authenticated \
+             operations from this page: register or log in, copy `access_token`, press \
+             Authorize and paste it.",
         )
 }
 

@@ -47,7 +47,25 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), code: code.into(), message: message.into() }
+    }
+}
+
 impl Problem {
+    /// 422 listing every invalid field.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        let detail = match errors.as_slice() {
+            [one] => format!("{} {}", one.field, one.message),
+            _ => format!("invalid fields: {}", fields.join(", ")),
+        };
+        let mut problem = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail);
+        problem.errors = Some(errors);
+        problem
+    }
+
     /// A problem of the given status; `code` becomes the `type` URN.
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Self {
@@ -112,5 +130,63 @@ impl IntoResponse for Problem {
             .status(self.status_code())
             .content_type(CONTENT_TYPE)
             .body(body)
+    }
+}
+
+/// Failures on our side, as documented responses: every operation can answer them.
+/// Details are logged (with the request id, from the request's span), never sent.
+#[derive(poem_openapi::ApiResponse)]
+pub enum ServerError {
+    /// Something failed on our side; quote the request id when reporting it.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    Internal(poem_openapi::payload::Json<Problem>),
+    /// A dependency (the database or Redis) is unavailable; retry after `Retry-After` seconds.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(poem_openapi::payload::Json<Problem>, #[oai(header = "Retry-After")] u32),
+}
+
+impl ServerError {
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "request failed");
+        Self::Internal(poem_openapi::payload::Json(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server could not complete the request; quote the request id when reporting it",
+        )))
+    }
+
+    fn unavailable(what: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{what} unavailable");
+        Self::Unavailable(
+            poem_openapi::payload::Json(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dependency_unavailable",
+                format!("{what} is unavailable; retry shortly"),
+            )),
+            5,
+        )
+    }
+}
+
+impl From<sqlx::Error> for ServerError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
+                Self::unavailable("the database", err)
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<redis::RedisError> for ServerError {
+    fn from(err: redis::RedisError) -> Self {
+        Self::unavailable("redis", err)
+    }
+}
+
+impl From<anyhow::Error> for ServerError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::internal(format!("{err:#}"))
     }
 }

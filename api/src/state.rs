@@ -8,6 +8,10 @@ use sqlx::PgPool;
 use tasklane_shared::config::Settings;
 use tasklane_shared::redis::Keys;
 
+use crate::auth::password::PasswordHasher;
+use crate::auth::throttle::LoginThrottle;
+use crate::auth::tokens::TokenIssuer;
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
@@ -16,4 +20,7 @@ pub struct AppState {
     pub keys: Keys,
     pub settings: Arc<Settings>,
     pub metrics: PrometheusHandle,
+    pub hasher: PasswordHasher,
+    pub tokens: TokenIssuer,
+    pub throttle: LoginThrottle,
 }

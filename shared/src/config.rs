@@ -88,6 +88,27 @@ pub struct Settings {
     /// `TASKLANE_CRON_MARK_OVERDUE="*/2 * * * * *"` for `mark_overdue`). The worker parses
     /// and validates them at start-up.
     pub cron: HashMap<String, String>,
+    pub auth: AuthSettings,
+}
+
+/// Accounts and tokens (SPEC section 4).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `iss` of access tokens (`TASKLANE_JWT_ISSUER`).
+    pub jwt_issuer: String,
+    /// `aud` of access tokens (`TASKLANE_JWT_AUDIENCE`).
+    pub jwt_audience: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// argon2id cost: memory in KiB, iterations, lanes (OWASP: 19456, 2, 1).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Addresses that become admins once verified (`TASKLANE_ADMIN_EMAILS`, normalised).
+    pub admin_emails: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (`TASKLANE_TRUSTED_PROXIES`: IPs or
+    /// CIDRs). From anyone else the header is ignored, so it cannot dodge the login limit.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Object storage settings. `public_endpoint` is the host clients use, which is what
@@ -181,6 +202,38 @@ impl Settings {
             })
             .collect();
 
+        let trusted_proxies = r
+            .string_any("TASKLANE_TRUSTED_PROXIES", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .filter_map(|entry| {
+                let parsed = entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                if parsed.is_err() {
+                    r.problems.push(format!("TASKLANE_TRUSTED_PROXIES: {entry:?} is not an IP address or CIDR"));
+                }
+                parsed.ok()
+            })
+            .collect::<Vec<_>>();
+        let auth = AuthSettings {
+            jwt_issuer: r.string_any("TASKLANE_JWT_ISSUER", "tasklane"),
+            jwt_audience: r.string_any("TASKLANE_JWT_AUDIENCE", "tasklane-api"),
+            access_token_ttl: Duration::from_secs(r.parsed_any("TASKLANE_ACCESS_TOKEN_TTL_SECS", "900")),
+            refresh_token_ttl: Duration::from_secs(r.parsed_any("TASKLANE_REFRESH_TOKEN_TTL_SECS", "2592000")),
+            argon2_memory_kib: r.parsed_any("TASKLANE_ARGON2_MEMORY_KIB", "19456"),
+            argon2_iterations: r.parsed_any("TASKLANE_ARGON2_ITERATIONS", "2"),
+            argon2_parallelism: r.parsed_any("TASKLANE_ARGON2_PARALLELISM", "1"),
+            admin_emails: r
+                .string_any("TASKLANE_ADMIN_EMAILS", "")
+                .split(',')
+                .map(|email| email.trim().to_lowercase())
+                .filter(|email| !email.is_empty())
+                .collect(),
+            trusted_proxies,
+        };
+
         let settings = Settings {
             env,
             api_addr,
@@ -204,6 +257,7 @@ impl Settings {
             dead_job_retention,
             worker_concurrency,
             cron,
+            auth,
         };
         if env == Environment::Prod {
             settings.check_prod_secrets(&mut reader.problems);

@@ -82,12 +82,35 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// retried or duplicated job never sends the same email twice.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SendEmail {
-    /// Unique per email (e.g. `verify:<user>:<token id>`).
+    /// Unique per email (e.g. `verify_email:<token id>`).
     pub idempotency_key: String,
     pub to: String,
-    pub subject: String,
-    pub text_body: String,
-    pub html_body: Option<String>,
+    /// What to say; the worker renders it from the email's templates, building links from
+    /// `PUBLIC_URL` only.
+    pub message: EmailMessage,
+}
+
+/// Every email Tasklane sends, with the data its templates need.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "template", rename_all = "snake_case")]
+pub enum EmailMessage {
+    /// Confirms the address after registration.
+    VerifyEmail { display_name: Option<String>, token: String },
+    /// Carries a password reset link (30 minutes, single use).
+    ResetPassword { display_name: Option<String>, token: String },
+    /// Tells the owner the password changed, so an unexpected change is noticed.
+    PasswordChanged { display_name: Option<String> },
+}
+
+impl EmailMessage {
+    /// The template folder of this email.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Self::VerifyEmail { .. } => "verify_email",
+            Self::ResetPassword { .. } => "reset_password",
+            Self::PasswordChanged { .. } => "password_changed",
+        }
+    }
 }
 
 impl Job for SendEmail {

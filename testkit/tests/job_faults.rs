@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
-use tasklane_shared::jobs::{Backoff, Job, JobSpec, PermanentError, Queue, SendEmail};
+use tasklane_shared::jobs::{Backoff, EmailMessage, Job, JobSpec, PermanentError, Queue, SendEmail};
 use tasklane_shared::outbox;
 use tasklane_shared::queue::{HeldClaims, NewJob, Outcome, QueueSettings, QueueStore, RedisBackend};
 use tasklane_shared::redis::Keys;
@@ -17,9 +17,7 @@ fn email(to: &str) -> SendEmail {
     SendEmail {
         idempotency_key: unique("key"),
         to: to.to_owned(),
-        subject: "fault test".into(),
-        text_body: "hello".into(),
-        html_body: None,
+        message: EmailMessage::PasswordChanged { display_name: None },
     }
 }
 

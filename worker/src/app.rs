@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::health;
 use crate::jobs;
 use crate::mailer::Mailer;
+use crate::templates::Templates;
 
 /// What every job handler and backend of this process shares; cheap to clone.
 #[derive(Clone)]
@@ -26,6 +27,7 @@ pub struct WorkerContext {
     pub db: PgPool,
     pub store: QueueStore,
     pub mailer: Mailer,
+    pub templates: Templates,
     /// Claims this process holds, handed back if a graceful shutdown runs out of time.
     pub held: HeldClaims,
     /// Unique per process start, so a restarted worker never inherits a dead one's claims.
@@ -78,6 +80,7 @@ impl WorkerApp {
             db,
             store,
             mailer: Mailer::new(&settings)?,
+            templates: Templates::new(settings.public_url.clone())?,
             held: HeldClaims::default(),
             name: format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..]),
             concurrency: settings.worker_concurrency,

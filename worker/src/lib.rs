@@ -4,7 +4,7 @@
 //! - [`app`]: builds the process ([`app::WorkerApp`]): relay, apalis monitor, health server.
 //! - [`jobs`]: the handlers and the one list that registers them.
 //! - [`cron`]: schedules, run once per tick across the fleet.
-//! - [`mailer`]: SMTP with lettre.
+//! - [`mailer`]: SMTP with lettre; [`templates`]: the emails, one folder each.
 //! - [`health`]: `/health/*` and `/metrics`.
 
 pub mod app;
@@ -12,3 +12,4 @@ pub mod cron;
 pub mod health;
 pub mod jobs;
 pub mod mailer;
+pub mod templates;

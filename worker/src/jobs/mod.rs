@@ -28,6 +28,7 @@ pub fn register(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result<Monitor
             .backend(c.backend::<SendEmail>())
             .concurrency(c.concurrency)
             .data(c.mailer.clone())
+            .data(c.templates.clone())
             .data(c.db.clone())
             .build(send_email)
     });

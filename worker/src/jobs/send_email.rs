@@ -12,8 +12,16 @@ use sqlx::PgPool;
 use tasklane_shared::jobs::{PermanentError, SendEmail};
 
 use crate::mailer::{Email, MailError, Mailer};
+use crate::templates::Templates;
 
-pub async fn send_email(job: SendEmail, mailer: Data<Mailer>, db: Data<PgPool>) -> Result<(), BoxDynError> {
+pub async fn send_email(
+    job: SendEmail,
+    mailer: Data<Mailer>,
+    templates: Data<Templates>,
+    db: Data<PgPool>,
+) -> Result<(), BoxDynError> {
+    // A template that does not render never will: no retry.
+    let rendered = templates.render(&job.message).map_err(|err| PermanentError(format!("{err:#}")))?;
     let mut tx = db.begin().await?;
     let claimed = sqlx::query(
         "insert into sent_emails (idempotency_key, recipient) values ($1, $2)
@@ -25,16 +33,16 @@ pub async fn send_email(job: SendEmail, mailer: Data<Mailer>, db: Data<PgPool>) 
     .await?
     .rows_affected();
     if claimed == 0 {
-        tracing::info!(key = %job.idempotency_key, "email already sent; skipping");
+        tracing::info!(key = %job.idempotency_key, template = job.message.template(), "email already sent; skipping");
         return Ok(());
     }
-    let email = Email { to: &job.to, subject: &job.subject, text: &job.text_body, html: job.html_body.as_deref() };
+    let email = Email { to: &job.to, subject: &rendered.subject, text: &rendered.text, html: Some(&rendered.html) };
     match mailer.send(&email).await {
         Ok(()) => {}
         Err(MailError::Invalid(why)) => return Err(Box::new(PermanentError(why))),
         Err(err) => return Err(Box::new(err)),
     }
     tx.commit().await?;
-    tracing::info!(key = %job.idempotency_key, "email sent");
+    tracing::info!(key = %job.idempotency_key, template = job.message.template(), "email sent");
     Ok(())
 }

@@ -1,0 +1,58 @@
+//! The bearer security scheme: Swagger UI's Authorize button, and the caller of every
+//! authenticated operation.
+//!
+//! The token must verify (HS256, every claim), and the account must still exist and not be
+//! disabled: the role is read from the database, so demoting or disabling someone takes
+//! effect at once rather than when their token expires.
+
+use poem::Request;
+use poem::http::StatusCode;
+use poem_openapi::SecurityScheme;
+use poem_openapi::auth::Bearer;
+use uuid::Uuid;
+
+use super::Role;
+use crate::problem::Problem;
+use crate::state::AppState;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct CurrentUser {
+    pub id: Uuid,
+    pub email: String,
+    pub role: Role,
+    /// The login session (refresh family) the access token belongs to.
+    pub session: Uuid,
+}
+
+/// A JWT access token from `POST /api/v1/auth/login` (or register/refresh).
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "authenticate")]
+pub struct BearerAuth(pub CurrentUser);
+
+impl BearerAuth {
+    /// 403 unless the caller is an admin.
+    pub fn require_admin(&self) -> Result<&CurrentUser, Problem> {
+        if self.0.role == Role::Admin {
+            Ok(&self.0)
+        } else {
+            Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "this operation is for admins"))
+        }
+    }
+}
+
+async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<CurrentUser> {
+    let unauthorized = || poem::Error::from_string("the access token is missing, invalid or expired", StatusCode::UNAUTHORIZED);
+    let state = req.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let claims = state.tokens.verify(&bearer.token).map_err(|_| unauthorized())?;
+    let row: Option<(String, String, bool)> = sqlx::query_as("select email, role, disabled from users where id = $1")
+        .bind(claims.sub)
+        .fetch_optional(&state.db)
+        .await
+        .map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
+    let (email, role, disabled) = row.ok_or_else(unauthorized)?;
+    if disabled {
+        return Err(unauthorized());
+    }
+    Ok(CurrentUser { id: claims.sub, email, role: Role::parse(&role).unwrap_or(Role::User), session: claims.sid })
+}

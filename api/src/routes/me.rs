@@ -1,0 +1,143 @@
+//! `/api/v1/me`: the caller's own account.
+
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use crate::auth::password;
+use crate::auth::security::BearerAuth;
+use crate::http::RequestId;
+use crate::openapi::ApiTags;
+use crate::problem::{FieldError, Problem, ServerError};
+use crate::routes::auth::{change_password, internal};
+use crate::routes::users::{self, UserView};
+use crate::state::AppState;
+
+pub struct MeApi;
+
+/// Changes to your account; absent fields stay as they are.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct UpdateMeRequest {
+    /// Up to 100 characters; `null` removes it.
+    pub display_name: MaybeUndefined<String>,
+    /// An IANA time zone such as `Europe/Paris`.
+    pub timezone: Option<String>,
+    pub digest_enabled: Option<bool>,
+    /// Local hour of the daily digest, 0-23.
+    pub digest_hour: Option<u8>,
+}
+
+#[derive(Debug, Object)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(ApiResponse)]
+pub enum MeResponse {
+    #[oai(status = 200)]
+    Ok(Json<UserView>),
+    /// A field is invalid; `errors` says which and why.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Invalid(Json<Problem>),
+}
+
+#[derive(ApiResponse)]
+pub enum ChangePasswordResponse {
+    /// Changed; every other session is signed out and a notice is emailed.
+    #[oai(status = 204)]
+    NoContent,
+    /// The current password is wrong, or the new one breaks the policy.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Invalid(Json<Problem>),
+}
+
+#[OpenApi(prefix_path = "/api/v1/me", tag = "ApiTags::Account")]
+impl MeApi {
+    /// Your account.
+    #[oai(path = "/", method = "get")]
+    async fn get(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<MeResponse, ServerError> {
+        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| internal("the caller vanished"))?;
+        Ok(MeResponse::Ok(Json(user.into())))
+    }
+
+    /// Update your profile and digest preferences.
+    #[oai(path = "/", method = "patch")]
+    async fn update(&self, auth: BearerAuth, state: Data<&AppState>, body: Json<UpdateMeRequest>) -> Result<MeResponse, ServerError> {
+        let body = body.0;
+        let mut errors = Vec::new();
+        let display_name = match &body.display_name {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(name) => {
+                let name = name.trim().to_owned();
+                if name.is_empty() || name.chars().count() > 100 {
+                    errors.push(FieldError::new("display_name", "invalid_length", "must be 1 to 100 characters, or null"));
+                }
+                Some(Some(name))
+            }
+        };
+        if let Some(zone) = &body.timezone
+            && zone.parse::<chrono_tz::Tz>().is_err()
+        {
+            errors.push(FieldError::new("timezone", "unknown_timezone", "is not an IANA time zone such as Europe/Paris"));
+        }
+        if body.digest_hour.is_some_and(|hour| hour > 23) {
+            errors.push(FieldError::new("digest_hour", "out_of_range", "must be between 0 and 23"));
+        }
+        if !errors.is_empty() {
+            return Ok(MeResponse::Invalid(Json(Problem::validation(errors))));
+        }
+        sqlx::query(
+            "update users set
+                display_name = case when $2 then $3 else display_name end,
+                timezone = coalesce($4, timezone),
+                digest_enabled = coalesce($5, digest_enabled),
+                digest_hour = coalesce($6, digest_hour),
+                updated_at = now()
+             where id = $1",
+        )
+        .bind(auth.0.id)
+        .bind(display_name.is_some())
+        .bind(display_name.flatten())
+        .bind(&body.timezone)
+        .bind(body.digest_enabled)
+        .bind(body.digest_hour.map(i16::from))
+        .execute(&state.db)
+        .await?;
+        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| internal("the caller vanished"))?;
+        Ok(MeResponse::Ok(Json(user.into())))
+    }
+
+    /// Change your password.
+    ///
+    /// Signs out every other session (this one stays) and emails a notice.
+    #[oai(path = "/password", method = "post")]
+    async fn change_password(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        request_id: Data<&RequestId>,
+        body: Json<ChangePasswordRequest>,
+    ) -> Result<ChangePasswordResponse, ServerError> {
+        let body = body.0;
+        let (hash, display_name): (String, Option<String>) =
+            sqlx::query_as("select password_hash, display_name from users where id = $1").bind(auth.0.id).fetch_one(&state.db).await?;
+        if !state.hasher.verify(body.current_password, Some(hash)).await.map_err(internal)? {
+            let error = FieldError::new("current_password", "incorrect", "is not your current password");
+            return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
+        }
+        if let Err(error) = password::check_policy("new_password", &body.new_password, &auth.0.email, display_name.as_deref()) {
+            return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
+        }
+        let hash = state.hasher.hash(body.new_password).await.map_err(internal)?;
+        let mut tx = state.db.begin().await?;
+        change_password(&mut tx, auth.0.id, &auth.0.email, display_name, &hash, Some(auth.0.session), &request_id.0.0).await?;
+        tx.commit().await?;
+        Ok(ChangePasswordResponse::NoContent)
+    }
+}
+

@@ -1,0 +1,106 @@
+//! Email templates: one folder per email under `worker/templates/` (`subject.txt`,
+//! `text.txt`, `html.html`), embedded in the binary and rendered with minijinja, which
+//! escapes the HTML parts. Links are built here from `PUBLIC_URL`, never from anything a
+//! request supplied.
+
+use std::sync::Arc;
+
+use minijinja::{Environment, context};
+use tasklane_shared::jobs::EmailMessage;
+
+/// A rendered email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// The compiled templates; cheap to clone.
+#[derive(Clone)]
+pub struct Templates {
+    env: Arc<Environment<'static>>,
+    public_url: url::Url,
+}
+
+macro_rules! email_templates {
+    ($env:ident, $($name:literal),+) => {
+        $(
+            $env.add_template(concat!($name, "/subject.txt"), include_str!(concat!("../templates/", $name, "/subject.txt")))?;
+            $env.add_template(concat!($name, "/text.txt"), include_str!(concat!("../templates/", $name, "/text.txt")))?;
+            $env.add_template(concat!($name, "/html.html"), include_str!(concat!("../templates/", $name, "/html.html")))?;
+        )+
+    };
+}
+
+impl Templates {
+    pub fn new(public_url: url::Url) -> anyhow::Result<Self> {
+        let mut env = Environment::new();
+        env.add_template("base.html", include_str!("../templates/base.html"))?;
+        email_templates!(env, "verify_email", "reset_password", "password_changed");
+        Ok(Self { env: Arc::new(env), public_url })
+    }
+
+    pub fn render(&self, message: &EmailMessage) -> anyhow::Result<Rendered> {
+        let public_url = self.public_url.as_str().trim_end_matches('/');
+        let (display_name, link) = match message {
+            EmailMessage::VerifyEmail { display_name, token } => (display_name, Some(self.link("verify-email", token)?)),
+            EmailMessage::ResetPassword { display_name, token } => (display_name, Some(self.link("reset-password", token)?)),
+            EmailMessage::PasswordChanged { display_name } => (display_name, None),
+        };
+        let ctx = context! { display_name, link, public_url };
+        let name = message.template();
+        let render = |part: &str| -> anyhow::Result<String> {
+            Ok(self.env.get_template(&format!("{name}/{part}"))?.render(&ctx)?)
+        };
+        Ok(Rendered { subject: render("subject.txt")?.trim().to_owned(), text: render("text.txt")?, html: render("html.html")? })
+    }
+
+    /// `<PUBLIC_URL>/<page>?token=<token>`, the page of the web app that completes the flow.
+    fn link(&self, page: &str, token: &str) -> anyhow::Result<String> {
+        let mut url = self.public_url.join(page)?;
+        url.query_pairs_mut().append_pair("token", token);
+        Ok(url.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn templates() -> Templates {
+        Templates::new("https://tasklane.example/".parse().expect("url")).expect("templates compile")
+    }
+
+    #[test]
+    fn every_email_renders_subject_text_and_html() {
+        let messages = [
+            EmailMessage::VerifyEmail { display_name: Some("Ada".into()), token: "t1".into() },
+            EmailMessage::ResetPassword { display_name: None, token: "t2".into() },
+            EmailMessage::PasswordChanged { display_name: None },
+        ];
+        for message in &messages {
+            let rendered = templates().render(message).expect("renders");
+            assert!(!rendered.subject.is_empty() && !rendered.subject.contains('\n'));
+            assert!(rendered.text.contains("Hello"));
+            assert!(rendered.html.starts_with("<!doctype html>"));
+        }
+    }
+
+    #[test]
+    fn links_come_from_public_url() {
+        let rendered = templates()
+            .render(&EmailMessage::ResetPassword { display_name: None, token: "abc_DEF-123".into() })
+            .expect("renders");
+        assert!(rendered.text.contains("https://tasklane.example/reset-password?token=abc_DEF-123"));
+    }
+
+    #[test]
+    fn html_escapes_what_users_typed() {
+        let rendered = templates()
+            .render(&EmailMessage::PasswordChanged { display_name: Some("<script>x</script>".into()) })
+            .expect("renders");
+        assert!(!rendered.html.contains("<script>"));
+        assert!(rendered.html.contains("&lt;script&gt;"));
+    }
+}
