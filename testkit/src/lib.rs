@@ -474,3 +474,61 @@ pub fn signal(child: &tokio::process::Child, signal: &str) {
         .expect("kill(1)");
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// A password the policy accepts.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl TestApp {
+    /// `POST` a JSON body, optionally with a bearer token.
+    pub async fn post(&self, path: &str, body: &serde_json::Value, bearer: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// `GET` with a bearer token.
+    pub async fn get_as(&self, path: &str, bearer: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(bearer).send().await.expect("request sent")
+    }
+
+    /// Registers an account and returns its session (`user`, `access_token`, ...).
+    pub async fn register(&self, email: &str) -> serde_json::Value {
+        let resp = self
+            .post("/api/v1/auth/register", &serde_json::json!({ "email": email, "password": PASSWORD }), None)
+            .await;
+        assert_eq!(resp.status(), 201, "register {email}");
+        resp.json().await.expect("session JSON")
+    }
+
+    /// Registers, verifies the address through the emailed link and logs in again, so the
+    /// session reflects the verified account (and a configured admin role).
+    pub async fn register_verified(&self, email: &str) -> serde_json::Value {
+        self.register(email).await;
+        self.register_verified_existing(email).await
+    }
+
+    /// Verifies an account registered earlier through its emailed link, then logs in.
+    pub async fn register_verified_existing(&self, email: &str) -> serde_json::Value {
+        let mail = self.wait_for_emails(email, 1, Duration::from_secs(20)).await;
+        let token = token_in(&mail[0]);
+        let resp = self.post("/api/v1/auth/verify-email", &serde_json::json!({ "token": token }), None).await;
+        assert_eq!(resp.status(), 204, "verify {email}");
+        let resp = self.post("/api/v1/auth/login", &serde_json::json!({ "email": email, "password": PASSWORD }), None).await;
+        assert_eq!(resp.status(), 200, "login {email}");
+        resp.json().await.expect("session JSON")
+    }
+}
+
+/// The `token=` value of the link in a captured email.
+pub fn token_in(mail: &serde_json::Value) -> String {
+    let text = mail["text"].as_str().expect("text part");
+    let start = text.find("token=").expect("a link with a token") + "token=".len();
+    text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
+}
+
+/// A unique address for a test.
+pub fn email_address() -> String {
+    format!("{}@example.test", unique("user"))
+}
