@@ -7,6 +7,7 @@ use std::sync::Arc;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Route, Server};
 use tasklane_shared::config::Settings;
+use tasklane_shared::queue::{QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
 
 use crate::auth::password::PasswordHasher;
@@ -33,6 +34,15 @@ impl Application {
         let state = AppState {
             db,
             throttle: LoginThrottle::new(redis.clone(), keys.clone()),
+            queue: QueueStore::new(
+                redis.clone(),
+                keys.clone(),
+                QueueSettings {
+                    lease: settings.job_lease,
+                    done_retention: settings.job_retention,
+                    dead_retention: settings.dead_job_retention,
+                },
+            ),
             redis,
             keys,
             metrics: tasklane_shared::telemetry::metrics_handle(),

@@ -6,6 +6,7 @@
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::ops::OpsApi;
+use crate::routes::admin_jobs::AdminJobsApi;
 use crate::routes::admin_users::AdminUsersApi;
 use crate::routes::auth::AuthApi;
 use crate::routes::me::MeApi;
@@ -22,10 +23,10 @@ pub enum ApiTags {
     Operations,
 }
 
-pub type Apis = (AuthApi, MeApi, AdminUsersApi, OpsApi);
+pub type Apis = (AuthApi, MeApi, AdminUsersApi, AdminJobsApi, OpsApi);
 
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((AuthApi, MeApi, AdminUsersApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((AuthApi, MeApi, AdminUsersApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
         .description(
             "Task management over a durable job queue. Errors are `application/problem+json` \
              (RFC 9457). Every response carries `X-Request-Id`. To call authenticated \

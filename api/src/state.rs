@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tasklane_shared::config::Settings;
+use tasklane_shared::queue::QueueStore;
 use tasklane_shared::redis::Keys;
 
 use crate::auth::password::PasswordHasher;
@@ -23,4 +24,6 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub tokens: TokenIssuer,
     pub throttle: LoginThrottle,
+    /// The job store, for the admin API's queue inspection.
+    pub queue: QueueStore,
 }

@@ -4,7 +4,7 @@
 #
 # They install the four backing services when missing (PostgreSQL, Redis, MailDev,
 # s3s-fs), start each one on a free 127.0.0.1 port under a state folder, export the
-# connection settings under the names of notes/contract.md, and stop everything by PID.
+# connection settings under the names the README lists, and stop everything by PID.
 #
 # State folder layout (every start_* function takes it as first argument):
 #   logs/<name>.log   output of each process

@@ -1,5 +1,6 @@
 //! One module per resource; [`crate::openapi`] merges them into the document.
 
+pub mod admin_jobs;
 pub mod admin_users;
 pub mod auth;
 pub mod me;

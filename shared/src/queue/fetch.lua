@@ -45,6 +45,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0
   push_history(key, {attempt = tonumber(job[1]), worker = job[3], error = error,
     started_ms = tonumber(job[4]), duration_ms = now - (tonumber(job[4]) or now)})
   redis.call('HSET', key, 'last_error', error, 'token', '')
+  local bucket = ns .. 'failed:' .. math.floor(now / 60000)
+  redis.call('INCR', bucket)
+  redis.call('PEXPIRE', bucket, 3900000)
   if tonumber(job[1]) >= tonumber(job[2]) then
     redis.call('HSET', key, 'state', 'dead', 'finished_ms', now)
     redis.call('ZADD', dead, now, id)

@@ -19,6 +19,12 @@ if outcome == 'retry' then entry.retry_in_ms = tonumber(ARGV[7]) end
 table.insert(history, entry)
 redis.call('HSET', key, 'history', cjson.encode(history), 'token', '')
 redis.call('ZREM', ns .. 'running', id)
+if outcome ~= 'ok' then
+  -- Failed attempts per minute, for the admin overview's "failed in the last hour".
+  local bucket = ns .. 'failed:' .. math.floor(now / 60000)
+  redis.call('INCR', bucket)
+  redis.call('PEXPIRE', bucket, 3900000)
+end
 if outcome == 'ok' then
   redis.call('HSET', key, 'state', 'done', 'finished_ms', now)
   redis.call('ZADD', ns .. 'done', now, id)

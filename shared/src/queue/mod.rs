@@ -32,6 +32,7 @@ static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.
 static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fetch.lua")));
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
+static RETRY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("retry.lua")));
 
 /// Wake tokens kept when no worker consumes them.
 const WAKE_CAP: usize = 1024;
@@ -304,6 +305,37 @@ pub struct Depth {
 }
 
 impl QueueStore {
+    /// Sends a dead job back to its queue with fresh attempts; `false` unless it was dead.
+    pub async fn retry_dead(&self, queue: Queue, id: &str) -> redis::RedisResult<bool> {
+        let retried: i64 = RETRY
+            .key(self.key(queue, "running"))
+            .arg(self.ns(queue))
+            .arg(id)
+            .arg(WAKE_CAP)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(retried == 1)
+    }
+
+    /// Failed attempts (errors and expired leases) in the last hour.
+    pub async fn failed_last_hour(&self, queue: Queue) -> redis::RedisResult<u64> {
+        let (seconds, _): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
+        let minute = seconds / 60;
+        let keys: Vec<String> = (0..60).map(|ago| self.key(queue, &format!("failed:{}", minute - ago))).collect();
+        let counts: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
+        Ok(counts.into_iter().flatten().sum())
+    }
+
+    /// A job by id in whichever queue holds it.
+    pub async fn find_job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {
+        for queue in Queue::ALL {
+            if let Some(job) = self.job(queue, id).await? {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
     /// One job, if it still exists.
     pub async fn job(&self, queue: Queue, id: &str) -> redis::RedisResult<Option<JobRecord>> {
         let fields: HashMap<String, String> = redis::cmd("HGETALL")

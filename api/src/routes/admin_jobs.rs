@@ -1,0 +1,380 @@
+//! `/api/v1/admin/queues`, `/admin/jobs`, `/admin/schedules`: the job queues seen and steered
+//! from Swagger UI (admins only). Reads come straight from the Redis store; nothing here
+//! changes a job except retrying a dead one.
+
+use chrono::{DateTime, Utc};
+use poem::http::StatusCode;
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use serde_json::Value;
+use tasklane_shared::jobs::{self, Queue};
+use tasklane_shared::queue::JobRecord;
+
+use crate::auth::security::BearerAuth;
+use crate::openapi::ApiTags;
+use crate::problem::{FieldError, Problem, ServerError};
+use crate::state::AppState;
+
+pub struct AdminJobsApi;
+
+/// The state of a queue right now.
+#[derive(Debug, Object)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Waiting to run.
+    pub pending: u64,
+    /// Claimed by a worker.
+    pub running: u64,
+    /// Waiting out a retry backoff.
+    pub scheduled: u64,
+    /// Failed attempts (errors and expired leases) in the last hour.
+    pub failed_last_hour: u64,
+    /// Out of attempts; kept 7 days, retryable.
+    pub dead: u64,
+    /// Finished and still kept (24 h).
+    pub done: u64,
+    /// Seconds the oldest pending job has waited.
+    pub oldest_pending_age_seconds: f64,
+}
+
+#[derive(Debug, Object)]
+pub struct QueueOverview {
+    pub queues: Vec<QueueStats>,
+    /// Rows in the outbox not yet moved to Redis.
+    pub outbox_backlog: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum JobState {
+    Pending,
+    Running,
+    Scheduled,
+    Done,
+    Dead,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Scheduled => "scheduled",
+            JobState::Done => "done",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// One attempt of a job.
+#[derive(Debug, Object)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    /// Why it failed; absent when it succeeded.
+    pub error: Option<String>,
+    /// The backoff chosen before the next attempt, for a failure that was retried.
+    pub retry_in_ms: Option<i64>,
+}
+
+/// A job and its history.
+#[derive(Debug, Object)]
+pub struct JobView {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub state: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker holding it, while running.
+    pub worker: Option<String>,
+    pub last_error: Option<String>,
+    /// The API request that caused it.
+    pub request_id: Option<String>,
+    /// The payload, with secrets (tokens, passwords) redacted and long strings cut.
+    pub payload: Value,
+    pub history: Vec<AttemptView>,
+}
+
+#[derive(Debug, Object)]
+pub struct JobPage {
+    pub data: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A schedule of the worker fleet.
+#[derive(Debug, Object)]
+pub struct ScheduleView {
+    pub kind: String,
+    pub queue: String,
+    /// Cron with seconds (`sec min hour day month weekday`), after `TASKLANE_CRON_<KIND>`.
+    pub cron: String,
+    /// The scheduled time of the last tick that was enqueued.
+    pub last_run: Option<DateTime<Utc>>,
+    pub next_run: Option<DateTime<Utc>>,
+}
+
+#[derive(ApiResponse)]
+pub enum OverviewResponse {
+    #[oai(status = 200)]
+    Ok(Json<QueueOverview>),
+    /// The caller is not an admin.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+}
+
+#[derive(ApiResponse)]
+pub enum JobsResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobPage>),
+    /// An unknown queue or kind, or a bad limit or cursor.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Invalid(Json<Problem>),
+    /// The caller is not an admin.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+}
+
+#[derive(ApiResponse)]
+pub enum JobResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobView>),
+    /// The caller is not an admin.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// No such job (or it expired: done jobs are kept 24 h, dead ones 7 days).
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+}
+
+#[derive(ApiResponse)]
+pub enum RetryResponse {
+    /// Back in its queue with a fresh set of attempts.
+    #[oai(status = 202)]
+    Accepted(Json<JobView>),
+    /// The caller is not an admin.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// No such job.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Only dead jobs can be retried.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+}
+
+#[derive(ApiResponse)]
+pub enum SchedulesResponse {
+    #[oai(status = 200)]
+    Ok(Json<Vec<ScheduleView>>),
+    /// The caller is not an admin.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+}
+
+fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such job (done jobs are kept 24 h, dead ones 7 days)")
+}
+
+#[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
+impl AdminJobsApi {
+    /// Queue overview: per queue, jobs by state and the age of the oldest pending job.
+    #[oai(path = "/queues", method = "get")]
+    async fn queues(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<OverviewResponse, ServerError> {
+        if let Err(problem) = auth.require_admin() {
+            return Ok(OverviewResponse::Forbidden(Json(problem)));
+        }
+        let mut queues = Vec::new();
+        for queue in Queue::ALL {
+            let depth = state.queue.depth(queue).await?;
+            queues.push(QueueStats {
+                queue: queue.as_str().into(),
+                pending: depth.pending,
+                running: depth.running,
+                scheduled: depth.scheduled,
+                failed_last_hour: state.queue.failed_last_hour(queue).await?,
+                dead: depth.dead,
+                done: depth.done,
+                oldest_pending_age_seconds: depth.oldest_pending_age.as_secs_f64(),
+            });
+        }
+        let outbox_backlog = tasklane_shared::outbox::backlog(&state.db).await?;
+        Ok(OverviewResponse::Ok(Json(QueueOverview { queues, outbox_backlog })))
+    }
+
+    /// List jobs by queue, state and kind, oldest first.
+    ///
+    /// `state` defaults to `dead` (what usually needs attention); `queue` and `kind` narrow
+    /// it down. `limit` 1-100 (default 20); `next_cursor` continues.
+    #[oai(path = "/jobs", method = "get")]
+    async fn jobs(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        queue: Query<Option<String>>,
+        #[oai(name = "state")] job_state: Query<Option<JobState>>,
+        kind: Query<Option<String>>,
+        limit: Query<Option<u32>>,
+        cursor: Query<Option<String>>,
+    ) -> Result<JobsResponse, ServerError> {
+        if let Err(problem) = auth.require_admin() {
+            return Ok(JobsResponse::Forbidden(Json(problem)));
+        }
+        let mut errors = Vec::new();
+        let queues: Vec<Queue> = match queue.0.as_deref() {
+            None => Queue::ALL.to_vec(),
+            Some(name) => match Queue::ALL.into_iter().find(|q| q.as_str() == name) {
+                Some(queue) => vec![queue],
+                None => {
+                    errors.push(FieldError::new("queue", "unknown", "must be emails, uploads or maintenance"));
+                    Vec::new()
+                }
+            },
+        };
+        if let Some(kind) = kind.0.as_deref()
+            && jobs::spec(kind).is_none()
+        {
+            errors.push(FieldError::new("kind", "unknown", format!("no job kind is called {kind:?}")));
+        }
+        let limit = limit.0.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            errors.push(FieldError::new("limit", "out_of_range", "must be between 1 and 100"));
+        }
+        let skip = match cursor.0.as_deref().map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(skip)) => skip,
+            Some(Err(_)) => {
+                errors.push(FieldError::new("cursor", "invalid", "is not a cursor from this list"));
+                0
+            }
+        };
+        if !errors.is_empty() {
+            return Ok(JobsResponse::Invalid(Json(Problem::validation(errors))));
+        }
+        let wanted = job_state.0.unwrap_or(JobState::Dead).as_str();
+        let limit = limit as usize;
+        // Scans at most this many ids per queue; listing is an operator's tool, not a feed.
+        const SCAN: usize = 10_000;
+        let mut matched = Vec::new();
+        'queues: for queue in queues {
+            for id in state.queue.ids(queue, wanted, SCAN).await? {
+                let Some(job) = state.queue.job(queue, &id).await? else { continue };
+                if kind.0.as_deref().is_some_and(|k| k != job.kind) {
+                    continue;
+                }
+                matched.push(job);
+                if matched.len() > skip + limit {
+                    break 'queues;
+                }
+            }
+        }
+        let more = matched.len() > skip + limit;
+        let data: Vec<JobView> = matched.into_iter().skip(skip).take(limit).map(JobView::from).collect();
+        let next_cursor = more.then(|| (skip + limit).to_string());
+        Ok(JobsResponse::Ok(Json(JobPage { data, next_cursor })))
+    }
+
+    /// One job: payload summary, every attempt with its error, timestamps.
+    #[oai(path = "/jobs/:id", method = "get")]
+    async fn job(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<JobResponse, ServerError> {
+        if let Err(problem) = auth.require_admin() {
+            return Ok(JobResponse::Forbidden(Json(problem)));
+        }
+        match state.queue.find_job(&id.0).await? {
+            Some(job) => Ok(JobResponse::Ok(Json(job.into()))),
+            None => Ok(JobResponse::NotFound(Json(not_found()))),
+        }
+    }
+
+    /// Retry a dead job: back to its queue with a fresh set of attempts, history kept.
+    #[oai(path = "/jobs/:id/retry", method = "post")]
+    async fn retry(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<RetryResponse, ServerError> {
+        let admin = match auth.require_admin() {
+            Ok(admin) => admin.id,
+            Err(problem) => return Ok(RetryResponse::Forbidden(Json(problem))),
+        };
+        let Some(job) = state.queue.find_job(&id.0).await? else {
+            return Ok(RetryResponse::NotFound(Json(not_found())));
+        };
+        if !state.queue.retry_dead(job.queue, &id.0).await? {
+            let problem = Problem::new(StatusCode::CONFLICT, "not_dead", format!("the job is {}; only dead jobs can be retried", job.state));
+            return Ok(RetryResponse::Conflict(Json(problem)));
+        }
+        tracing::info!(%admin, job = %id.0, kind = %job.kind, "dead job retried by an admin");
+        let job = state.queue.job(job.queue, &id.0).await?.ok_or_else(|| ServerError::internal("the job vanished"))?;
+        Ok(RetryResponse::Accepted(Json(job.into())))
+    }
+
+    /// The schedules the workers run: cron, last and next run.
+    #[oai(path = "/schedules", method = "get")]
+    async fn schedules(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<SchedulesResponse, ServerError> {
+        if let Err(problem) = auth.require_admin() {
+            return Ok(SchedulesResponse::Forbidden(Json(problem)));
+        }
+        let mut schedules = Vec::new();
+        for spec in jobs::ALL {
+            let Some(default) = spec.schedule else { continue };
+            let cron = state.settings.cron.get(spec.kind).cloned().unwrap_or_else(|| default.to_owned());
+            let next_run = cron.parse::<cron::Schedule>().ok().and_then(|s| s.upcoming(Utc).next());
+            let last_run = state.queue.last_tick(spec.kind).await?.and_then(DateTime::from_timestamp_millis);
+            schedules.push(ScheduleView { kind: spec.kind.into(), queue: spec.queue.as_str().into(), cron, last_run, next_run });
+        }
+        Ok(SchedulesResponse::Ok(Json(schedules)))
+    }
+}
+
+impl From<JobRecord> for JobView {
+    fn from(job: JobRecord) -> Self {
+        let payload = serde_json::from_str(&job.payload).map(redact).unwrap_or(Value::Null);
+        Self {
+            id: job.id,
+            queue: job.queue.as_str().into(),
+            kind: job.kind,
+            state: job.state,
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            created_at: DateTime::from_timestamp_millis(job.created_ms),
+            finished_at: job.finished_ms.and_then(DateTime::from_timestamp_millis),
+            worker: job.worker,
+            last_error: job.last_error,
+            request_id: job.request_id,
+            payload,
+            history: job
+                .history
+                .into_iter()
+                .map(|a| AttemptView {
+                    attempt: a.attempt,
+                    worker: a.worker,
+                    started_at: a.started_ms.and_then(DateTime::from_timestamp_millis),
+                    duration_ms: a.duration_ms,
+                    error: a.error,
+                    retry_in_ms: a.retry_in_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Hides secrets (reset and verification tokens travel in email jobs) and cuts long strings.
+fn redact(value: Value) -> Value {
+    const SECRET: [&str; 4] = ["token", "password", "secret", "key"];
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let secret = SECRET.iter().any(|s| k.to_ascii_lowercase().contains(s)) && k != "idempotency_key";
+                    (k, if secret { Value::String("[redacted]".into()) } else { redact(v) })
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+        Value::String(s) if s.chars().count() > 200 => Value::String(format!("{}…", s.chars().take(200).collect::<String>())),
+        other => other,
+    }
+}

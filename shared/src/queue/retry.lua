@@ -1,0 +1,18 @@
+-- Sends a dead job back to its kind's queue with a fresh set of attempts (an operator's
+-- decision, after fixing what killed it). Its history is kept. Returns 0 unless it was dead.
+-- KEYS[1]: a key of the namespace, for routing.
+-- ARGV: NS, id, wake_cap
+local ns, id, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = ns .. 'job:' .. id
+if redis.call('HGET', key, 'state') ~= 'dead' then
+  return 0
+end
+local kind = redis.call('HGET', key, 'kind')
+redis.call('ZREM', ns .. 'dead', id)
+redis.call('PERSIST', key)
+redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'token', '')
+redis.call('HDEL', key, 'finished_ms')
+redis.call('RPUSH', ns .. 'pending:' .. kind, id)
+redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
+redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
+return 1
