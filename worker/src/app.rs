@@ -45,11 +45,13 @@ impl WorkerContext {
         &self.settings
     }
 
-    /// A backend for kind `J` with a blocking connection of its own.
-    pub fn backend<J: Job>(&self) -> RedisBackend<J> {
+    /// A backend for kind `J` with a blocking connection of its own, claiming up to
+    /// `concurrency` jobs at a time (the concurrency of the worker it serves).
+    pub fn backend<J: Job>(&self, concurrency: usize) -> RedisBackend<J> {
         let blocking = tasklane_shared::redis::connect_blocking(&self.settings)
             .expect("REDIS_URL was validated when the worker started");
         RedisBackend::new(self.store.clone(), blocking, self.worker_name(J::SPEC.kind), self.held.clone())
+            .with_prefetch(concurrency)
     }
 }
 
@@ -136,7 +138,13 @@ impl WorkerApp {
         if let Err(err) = jobs::catch_up(&ctx).await {
             tracing::warn!(error = %err, "could not catch up missed schedule ticks");
         }
-        let monitor = jobs::register(Monitor::new(), &ctx)?.shutdown_timeout(self.settings.shutdown_grace);
+        // Backends absorb Redis outages and handlers' panics become failed attempts, so a
+        // worker should never die; if one does, it is restarted rather than silently lost.
+        let monitor = Monitor::new().should_restart(|worker, error| {
+            tracing::error!(worker = %worker.name(), %error, restarts = worker.restarts(), "worker died; restarting it");
+            true
+        });
+        let monitor = jobs::register(monitor, &ctx)?.shutdown_timeout(self.settings.shutdown_grace);
         let signal = until_stopped();
         let result = monitor.run_with_signal(async move {
             signal.await;

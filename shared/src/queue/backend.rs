@@ -1,19 +1,22 @@
 //! The [`QueueStore`] as an apalis backend, so workers are plain apalis workers
 //! (`WorkerBuilder`, `Monitor`, layers) over Tasklane's Redis queues.
 //!
-//! - [`RedisBackend`] claims one job whenever the worker has capacity (apalis polls the
-//!   backend only when its service is ready), so a worker never hoards jobs it cannot start.
-//!   Idle, it blocks on the queue's wake list, with a one-second timeout that also drives
-//!   the queue's housekeeping. Redis errors are retried with backoff inside the fetch, since
-//!   apalis treats a backend error as fatal to the worker.
-//! - A heartbeat renews the leases of every claim the worker holds.
-//! - [`AckLayer`], the backend's middleware, enforces the kind's timeout, then records each
-//!   attempt's outcome with the claim's token: success, a retry after the kind's backoff, or
-//!   dead (last attempt, or a [`PermanentError`]).
+//! - [`RedisBackend`] claims jobs when the worker has capacity (apalis polls the backend only
+//!   when its service is ready), up to `prefetch` per round trip (the worker's concurrency),
+//!   so a busy worker pays one claim call per batch and never holds more than it can soon
+//!   start. Idle, it blocks on the kind's wake list, with a one-second timeout that also
+//!   drives the queue's housekeeping. Redis errors are retried with backoff inside the fetch,
+//!   since apalis treats a backend error as fatal to the worker.
+//! - A heartbeat renews the leases of every claim the worker holds, buffered ones included.
+//! - [`AckLayer`], the backend's middleware, enforces the kind's timeout, then has each
+//!   attempt's outcome recorded with the claim's token: success, a retry after the kind's
+//!   backoff, or dead (last attempt, or a [`PermanentError`]). Outcomes go through one acker
+//!   task per backend, which records whatever has accumulated in one call; an attempt
+//!   completes only once its outcome is recorded.
 //! - [`HeldClaims`] lets the worker hand back what it still holds when a graceful shutdown
 //!   runs out of time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -28,6 +31,7 @@ use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::worker::context::WorkerContext;
 use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{Claim, Outcome, QueueStore};
@@ -97,7 +101,11 @@ pub struct RedisBackend<J> {
     blocking: ConnectionManager,
     worker: String,
     held: HeldClaims,
-    fetching: Option<BoxFuture<Claim>>,
+    /// Most jobs claimed per round trip.
+    prefetch: usize,
+    /// Claimed, not yet handed to the worker (held, so their leases are renewed).
+    buffer: VecDeque<Claim>,
+    fetching: Option<BoxFuture<Vec<Claim>>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     _job: PhantomData<fn() -> J>,
 }
@@ -105,24 +113,25 @@ pub struct RedisBackend<J> {
 impl<J: Job> RedisBackend<J> {
     /// `worker` must be unique per process start: it names the claims this worker holds.
     pub fn new(store: QueueStore, blocking: ConnectionManager, worker: String, held: HeldClaims) -> Self {
-        Self { store, blocking, worker, held, fetching: None, heartbeat: None, _job: PhantomData }
+        Self { store, blocking, worker, held, prefetch: 1, buffer: VecDeque::new(), fetching: None, heartbeat: None, _job: PhantomData }
     }
 
-    fn fetch(&self) -> BoxFuture<Claim> {
+    /// Claims up to `prefetch` jobs per round trip; set it to the worker's concurrency.
+    pub fn with_prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    fn fetch(&self) -> BoxFuture<Vec<Claim>> {
         let store = self.store.clone();
         let mut blocking = self.blocking.clone();
         let worker = self.worker.clone();
-        let (queue, kind) = (J::SPEC.queue, J::SPEC.kind);
+        let (queue, kind, n) = (J::SPEC.queue, J::SPEC.kind, self.prefetch);
         Box::pin(async move {
             let mut failures = 0u32;
             loop {
-                let result = match store.claim(queue, kind, &worker, 1).await {
-                    Ok(mut claims) if !claims.is_empty() => {
-                        if let Some(claim) = claims.pop() {
-                            return claim;
-                        }
-                        Ok(())
-                    }
+                let result = match store.claim(queue, kind, &worker, n).await {
+                    Ok(claims) if !claims.is_empty() => return claims,
                     Ok(_) => store.wait_for_work(&mut blocking, queue, kind, IDLE_WAIT).await,
                     Err(err) => Err(err),
                 };
@@ -162,11 +171,9 @@ impl<J: Job> RedisBackend<J> {
     /// Turns a claim into an apalis task; a payload that does not decode is dead at once.
     fn into_task(&self, claim: Claim) -> Option<Task<J>> {
         match serde_json::from_str::<J>(&claim.payload) {
-            Ok(args) => {
-                self.held.insert(&claim);
-                Some(TaskBuilder::new(args).data(claim).build())
-            }
+            Ok(args) => Some(TaskBuilder::new(args).data(claim).build()),
             Err(err) => {
+                self.held.remove(&claim.id);
                 let store = self.store.clone();
                 tokio::spawn(async move {
                     let outcome = Outcome::Dead { error: format!("payload does not decode as {}: {err}", claim.kind) };
@@ -199,46 +206,42 @@ impl<J: Job> Backend for RedisBackend<J> {
 
     fn poll_next(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Option<Result<Task<J>, Self::Error>>> {
         loop {
+            if let Some(claim) = self.buffer.pop_front() {
+                match self.into_task(claim) {
+                    Some(task) => return Poll::Ready(Some(Ok(task))),
+                    None => continue,
+                }
+            }
             if self.fetching.is_none() {
                 self.fetching = Some(self.fetch());
             }
             let Some(fetching) = self.fetching.as_mut() else {
                 return Poll::Pending;
             };
-            let Poll::Ready(claim) = fetching.as_mut().poll(cx) else {
+            let Poll::Ready(claims) = fetching.as_mut().poll(cx) else {
                 return Poll::Pending;
             };
             self.fetching = None;
-            if let Some(task) = self.into_task(claim) {
-                return Poll::Ready(Some(Ok(task)));
+            for claim in &claims {
+                self.held.insert(claim);
             }
+            self.buffer.extend(claims);
         }
     }
 
-    /// A fetch in flight at shutdown may have claimed a job: finish it and hand the job back.
+    /// Claims that never started stay in [`HeldClaims`], which the worker hands back as it
+    /// stops. A fetch in flight gets one poll to finish so its claims are recorded too;
+    /// otherwise (an idle fetch blocked in `BLPOP`) it is dropped.
     fn poll_close(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
-        let Some(fetching) = self.fetching.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        // An idle fetch blocks at most IDLE_WAIT before it returns or loops; a claimed job
-        // is returned promptly. Give it one chance and otherwise drop it.
-        match fetching.as_mut().poll(cx) {
-            Poll::Ready(claim) => {
-                self.fetching = None;
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    let pair = [(claim.id.clone(), claim.token.clone())];
-                    if let Err(err) = store.release(claim.queue, &pair).await {
-                        tracing::warn!(id = %claim.id, error = %err, "cannot hand back a job at shutdown");
-                    }
-                });
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => {
-                self.fetching = None;
-                Poll::Ready(Ok(()))
+        if let Some(mut fetching) = self.fetching.take()
+            && let Poll::Ready(claims) = fetching.as_mut().poll(cx)
+        {
+            for claim in &claims {
+                self.held.insert(claim);
             }
         }
+        self.buffer.clear();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -254,14 +257,43 @@ impl<J: Job> BackendConfig for RedisBackend<J> {
     }
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
-        AckLayer { store: self.store.clone(), held: self.held.clone(), _job: PhantomData }
+        let (acks, pending) = mpsc::unbounded_channel();
+        tokio::spawn(acker(self.store.clone(), self.held.clone(), pending));
+        AckLayer { acks, _job: PhantomData }
+    }
+}
+
+/// One attempt's outcome on its way to Redis.
+struct Ack {
+    claim: Claim,
+    outcome: Outcome,
+    took: Duration,
+    recorded: oneshot::Sender<()>,
+}
+
+/// Records outcomes in batches: whatever accumulated while the previous call ran goes in the
+/// next one. Ends when every sender (the worker's services) is gone.
+async fn acker(store: QueueStore, held: HeldClaims, mut pending: mpsc::UnboundedReceiver<Ack>) {
+    const MAX_BATCH: usize = 256;
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(ack) => batch.push(ack),
+                Err(_) => break,
+            }
+        }
+        record(&store, &batch).await;
+        for ack in batch {
+            held.remove(&ack.claim.id);
+            let _ = ack.recorded.send(());
+        }
     }
 }
 
 /// Records each attempt's outcome in Redis; see the module doc.
 pub struct AckLayer<J> {
-    store: QueueStore,
-    held: HeldClaims,
+    acks: mpsc::UnboundedSender<Ack>,
     _job: PhantomData<fn() -> J>,
 }
 
@@ -269,14 +301,13 @@ impl<J, S> tower_layer::Layer<S> for AckLayer<J> {
     type Service = AckService<J, S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AckService { inner, store: self.store.clone(), held: self.held.clone(), _job: PhantomData }
+        AckService { inner, acks: self.acks.clone(), _job: PhantomData }
     }
 }
 
 pub struct AckService<J, S> {
     inner: S,
-    store: QueueStore,
-    held: HeldClaims,
+    acks: mpsc::UnboundedSender<Ack>,
     _job: PhantomData<fn() -> J>,
 }
 
@@ -299,8 +330,7 @@ where
     fn call(&mut self, task: Task<J>) -> Self::Future {
         let claim = task.ctx().data().get::<Claim>().cloned();
         let inner = self.inner.call(task);
-        let store = self.store.clone();
-        let held = self.held.clone();
+        let acks = self.acks.clone();
         let Some(claim) = claim else {
             return Box::pin(async move { inner.await.map_err(Into::into) });
         };
@@ -340,8 +370,11 @@ where
                         tracing::error!(%error, "job is dead");
                     }
                 }
-                record(&store, &claim, &outcome, took).await;
-                held.remove(&claim.id);
+                let (recorded, wait) = oneshot::channel();
+                if acks.send(Ack { claim, outcome, took, recorded }).is_ok() {
+                    // Done only once recorded, so a graceful stop never loses an outcome.
+                    let _ = wait.await;
+                }
                 result
             }
             .instrument(span),
@@ -362,21 +395,29 @@ fn outcome_of<J: Job>(claim: &Claim, error: Option<&BoxDynError>) -> Outcome {
     }
 }
 
-/// Records an outcome, retrying briefly through a Redis blip; if Redis stays away the lease
-/// expires and the job runs again (delivery is at least once).
-async fn record(store: &QueueStore, claim: &Claim, outcome: &Outcome, took: Duration) {
+/// Records a batch of outcomes (one queue: a backend serves one kind), retrying briefly
+/// through a Redis blip; if Redis stays away the leases expire and the jobs run again
+/// (delivery is at least once).
+async fn record(store: &QueueStore, batch: &[Ack]) {
+    let Some(queue) = batch.first().map(|ack| ack.claim.queue) else {
+        return;
+    };
+    let outcomes: Vec<(&Claim, &Outcome, Duration)> = batch.iter().map(|ack| (&ack.claim, &ack.outcome, ack.took)).collect();
     for attempt in 1..=5u32 {
-        match store.finish(claim, outcome, took).await {
-            Ok(true) => return,
-            Ok(false) => {
-                tracing::warn!("outcome refused: the lease had expired and the job was handed to another worker");
+        match store.finish_many(queue, &outcomes).await {
+            Ok(recorded) => {
+                for (ack, accepted) in batch.iter().zip(recorded) {
+                    if !accepted {
+                        tracing::warn!(id = %ack.claim.id, "outcome refused: the lease had expired and the job was handed to another worker");
+                    }
+                }
                 return;
             }
             Err(err) => {
-                tracing::warn!(error = %err, attempt, "cannot record the job's outcome yet");
+                tracing::warn!(error = %err, attempt, jobs = batch.len(), "cannot record job outcomes yet");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
         }
     }
-    tracing::error!("gave up recording the job's outcome; its lease will expire and it will run again");
+    tracing::error!(jobs = batch.len(), "gave up recording job outcomes; their leases will expire and they will run again");
 }

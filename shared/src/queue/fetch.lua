@@ -69,7 +69,9 @@ while #claimed < n do
   -- A job whose hash expired or was removed is skipped rather than run without a payload.
   if redis.call('EXISTS', key) == 1 then
     local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-    local token = worker .. '#' .. attempts
+    -- Claims only ever grow (attempts go back down when a job is handed back), so a token
+    -- is never reused even when the same worker claims the same job again.
+    local token = worker .. '#' .. redis.call('HINCRBY', key, 'claims', 1)
     redis.call('HSET', key, 'state', 'running', 'worker', worker, 'token', token, 'started_ms', now)
     redis.call('ZADD', running, now + lease, id)
     local job = redis.call('HMGET', key, 'payload', 'max_attempts', 'request_id')

@@ -182,26 +182,32 @@ impl QueueStore {
 
     /// Records an attempt's outcome; `false` when the claim was no longer this worker's.
     pub async fn finish(&self, claim: &Claim, outcome: &Outcome, took: Duration) -> redis::RedisResult<bool> {
-        let (name, error, delay) = match outcome {
-            Outcome::Succeeded => ("ok", "", Duration::ZERO),
-            Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
-            Outcome::Dead { error } => ("dead", error.as_str(), Duration::ZERO),
-        };
-        let queue = claim.queue;
-        let accepted: i64 = FINISH
+        let recorded = self.finish_many(claim.queue, &[(claim, outcome, took)]).await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
+
+    /// Records the outcomes of several attempts on one queue in one call; per attempt,
+    /// whether it was accepted.
+    pub async fn finish_many(&self, queue: Queue, outcomes: &[(&Claim, &Outcome, Duration)]) -> redis::RedisResult<Vec<bool>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = FINISH.prepare_invoke();
+        invocation
             .key(self.key(queue, "running"))
             .arg(self.ns(queue))
-            .arg(&claim.id)
-            .arg(&claim.token)
-            .arg(name)
-            .arg(millis(took))
-            .arg(error)
-            .arg(millis(delay))
             .arg(millis(self.settings.done_retention))
-            .arg(millis(self.settings.dead_retention))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(accepted == 1)
+            .arg(millis(self.settings.dead_retention));
+        for (claim, outcome, took) in outcomes {
+            let (name, error, delay) = match outcome {
+                Outcome::Succeeded => ("ok", "", Duration::ZERO),
+                Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
+                Outcome::Dead { error } => ("dead", error.as_str(), Duration::ZERO),
+            };
+            invocation.arg(&claim.id).arg(&claim.token).arg(name).arg(millis(*took)).arg(error).arg(millis(delay));
+        }
+        let recorded: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(recorded.into_iter().map(|r| r == 1).collect())
     }
 
     /// Extends the leases of claims still held (a worker's heartbeat).

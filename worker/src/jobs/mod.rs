@@ -25,7 +25,8 @@ pub fn register(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result<Monitor
     let c = ctx.clone();
     let monitor = monitor.register(move |_| {
         WorkerBuilder::new(c.worker_name(SendEmail::SPEC.kind))
-            .backend(c.backend::<SendEmail>())
+            .backend(c.backend::<SendEmail>(c.concurrency))
+            .catch_panic()
             .concurrency(c.concurrency)
             .data(c.mailer.clone())
             .data(c.templates.clone())
@@ -35,7 +36,8 @@ pub fn register(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result<Monitor
     let c = ctx.clone();
     let monitor = monitor.register(move |_| {
         WorkerBuilder::new(c.worker_name(PruneSentEmails::SPEC.kind))
-            .backend(c.backend::<PruneSentEmails>())
+            .backend(c.backend::<PruneSentEmails>(1))
+            .catch_panic()
             .concurrency(1)
             .data(c.db.clone())
             .build(prune_sent_emails)

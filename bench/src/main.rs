@@ -1,0 +1,41 @@
+//! `tasklane-bench queue|auth`: measures Tasklane against baselines taken in the same run on
+//! the same machine, and prints the ratios the issues set targets for. Run it through
+//! `scripts/bench`, which starts the services and builds in release mode.
+//!
+//! - `queue`: no-op job drain rate of 1 worker process against `redis-benchmark -t lpush`;
+//!   enqueue-to-start latency through the outbox (p50, p99); drain rate with 1, 2 and 4
+//!   worker processes.
+//! - `auth`: login requests/s against argon2 verifications/s in the same process; the
+//!   `/health/live` p99 idle and under full login load.
+//!
+//! Benchmarks, not tests: they print figures and never fail on them.
+
+mod auth;
+mod queue;
+
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("queue") => queue::run().await,
+        Some("auth") => auth::run().await,
+        // Internal: one drain worker process of the queue benchmark.
+        Some("drain-worker") => queue::drain_worker(&args[1..]).await,
+        _ => anyhow::bail!("usage: tasklane-bench queue|auth"),
+    }
+}
+
+/// The `p`-th percentile of a sorted slice.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}

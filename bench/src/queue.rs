@@ -1,0 +1,222 @@
+//! The queue benchmark.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use apalis::layers::WorkerBuilderExt;
+use apalis_core::error::BoxDynError;
+use apalis_core::monitor::Monitor;
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use secrecy::ExposeSecret;
+use tasklane_shared::config::Settings;
+use tasklane_shared::jobs::{Backoff, Job, JobSpec, Queue};
+use tasklane_shared::outbox::{self, Relay};
+use tasklane_shared::queue::{HeldClaims, NewJob, QueueSettings, QueueStore, RedisBackend};
+use tasklane_shared::redis::Keys;
+
+use crate::{ms, percentile};
+
+/// A job that does nothing: what is measured is the queue.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Noop {
+    /// When it was enqueued (Unix µs), for the latency run.
+    enqueued_us: i64,
+}
+
+impl Job for Noop {
+    const SPEC: JobSpec = JobSpec {
+        kind: "bench_noop",
+        queue: Queue::Maintenance,
+        max_attempts: 3,
+        backoff: Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(1) },
+        timeout: Duration::from_secs(10),
+        unique: false,
+        schedule: None,
+    };
+}
+
+const DRAIN_JOBS: usize = 40_000;
+const LATENCY_JOBS: usize = 1_000;
+const CONCURRENCY: usize = 32;
+
+fn settings() -> anyhow::Result<Settings> {
+    Ok(Settings::from_env()?)
+}
+
+fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
+    let conn = tasklane_shared::redis::connect(settings)?;
+    Ok(QueueStore::new(conn, Keys::new(prefix.to_owned()), QueueSettings::default()))
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let settings = settings()?;
+    let redis_url = url::Url::parse(settings.redis_url.expose_secret())?;
+    println!("# queue benchmark ({} no-op jobs per drain, {CONCURRENCY} concurrent per worker process)", DRAIN_JOBS);
+
+    let lpush = redis_benchmark_lpush(&redis_url).await?;
+    println!("redis-benchmark -t lpush:                {lpush:>10.0} ops/s  (baseline)");
+
+    let mut rates = Vec::new();
+    for workers in [1, 2, 4] {
+        let rate = drain(&settings, workers).await?;
+        println!("drain, {workers} worker process(es):        {rate:>10.0} jobs/s");
+        rates.push((workers, rate));
+    }
+    let (p50, p99) = latency(&settings).await?;
+    println!("enqueue-to-start via outbox: p50 {} p99 {}", ms(p50), ms(p99));
+    println!();
+    println!("ratio drain(1 worker) / lpush: {:.2}  (target >= 0.5)", rates[0].1 / lpush);
+    println!("latency p50 {} (target <= 10 ms), p99 {} (target <= 100 ms)", ms(p50), ms(p99));
+    for (workers, rate) in &rates[1..] {
+        println!("scaling {workers} workers / 1 worker: {:.2}", rate / rates[0].1);
+    }
+    Ok(())
+}
+
+async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64> {
+    let output = tokio::process::Command::new("redis-benchmark")
+        .args(["-h", url.host_str().unwrap_or("127.0.0.1"), "-p", &url.port().unwrap_or(6379).to_string()])
+        .args(["-t", "lpush", "-n", "200000", "-q"])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "LPUSH: 98765.43 requests per second, p50=0.263 msec"
+    let rate = text
+        .rsplit("LPUSH:")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark output: {text}"))?;
+    Ok(rate)
+}
+
+/// Pushes the jobs, then times `workers` processes draining them.
+async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
+    let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let store = store(settings, &prefix)?;
+    let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
+    for chunk in (0..DRAIN_JOBS).collect::<Vec<_>>().chunks(500) {
+        let jobs: Vec<NewJob> = chunk
+            .iter()
+            .map(|_| NewJob {
+                id: uuid::Uuid::now_v7(),
+                kind: Noop::SPEC.kind.into(),
+                payload: payload.clone(),
+                max_attempts: 3,
+                request_id: None,
+                unique: None,
+            })
+            .collect();
+        store.push(Queue::Maintenance, &jobs).await?;
+    }
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..workers {
+        children.push(
+            tokio::process::Command::new(&exe)
+                .args(["drain-worker", &prefix])
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+    }
+    let done_key = store.key(Queue::Maintenance, "done");
+    let mut conn = store.connection();
+    loop {
+        let done: usize = redis::cmd("ZCARD").arg(&done_key).query_async(&mut conn).await?;
+        if done >= DRAIN_JOBS {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "drain did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = DRAIN_JOBS as f64 / started.elapsed().as_secs_f64();
+    for mut child in children {
+        let _ = child.kill().await;
+    }
+    Ok(rate)
+}
+
+async fn noop(_job: Noop) -> Result<(), BoxDynError> {
+    Ok(())
+}
+
+/// One drain worker process: the real backend and apalis runtime, a no-op handler.
+pub async fn drain_worker(args: &[String]) -> anyhow::Result<()> {
+    let settings = settings()?;
+    let prefix = args.first().ok_or_else(|| anyhow::anyhow!("prefix"))?.clone();
+    let store = store(&settings, &prefix)?;
+    let name = format!("bench-{}", std::process::id());
+    let monitor = Monitor::new().register(move |_| {
+        let blocking = tasklane_shared::redis::connect_blocking(&settings).expect("redis url");
+        WorkerBuilder::new(name.clone())
+            .backend(RedisBackend::<Noop>::new(store.clone(), blocking, name.clone(), HeldClaims::default()).with_prefetch(CONCURRENCY))
+            .concurrency(CONCURRENCY)
+            .build(noop)
+    });
+    monitor.run().await?;
+    Ok(())
+}
+
+async fn record_start(job: Noop, latencies: Data<Arc<std::sync::Mutex<Vec<Duration>>>>, seen: Data<Arc<AtomicU64>>) -> Result<(), BoxDynError> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let waited = Duration::from_micros(u64::try_from(now - job.enqueued_us).unwrap_or(0));
+    latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(waited);
+    seen.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Enqueue-to-start through the whole spine: a committed outbox row, NOTIFY, the relay, the
+/// Redis push, a blocked worker woken by its wake list.
+async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
+    let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let store = store(settings, &prefix)?;
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(settings.database_url.expose_secret()).await?;
+    tasklane_shared::db::migrate(&db).await?;
+    let relay = Relay::new(db.clone(), store.clone(), Duration::from_secs(1));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::new(AtomicU64::new(0));
+    let (l, s, st, set) = (latencies.clone(), seen.clone(), store.clone(), settings.clone());
+    let monitor = Monitor::new().register(move |_| {
+        let blocking = tasklane_shared::redis::connect_blocking(&set).expect("redis url");
+        WorkerBuilder::new("bench-latency")
+            .backend(RedisBackend::<Noop>::new(st.clone(), blocking, "bench-latency".into(), HeldClaims::default()))
+            .data(l.clone())
+            .data(s.clone())
+            .build(record_start)
+    });
+    let (monitor_stop, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor_task = tokio::spawn(monitor.run_with_signal(async {
+        let _ = monitor_stopped.await;
+        Ok(())
+    }));
+    // Let the worker reach its blocking wait, as a fleet at rest would be.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..LATENCY_JOBS {
+        let mut tx = db.begin().await?;
+        outbox::enqueue(&mut tx, &Noop { enqueued_us: chrono::Utc::now().timestamp_micros() }, None).await?;
+        tx.commit().await?;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.load(Ordering::SeqCst) < LATENCY_JOBS as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    let _ = monitor_stop.send(());
+    let _ = relay_task.await;
+    let _ = monitor_task.await;
+    let mut sorted = latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    sorted.sort();
+    anyhow::ensure!(sorted.len() == LATENCY_JOBS, "only {} of {LATENCY_JOBS} jobs started", sorted.len());
+    let _ = store;
+    Ok((percentile(&sorted, 50.0), percentile(&sorted, 99.0)))
+}
