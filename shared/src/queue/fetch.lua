@@ -62,20 +62,23 @@ redis.call('ZREMRANGEBYSCORE', dead, '-inf', now - tonumber(ARGV[7]))
 
 local claimed = {}
 local pending = ns .. 'pending:' .. kind
-while #claimed < n do
-  local id = redis.call('LPOP', pending)
-  if not id then break end
-  local key = ns .. 'job:' .. id
-  -- A job whose hash expired or was removed is skipped rather than run without a payload.
-  if redis.call('EXISTS', key) == 1 then
-    local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-    -- Claims only ever grow (attempts go back down when a job is handed back), so a token
-    -- is never reused even when the same worker claims the same job again.
-    local token = worker .. '#' .. redis.call('HINCRBY', key, 'claims', 1)
-    redis.call('HSET', key, 'state', 'running', 'worker', worker, 'token', token, 'started_ms', now)
-    redis.call('ZADD', running, now + lease, id)
-    local job = redis.call('HMGET', key, 'payload', 'max_attempts', 'request_id')
-    table.insert(claimed, {id, kind, job[1], attempts, tonumber(job[2]), job[3], token})
+local ids = redis.call('LPOP', pending, n)
+if ids then
+  for _, id in ipairs(ids) do
+    local key = ns .. 'job:' .. id
+    local job = redis.call('HMGET', key, 'payload', 'max_attempts', 'request_id', 'attempts', 'claims')
+    -- A job whose hash expired or was removed is skipped rather than run without a payload.
+    if job[1] then
+      local attempts = tonumber(job[4]) + 1
+      -- Claims only ever grow (attempts go back down when a job is handed back), so a token
+      -- is never reused even when the same worker claims the same job again.
+      local claims = (tonumber(job[5]) or 0) + 1
+      local token = worker .. '#' .. claims
+      redis.call('HSET', key, 'attempts', attempts, 'claims', claims, 'state', 'running',
+        'worker', worker, 'token', token, 'started_ms', now)
+      redis.call('ZADD', running, now + lease, id)
+      table.insert(claimed, {id, kind, job[1], attempts, tonumber(job[2]), job[3], token})
+    end
   end
 end
 return claimed

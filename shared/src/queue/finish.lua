@@ -11,12 +11,14 @@ local recorded = {}
 for i = 4, #ARGV, 6 do
   local id, token, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = ns .. 'job:' .. id
-  if redis.call('HGET', key, 'token') ~= token then
+  local job = redis.call('HMGET', key, 'token', 'attempts', 'worker', 'started_ms', 'history')
+  if job[1] ~= token then
     table.insert(recorded, 0)
   else
-    local job = redis.call('HMGET', key, 'attempts', 'worker', 'started_ms', 'history')
-    local history = cjson.decode(job[4] or '[]')
-    local entry = {attempt = tonumber(job[1]), worker = job[2], started_ms = tonumber(job[3]),
+    -- Most jobs succeed at their first attempt: no history to decode then.
+    local history = {}
+    if job[5] and job[5] ~= '[]' then history = cjson.decode(job[5]) end
+    local entry = {attempt = tonumber(job[2]), worker = job[3], started_ms = tonumber(job[4]),
       duration_ms = tonumber(ARGV[i + 3])}
     if outcome ~= 'ok' then
       entry.error = ARGV[i + 4]
@@ -27,17 +29,18 @@ for i = 4, #ARGV, 6 do
     end
     if outcome == 'retry' then entry.retry_in_ms = tonumber(ARGV[i + 5]) end
     table.insert(history, entry)
-    redis.call('HSET', key, 'history', cjson.encode(history), 'token', '')
+    local encoded = cjson.encode(history)
     redis.call('ZREM', ns .. 'running', id)
     if outcome == 'ok' then
-      redis.call('HSET', key, 'state', 'done', 'finished_ms', now)
+      redis.call('HSET', key, 'history', encoded, 'token', '', 'state', 'done', 'finished_ms', now)
       redis.call('ZADD', ns .. 'done', now, id)
       redis.call('PEXPIRE', key, done_ttl)
     elseif outcome == 'retry' then
-      redis.call('HSET', key, 'state', 'scheduled', 'last_error', ARGV[i + 4])
+      redis.call('HSET', key, 'history', encoded, 'token', '', 'state', 'scheduled', 'last_error', ARGV[i + 4])
       redis.call('ZADD', ns .. 'scheduled', now + tonumber(ARGV[i + 5]), id)
     else
-      redis.call('HSET', key, 'state', 'dead', 'last_error', ARGV[i + 4], 'finished_ms', now)
+      redis.call('HSET', key, 'history', encoded, 'token', '', 'state', 'dead', 'last_error', ARGV[i + 4],
+        'finished_ms', now)
       redis.call('ZADD', ns .. 'dead', now, id)
       redis.call('PEXPIRE', key, dead_ttl)
     end
