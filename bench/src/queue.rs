@@ -38,9 +38,12 @@ impl Job for Noop {
     };
 }
 
-const DRAIN_JOBS: usize = 40_000;
+/// Jobs per drain; `TASKLANE_BENCH_JOBS` overrides (a longer drain for profiling).
+fn drain_jobs() -> usize {
+    std::env::var("TASKLANE_BENCH_JOBS").ok().and_then(|n| n.parse().ok()).unwrap_or(40_000)
+}
 const LATENCY_JOBS: usize = 1_000;
-const CONCURRENCY: usize = 32;
+const CONCURRENCY: usize = 128;
 
 fn settings() -> anyhow::Result<Settings> {
     Ok(Settings::from_env()?)
@@ -54,7 +57,7 @@ fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
 pub async fn run() -> anyhow::Result<()> {
     let settings = settings()?;
     let redis_url = url::Url::parse(settings.redis_url.expose_secret())?;
-    println!("# queue benchmark ({} no-op jobs per drain, {CONCURRENCY} concurrent per worker process)", DRAIN_JOBS);
+    println!("# queue benchmark ({} no-op jobs per drain, {CONCURRENCY} concurrent per worker process)", drain_jobs());
 
     let lpush = redis_benchmark_lpush(&redis_url).await?;
     println!("redis-benchmark -t lpush:                {lpush:>10.0} ops/s  (baseline)");
@@ -98,7 +101,7 @@ async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let store = store(settings, &prefix)?;
     let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
-    for chunk in (0..DRAIN_JOBS).collect::<Vec<_>>().chunks(500) {
+    for chunk in (0..drain_jobs()).collect::<Vec<_>>().chunks(500) {
         let jobs: Vec<NewJob> = chunk
             .iter()
             .map(|_| NewJob {
@@ -128,13 +131,13 @@ async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
     let mut conn = store.connection();
     loop {
         let done: usize = redis::cmd("ZCARD").arg(&done_key).query_async(&mut conn).await?;
-        if done >= DRAIN_JOBS {
+        if done >= drain_jobs() {
             break;
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "drain did not finish");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = DRAIN_JOBS as f64 / started.elapsed().as_secs_f64();
+    let rate = drain_jobs() as f64 / started.elapsed().as_secs_f64();
     for mut child in children {
         let _ = child.kill().await;
     }

@@ -353,6 +353,18 @@ impl QueueStore {
         }
         let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
         let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
+        let mut history: Vec<AttemptRecord> = text("history").and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+        // A successful attempt is kept in the flat fields (see finish.lua): it is the last one.
+        if text("state").as_deref() == Some("done") {
+            history.push(AttemptRecord {
+                attempt: number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
+                worker: text("worker"),
+                started_ms: number("started_ms"),
+                duration_ms: number("duration_ms"),
+                error: None,
+                retry_in_ms: None,
+            });
+        }
         Ok(Some(JobRecord {
             id: id.to_owned(),
             queue,
@@ -366,7 +378,7 @@ impl QueueStore {
             worker: text("worker").filter(|_| text("state").as_deref() == Some("running")),
             last_error: text("last_error"),
             request_id: text("request_id"),
-            history: text("history").and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+            history,
         }))
     }
 
