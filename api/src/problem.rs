@@ -190,3 +190,27 @@ impl From<anyhow::Error> for ServerError {
         Self::internal(format!("{err:#}"))
     }
 }
+
+/// The failures of an authenticated operation: its bearer token, and our side.
+#[derive(poem_openapi::ApiResponse)]
+pub enum AuthedError {
+    /// The access token is missing, invalid or expired, or the account is disabled
+    /// (`WWW-Authenticate: Bearer`).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(poem_openapi::payload::Json<Problem>),
+    /// Something failed on our side; quote the request id when reporting it.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    Internal(poem_openapi::payload::Json<Problem>),
+    /// A dependency (the database or Redis) is unavailable; retry after `Retry-After` seconds.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(poem_openapi::payload::Json<Problem>, #[oai(header = "Retry-After")] u32),
+}
+
+impl<E: Into<ServerError>> From<E> for AuthedError {
+    fn from(err: E) -> Self {
+        match err.into() {
+            ServerError::Internal(problem) => Self::Internal(problem),
+            ServerError::Unavailable(problem, retry) => Self::Unavailable(problem, retry),
+        }
+    }
+}

@@ -1,17 +1,20 @@
 //! The password policy and argon2id hashing.
 //!
 //! The policy runs before any hashing (a 10 MB "password" never reaches argon2). Hashing
-//! and verifying run on the blocking pool behind a semaphore sized to the cores, so a burst
-//! of logins queues for CPU instead of stalling the async workers that serve every other
-//! request. An unknown email is verified against a dummy hash, so it takes as long as a
-//! wrong password.
+//! and verifying run on a pool of their own, one thread per core, off the async runtime, so
+//! a burst of logins queues for CPU instead of stalling the async workers that serve every
+//! other request. The pool's threads are scheduled `SCHED_IDLE`: they get every cycle
+//! nobody else wants, and yield to request handling (and to the database on the same host)
+//! at once, so `/health/live` stays fast under full login load. An unknown email is
+//! verified against a dummy hash, so it takes as long as a wrong password.
 
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tasklane_shared::config::AuthSettings;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use zxcvbn::Score;
 
 use crate::problem::FieldError;
@@ -46,11 +49,67 @@ pub fn check_policy(field: &str, password: &str, email: &str, display_name: Opti
     Ok(())
 }
 
-/// argon2id with the configured cost, off the async runtime.
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Threads that only hash, at idle priority; the queue in front of them is the back-pressure.
+struct HashPool {
+    jobs: Mutex<mpsc::Sender<HashJob>>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<HashJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+                lower_priority();
+                loop {
+                    // The lock is held only to take a job, never while hashing.
+                    let job = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                    match job {
+                        Ok(job) => job(),
+                        // The hasher is gone: so is the pool.
+                        Err(_) => break,
+                    }
+                }
+            })?;
+        }
+        Ok(Self { jobs: Mutex::new(jobs) })
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        let (done, result) = oneshot::channel();
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .map_err(|_| anyhow::anyhow!("the hashing pool stopped"))?;
+        Ok(result.await?)
+    }
+}
+
+/// `SCHED_IDLE` for the calling thread; where the platform refuses, it runs as it is.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if let Err(err) = set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle) {
+            tracing::warn!(?err, "cannot lower the priority of a hashing thread; hashing will compete with requests");
+        }
+    }
+}
+
+/// argon2id with the configured cost, off the async runtime; cheap to clone.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
-    permits: Arc<Semaphore>,
+    pool: Arc<HashPool>,
     dummy_hash: Arc<str>,
 }
 
@@ -64,7 +123,7 @@ impl PasswordHasher {
             .hash_password(uuid::Uuid::now_v7().as_bytes())
             .map_err(|err| anyhow::anyhow!("cannot hash: {err}"))?
             .to_string();
-        Ok(Self { params, permits: Arc::new(Semaphore::new(cores)), dummy_hash: dummy.into() })
+        Ok(Self { params, pool: Arc::new(HashPool::new(cores)?), dummy_hash: dummy.into() })
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -73,22 +132,21 @@ impl PasswordHasher {
 
     /// A PHC string (`$argon2id$v=19$m=…`) with a random salt.
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await?;
         let argon2 = self.argon2();
-        tokio::task::spawn_blocking(move || {
-            argon2.hash_password(password.as_bytes()).map(|hash| hash.to_string()).map_err(|err| anyhow::anyhow!("cannot hash: {err}"))
-        })
-        .await?
+        self.pool
+            .run(move || {
+                argon2.hash_password(password.as_bytes()).map(|hash| hash.to_string()).map_err(|err| anyhow::anyhow!("cannot hash: {err}"))
+            })
+            .await?
     }
 
     /// Whether `password` matches `hash`; with no hash (unknown account) it verifies against
     /// the dummy hash and answers `false`, taking the same time.
     pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {
-        let _permit = self.permits.acquire().await?;
         let argon2 = self.argon2();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
-        let matches = tokio::task::spawn_blocking(move || argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok()).await?;
+        let matches = self.pool.run(move || argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok()).await?;
         Ok(known && matches)
     }
 }
@@ -109,6 +167,38 @@ mod tests {
         assert_eq!(check_policy("password", "password1234", "a@b.co", None).unwrap_err().code, "too_weak");
         assert_eq!(check_policy("password", "ada.lovelace@example.com", "ada.lovelace@example.com", None).unwrap_err().code, "same_as_email");
         assert_eq!(check_policy("password", "adalovelace1815", "adalovelace1815@example.com", None).unwrap_err().code, "too_weak");
+    }
+
+    fn hasher() -> PasswordHasher {
+        let mut settings = tasklane_shared::config::Settings::from_vars(Default::default()).expect("dev settings").auth;
+        settings.argon2_memory_kib = 64;
+        settings.argon2_iterations = 1;
+        PasswordHasher::new(&settings).expect("valid params")
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_and_unknown_accounts_never_match() {
+        let hasher = hasher();
+        let hash = hasher.hash("correct horse battery staple".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$"));
+        assert!(hasher.verify("correct horse battery staple".into(), Some(hash.clone())).await.unwrap());
+        assert!(!hasher.verify("wrong horse battery staple".into(), Some(hash)).await.unwrap());
+        assert!(!hasher.verify("correct horse battery staple".into(), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashing_runs_on_idle_priority_threads_off_the_runtime() {
+        let (name, policy) = hasher()
+            .pool
+            .run(|| (std::thread::current().name().map(str::to_owned), thread_priority::unix::thread_schedule_policy()))
+            .await
+            .unwrap();
+        assert!(name.unwrap_or_default().starts_with("argon2-"));
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            policy.unwrap(),
+            thread_priority::unix::ThreadSchedulePolicy::Normal(thread_priority::unix::NormalThreadSchedulePolicy::Idle)
+        );
     }
 
     #[test]

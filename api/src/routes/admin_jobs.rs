@@ -14,7 +14,7 @@ use tasklane_shared::queue::JobRecord;
 
 use crate::auth::security::BearerAuth;
 use crate::openapi::ApiTags;
-use crate::problem::{FieldError, Problem, ServerError};
+use crate::problem::{AuthedError, FieldError, Problem, ServerError};
 use crate::state::AppState;
 
 pub struct AdminJobsApi;
@@ -186,7 +186,7 @@ fn not_found() -> Problem {
 impl AdminJobsApi {
     /// Queue overview: per queue, jobs by state and the age of the oldest pending job.
     #[oai(path = "/queues", method = "get")]
-    async fn queues(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<OverviewResponse, ServerError> {
+    async fn queues(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<OverviewResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(OverviewResponse::Forbidden(Json(problem)));
         }
@@ -222,7 +222,7 @@ impl AdminJobsApi {
         kind: Query<Option<String>>,
         limit: Query<Option<u32>>,
         cursor: Query<Option<String>>,
-    ) -> Result<JobsResponse, ServerError> {
+    ) -> Result<JobsResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(JobsResponse::Forbidden(Json(problem)));
         }
@@ -282,7 +282,7 @@ impl AdminJobsApi {
 
     /// One job: payload summary, every attempt with its error, timestamps.
     #[oai(path = "/jobs/:id", method = "get")]
-    async fn job(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<JobResponse, ServerError> {
+    async fn job(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<JobResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(JobResponse::Forbidden(Json(problem)));
         }
@@ -294,7 +294,7 @@ impl AdminJobsApi {
 
     /// Retry a dead job: back to its queue with a fresh set of attempts, history kept.
     #[oai(path = "/jobs/:id/retry", method = "post")]
-    async fn retry(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<RetryResponse, ServerError> {
+    async fn retry(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<RetryResponse, AuthedError> {
         let admin = match auth.require_admin() {
             Ok(admin) => admin.id,
             Err(problem) => return Ok(RetryResponse::Forbidden(Json(problem))),
@@ -313,7 +313,7 @@ impl AdminJobsApi {
 
     /// The schedules the workers run: cron, last and next run.
     #[oai(path = "/schedules", method = "get")]
-    async fn schedules(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<SchedulesResponse, ServerError> {
+    async fn schedules(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<SchedulesResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(SchedulesResponse::Forbidden(Json(problem)));
         }

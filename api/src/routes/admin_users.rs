@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::auth::Role;
 use crate::auth::security::BearerAuth;
 use crate::openapi::ApiTags;
-use crate::problem::{FieldError, Problem, ServerError};
+use crate::problem::{AuthedError, FieldError, Problem};
 use crate::routes::users::{self, USER_COLUMNS, UserRow, UserView};
 use crate::state::AppState;
 
@@ -81,7 +81,7 @@ impl AdminUsersApi {
         limit: Query<Option<u32>>,
         cursor: Query<Option<String>>,
         page: Query<Option<u32>>,
-    ) -> Result<ListResponse, ServerError> {
+    ) -> Result<ListResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(ListResponse::Forbidden(Json(problem)));
         }
@@ -150,7 +150,7 @@ impl AdminUsersApi {
         state: Data<&AppState>,
         id: Path<Uuid>,
         body: Json<AdminUpdateUser>,
-    ) -> Result<UpdateResponse, ServerError> {
+    ) -> Result<UpdateResponse, AuthedError> {
         let admin = match auth.require_admin() {
             Ok(admin) => admin.clone(),
             Err(problem) => return Ok(UpdateResponse::Forbidden(Json(problem))),

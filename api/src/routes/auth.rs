@@ -174,6 +174,15 @@ pub enum TokenActionResponse {
     Invalid(Json<Problem>),
 }
 
+#[derive(ApiResponse)]
+pub enum VerifyEmailResponse {
+    #[oai(status = 204)]
+    NoContent,
+    /// The token is unknown, expired or already used (`invalid_token`).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    InvalidToken(Json<Problem>),
+}
+
 fn invalid_token() -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "invalid_token", "the token is invalid, expired or already used")
 }
@@ -445,7 +454,7 @@ impl AuthApi {
     ///
     /// An address listed in `TASKLANE_ADMIN_EMAILS` becomes an admin when it is verified.
     #[oai(path = "/verify-email", method = "post")]
-    async fn verify_email(&self, state: Data<&AppState>, body: Json<TokenRequest>) -> Result<TokenActionResponse, ServerError> {
+    async fn verify_email(&self, state: Data<&AppState>, body: Json<TokenRequest>) -> Result<VerifyEmailResponse, ServerError> {
         let mut tx = state.db.begin().await?;
         let user: Option<Uuid> = sqlx::query_scalar(
             "update email_tokens set used_at = now()
@@ -456,7 +465,7 @@ impl AuthApi {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(user_id) = user else {
-            return Ok(TokenActionResponse::InvalidToken(Json(invalid_token())));
+            return Ok(VerifyEmailResponse::InvalidToken(Json(invalid_token())));
         };
         sqlx::query("update users set email_verified_at = coalesce(email_verified_at, now()), updated_at = now() where id = $1")
             .bind(user_id)
@@ -466,7 +475,7 @@ impl AuthApi {
             tracing::info!(user = %user_id, "verified address is a configured admin; promoted");
         }
         tx.commit().await?;
-        Ok(TokenActionResponse::NoContent)
+        Ok(VerifyEmailResponse::NoContent)
     }
 }
 

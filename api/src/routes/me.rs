@@ -10,7 +10,7 @@ use crate::auth::password;
 use crate::auth::security::BearerAuth;
 use crate::http::RequestId;
 use crate::openapi::ApiTags;
-use crate::problem::{FieldError, Problem, ServerError};
+use crate::problem::{AuthedError, FieldError, Problem};
 use crate::routes::auth::{change_password, internal};
 use crate::routes::users::{self, UserView};
 use crate::state::AppState;
@@ -46,6 +46,12 @@ pub enum MeResponse {
 }
 
 #[derive(ApiResponse)]
+pub enum GetMeResponse {
+    #[oai(status = 200)]
+    Ok(Json<UserView>),
+}
+
+#[derive(ApiResponse)]
 pub enum ChangePasswordResponse {
     /// Changed; every other session is signed out and a notice is emailed.
     #[oai(status = 204)]
@@ -59,14 +65,14 @@ pub enum ChangePasswordResponse {
 impl MeApi {
     /// Your account.
     #[oai(path = "/", method = "get")]
-    async fn get(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<MeResponse, ServerError> {
+    async fn get(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<GetMeResponse, AuthedError> {
         let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| internal("the caller vanished"))?;
-        Ok(MeResponse::Ok(Json(user.into())))
+        Ok(GetMeResponse::Ok(Json(user.into())))
     }
 
     /// Update your profile and digest preferences.
     #[oai(path = "/", method = "patch")]
-    async fn update(&self, auth: BearerAuth, state: Data<&AppState>, body: Json<UpdateMeRequest>) -> Result<MeResponse, ServerError> {
+    async fn update(&self, auth: BearerAuth, state: Data<&AppState>, body: Json<UpdateMeRequest>) -> Result<MeResponse, AuthedError> {
         let body = body.0;
         let mut errors = Vec::new();
         let display_name = match &body.display_name {
@@ -122,7 +128,7 @@ impl MeApi {
         state: Data<&AppState>,
         request_id: Data<&RequestId>,
         body: Json<ChangePasswordRequest>,
-    ) -> Result<ChangePasswordResponse, ServerError> {
+    ) -> Result<ChangePasswordResponse, AuthedError> {
         let body = body.0;
         let (hash, display_name): (String, Option<String>) =
             sqlx::query_as("select password_hash, display_name from users where id = $1").bind(auth.0.id).fetch_one(&state.db).await?;
