@@ -1,5 +1,8 @@
 //! The admin job API (SPEC section 7): queues, jobs, retry of dead jobs, schedules.
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

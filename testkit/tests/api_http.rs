@@ -1,5 +1,8 @@
 //! The HTTP conventions of SPEC sections 2-3, against the real API process.
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

@@ -1,6 +1,9 @@
 //! Accounts and auth (SPEC section 4) against the real API, worker, Postgres, Redis and
 //! SMTP capture.
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use base64::Engine as _;

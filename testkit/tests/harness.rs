@@ -1,6 +1,9 @@
 //! The harness reaches every real service: S3 (signed requests to the test server) and the
 //! mail capture; and the compose file sets what the binaries need.
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 
 use aws_sdk_s3::primitives::ByteStream;

@@ -1,6 +1,9 @@
 //! The queue's promises under faults (SPEC section 7), with real worker processes, real
 //! Redis, Postgres and SMTP capture: nothing here is simulated except the fault itself.
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -235,7 +238,7 @@ async fn push_flaky(store: &QueueStore, job: &Flaky) -> String {
         request_id: None,
         unique: None,
     };
-    store.push(Flaky::SPEC.queue, &[new.clone()]).await.unwrap();
+    store.push(Flaky::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
     new.id.to_string()
 }
 

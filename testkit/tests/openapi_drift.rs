@@ -1,6 +1,9 @@
 //! The committed `openapi.json` is what the code generates, so every API change shows in
 //! review. (The served copy is compared in `api_http.rs`.)
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 #[test]
 fn committed_openapi_json_matches_the_code() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json"))

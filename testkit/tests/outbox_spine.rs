@@ -1,6 +1,9 @@
 //! The outbox spine (SPEC section 7): API transaction -> outbox -> relay -> Redis -> worker
 //! -> SMTP, with real processes and servers.
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use tasklane_shared::jobs::{EmailMessage, Job, Queue, SendEmail};
@@ -133,7 +136,7 @@ async fn a_row_pushed_twice_is_one_job() {
         request_id: None,
         unique: None,
     };
-    assert_eq!(store.push(Queue::Emails, &[job.clone()]).await.unwrap(), 1);
+    assert_eq!(store.push(Queue::Emails, std::slice::from_ref(&job)).await.unwrap(), 1);
     assert_eq!(store.push(Queue::Emails, &[job]).await.unwrap(), 0);
     assert_eq!(store.depth(Queue::Emails).await.unwrap().pending, 1);
 }

@@ -3,6 +3,9 @@
 //! endpoint of its own yet, so a small OpenAPI service is mounted behind the very same
 //! middleware the server uses.
 
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
 use poem::http::StatusCode;
 use poem::test::TestClient;
 use poem::{EndpointExt, Route};

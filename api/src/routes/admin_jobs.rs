@@ -213,6 +213,7 @@ impl AdminJobsApi {
     /// `state` defaults to `dead` (what usually needs attention); `queue` and `kind` narrow
     /// it down. `limit` 1-100 (default 20); `next_cursor` continues.
     #[oai(path = "/jobs", method = "get")]
+    #[allow(clippy::too_many_arguments)] // one per query parameter
     async fn jobs(
         &self,
         auth: BearerAuth,

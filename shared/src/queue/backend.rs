@@ -169,7 +169,7 @@ impl<J: Job> RedisBackend<J> {
     }
 
     /// Turns a claim into an apalis task; a payload that does not decode is dead at once.
-    fn into_task(&self, claim: Claim) -> Option<Task<J>> {
+    fn make_task(&self, claim: Claim) -> Option<Task<J>> {
         match serde_json::from_str::<J>(&claim.payload) {
             Ok(args) => Some(TaskBuilder::new(args).data(claim).build()),
             Err(err) => {
@@ -207,7 +207,7 @@ impl<J: Job> Backend for RedisBackend<J> {
     fn poll_next(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Option<Result<Task<J>, Self::Error>>> {
         loop {
             if let Some(claim) = self.buffer.pop_front() {
-                match self.into_task(claim) {
+                match self.make_task(claim) {
                     Some(task) => return Poll::Ready(Some(Ok(task))),
                     None => continue,
                 }
