@@ -10,9 +10,12 @@ use crate::routes::admin_jobs::AdminJobsApi;
 use crate::routes::admin_users::AdminUsersApi;
 use crate::routes::auth::AuthApi;
 use crate::routes::me::MeApi;
+use crate::routes::tasks::TasksApi;
 
 #[derive(Tags)]
 pub enum ApiTags {
+    /// Your tasks: create, read, change with If-Match, trash and restore, history, lists.
+    Tasks,
     /// Register, sign in, refresh and sign out; verify an address; reset a password.
     Auth,
     /// Your own account: profile, digest preferences, password.
@@ -23,10 +26,10 @@ pub enum ApiTags {
     Operations,
 }
 
-pub type Apis = (AuthApi, MeApi, AdminUsersApi, AdminJobsApi, OpsApi);
+pub type Apis = (AuthApi, MeApi, TasksApi, AdminUsersApi, AdminJobsApi, OpsApi);
 
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((AuthApi, MeApi, AdminUsersApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((AuthApi, MeApi, TasksApi, AdminUsersApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
         .description(
             "Task management over a durable job queue. Errors are `application/problem+json` \
              (RFC 9457). Every response carries `X-Request-Id`. To call authenticated \

@@ -34,6 +34,10 @@ pub struct Problem {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<FieldError>>,
+    /// On a 412: the resource's current version (its `ETag` without quotes).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i32>,
 }
 
 /// One invalid field of a request.
@@ -75,6 +79,7 @@ impl Problem {
             detail: detail.into(),
             request_id: None,
             errors: None,
+            current_version: None,
         }
     }
 

@@ -89,6 +89,8 @@ pub struct Settings {
     /// and validates them at start-up.
     pub cron: HashMap<String, String>,
     pub auth: AuthSettings,
+    /// Task creations per user per UTC day (`TASKLANE_TASKS_DAILY_QUOTA`).
+    pub tasks_daily_quota: u32,
 }
 
 /// Accounts and tokens (SPEC section 4).
@@ -258,6 +260,7 @@ impl Settings {
             worker_concurrency,
             cron,
             auth,
+            tasks_daily_quota: r.parsed_any("TASKLANE_TASKS_DAILY_QUOTA", "50"),
         };
         if env == Environment::Prod {
             settings.check_prod_secrets(&mut reader.problems);

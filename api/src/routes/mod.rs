@@ -4,4 +4,5 @@ pub mod admin_jobs;
 pub mod admin_users;
 pub mod auth;
 pub mod me;
+pub mod tasks;
 pub mod users;

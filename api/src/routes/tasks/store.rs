@@ -1,0 +1,96 @@
+//! The Redis side of tasks: the daily creation quota and the list cache.
+//!
+//! Quota: a counter per user and UTC day, expiring at the day's end. A request reserves its
+//! whole count atomically (a bulk of 30 either fits or takes nothing) and gives it back if it
+//! then fails, so a refused or failed request uses no quota.
+//!
+//! Cache: list responses are kept 30 s under the user's current generation; every write of
+//! that user bumps the generation, so stale pages are never served and old ones just expire.
+//! When Redis is unavailable the list is computed from the database (a miss), never refused.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{Datelike, Utc};
+use redis::Script;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+
+static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+          if v == tonumber(ARGV[1]) then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
+          if v > tonumber(ARGV[2]) then redis.call('DECRBY', KEYS[1], ARGV[1]) return 0 end
+          return 1",
+    )
+});
+
+fn quota_key(state: &AppState, user: Uuid) -> String {
+    let today = Utc::now().date_naive();
+    state.keys.global(&format!("quota:task_create:{user}:{}{:02}{:02}", today.year(), today.month(), today.day()))
+}
+
+/// Seconds until the quota resets (the next UTC midnight).
+pub fn seconds_to_reset() -> u64 {
+    let now = Utc::now();
+    let midnight = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    midnight.map_or(1, |m| u64::try_from((m - now).num_seconds()).unwrap_or(0).max(1))
+}
+
+/// Takes `n` creations from today's quota; `false` when they do not fit (nothing taken).
+pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult<bool> {
+    let reset_at = Utc::now().timestamp() + i64::try_from(seconds_to_reset()).unwrap_or(86_400);
+    let ok: i64 = RESERVE
+        .key(quota_key(state, user))
+        .arg(n)
+        .arg(state.settings.tasks_daily_quota)
+        .arg(reset_at)
+        .invoke_async(&mut state.redis.clone())
+        .await?;
+    Ok(ok == 1)
+}
+
+/// Gives back creations a failed request had reserved.
+pub async fn release(state: &AppState, user: Uuid, n: u32) {
+    let result: redis::RedisResult<i64> = redis::cmd("DECRBY").arg(quota_key(state, user)).arg(n).query_async(&mut state.redis.clone()).await;
+    if let Err(err) = result {
+        tracing::warn!(error = %err, %user, "cannot give back quota");
+    }
+}
+
+fn generation_key(state: &AppState, user: Uuid) -> String {
+    state.keys.global(&format!("tasks:generation:{user}"))
+}
+
+/// The key a list response is cached under, or `None` when Redis cannot say.
+pub async fn cache_key(state: &AppState, user: Uuid, normalized_query: &str) -> Option<String> {
+    let generation: Option<u64> = redis::cmd("GET").arg(generation_key(state, user)).query_async(&mut state.redis.clone()).await.ok()?;
+    let digest = Sha256::digest(normalized_query.as_bytes());
+    let hash: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    Some(state.keys.global(&format!("tasks:list:{user}:{}:{hash}", generation.unwrap_or(0))))
+}
+
+pub async fn cached(state: &AppState, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(&mut state.redis.clone()).await.ok().flatten()
+}
+
+pub async fn store(state: &AppState, key: &str, body: &str) {
+    let result: redis::RedisResult<()> =
+        redis::cmd("SET").arg(key).arg(body).arg("EX").arg(CACHE_TTL.as_secs()).query_async(&mut state.redis.clone()).await;
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "cannot cache a task list");
+    }
+}
+
+/// After any write of a user's tasks: their cached lists are stale from now on.
+pub async fn invalidate(state: &AppState, user: Uuid) {
+    let result: redis::RedisResult<()> = redis::cmd("INCR").arg(generation_key(state, user)).query_async(&mut state.redis.clone()).await;
+    if let Err(err) = result {
+        // Cached pages live 30 s at most: the damage is bounded.
+        tracing::warn!(error = %err, %user, "cannot invalidate cached task lists");
+    }
+}

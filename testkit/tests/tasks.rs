@@ -1,0 +1,288 @@
+//! Tasks (SPEC section 5) against the real API, Postgres and Redis.
+
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tasklane_testkit::{TestApp, email_address};
+
+struct User<'a> {
+    app: &'a TestApp,
+    token: String,
+}
+
+impl<'a> User<'a> {
+    async fn new(app: &'a TestApp) -> Self {
+        let session = app.register(&email_address()).await;
+        Self { app, token: session["access_token"].as_str().unwrap().to_owned() }
+    }
+
+    async fn create(&self, body: Value) -> reqwest::Response {
+        self.app.post("/api/v1/tasks", &body, Some(&self.token)).await
+    }
+
+    async fn created(&self, body: Value) -> Value {
+        let resp = self.create(body).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        resp.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.app.get_as(path, &self.token).await
+    }
+
+    async fn patch(&self, id: &str, if_match: Option<&str>, body: Value) -> reqwest::Response {
+        let mut request = self.app.client.patch(self.app.url(&format!("/api/v1/tasks/{id}"))).bearer_auth(&self.token).json(&body);
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn delete(&self, id: &str) -> reqwest::Response {
+        self.app.client.delete(self.app.url(&format!("/api/v1/tasks/{id}"))).bearer_auth(&self.token).send().await.unwrap()
+    }
+}
+
+async fn json(resp: reqwest::Response) -> Value {
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn create_validates_every_field_and_refuses_server_fields() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let resp = user.create(json!({ "title": "  Write the report ", "tags": ["work", "q3"], "priority": "high" })).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["etag"], "\"1\"");
+    let task = json(resp).await;
+    assert_eq!(task["title"], "Write the report");
+    assert_eq!((task["status"].as_str(), task["priority"].as_str(), task["version"].as_i64()), (Some("todo"), Some("high"), Some(1)));
+
+    let bad = user.create(json!({ "title": "", "tags": ["Bad Tag"], "description": "x".repeat(10_001) })).await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<String> = json(bad).await["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(fields, ["title", "description", "tags[0]"]);
+    for field in ["owner_id", "version", "deleted_at", "created_at"] {
+        let resp = user.create(json!({ "title": "t", field: "x" })).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        let problem = json(resp).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let malformed = app.client.post(app.url("/api/v1/tasks")).bearer_auth(&user.token).header("content-type", "application/json").body("{\"title\":").send().await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn etags_and_conditional_requests() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let id = user.created(json!({ "title": "t", "description": "d", "due_at": "2030-01-01T00:00:00Z" })).await["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/tasks/{id}");
+    let resp = user.get(&path).await;
+    assert_eq!(resp.headers()["etag"], "\"1\"");
+    assert_eq!(resp.headers()["cache-control"], "private, no-cache");
+    let not_modified = app.client.get(app.url(&path)).bearer_auth(&user.token).header("if-none-match", "\"1\"").send().await.unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+
+    assert_eq!(user.patch(&id, None, json!({ "title": "u" })).await.status(), StatusCode::PRECONDITION_REQUIRED);
+    let changed = user.patch(&id, Some("\"1\""), json!({ "title": "u", "description": null, "status": "done" })).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_eq!(changed.headers()["etag"], "\"2\"");
+    let task = json(changed).await;
+    assert_eq!(task["title"], "u");
+    assert!(task["description"].is_null(), "null clears");
+    let due = chrono::DateTime::parse_from_rfc3339(task["due_at"].as_str().unwrap()).unwrap();
+    assert_eq!(due, chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap(), "absent leaves");
+    assert!(task["completed_at"].is_string(), "done stamps completed_at");
+
+    let stale = user.patch(&id, Some("\"1\""), json!({ "title": "v" })).await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(json(stale).await["current_version"], 2);
+    let unknown = user.patch(&id, Some("\"2\""), json!({ "owner_id": "x" })).await;
+    assert_eq!(unknown.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let null_title = user.patch(&id, Some("\"2\""), json!({ "title": null })).await;
+    assert_eq!(null_title.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let reopened = json(user.patch(&id, Some("\"2\""), json!({ "status": "todo" })).await).await;
+    assert!(reopened["completed_at"].is_null());
+}
+
+#[tokio::test]
+async fn moving_the_due_date_into_the_future_clears_overdue() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let id = user.created(json!({ "title": "t", "due_at": "2020-01-01T00:00:00Z" })).await["id"].as_str().unwrap().to_owned();
+    sqlx::query("update tasks set overdue = true where id = $1::uuid").bind(&id).execute(&app.db).await.unwrap();
+    let task = json(user.patch(&id, Some("\"1\""), json!({ "due_at": "2099-01-01T00:00:00Z" })).await).await;
+    assert_eq!(task["overdue"], false);
+}
+
+#[tokio::test]
+async fn of_two_concurrent_changes_of_one_version_exactly_one_wins() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let id = user.created(json!({ "title": "t" })).await["id"].as_str().unwrap().to_owned();
+    let (a, b) = tokio::join!(user.patch(&id, Some("\"1\""), json!({ "title": "a" })), user.patch(&id, Some("\"1\""), json!({ "title": "b" })));
+    let mut statuses = [a.status(), b.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::PRECONDITION_FAILED]);
+}
+
+#[tokio::test]
+async fn trash_restore_and_history_with_diffs_and_actors() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let id = user.created(json!({ "title": "t" })).await["id"].as_str().unwrap().to_owned();
+    user.patch(&id, Some("\"1\""), json!({ "priority": "urgent" })).await;
+    assert_eq!(user.delete(&id).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(user.get(&format!("/api/v1/tasks/{id}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(user.delete(&id).await.status(), StatusCode::NOT_FOUND);
+    let trash = json(user.get("/api/v1/tasks?deleted=true").await).await;
+    assert_eq!(trash["data"][0]["id"], id.as_str());
+    assert!(json(user.get("/api/v1/tasks").await).await["data"].as_array().unwrap().is_empty());
+
+    let restored = app.post(&format!("/api/v1/tasks/{id}/restore"), &json!({}), Some(&user.token)).await;
+    assert_eq!(restored.status(), StatusCode::OK);
+    assert!(json(restored).await["deleted_at"].is_null());
+
+    let history = json(user.get(&format!("/api/v1/tasks/{id}/history")).await).await;
+    let actions: Vec<&str> = history.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["create", "update", "delete", "restore"]);
+    assert_eq!(history[1]["changes"]["priority"], json!({ "from": "normal", "to": "urgent" }));
+    assert_eq!(history[1]["actor"]["type"], "user");
+    assert_eq!(history[0]["changes"]["title"]["to"], "t");
+}
+
+#[tokio::test]
+async fn another_users_task_is_404_everywhere() {
+    let app = TestApp::spawn().await;
+    let owner = User::new(&app).await;
+    let other = User::new(&app).await;
+    let id = owner.created(json!({ "title": "mine" })).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(other.get(&format!("/api/v1/tasks/{id}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(other.get(&format!("/api/v1/tasks/{id}/history")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(other.patch(&id, Some("\"1\""), json!({ "title": "x" })).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(other.delete(&id).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.post(&format!("/api/v1/tasks/{id}/restore"), &json!({}), Some(&other.token)).await.status(), StatusCode::NOT_FOUND);
+    assert!(json(other.get("/api/v1/tasks").await).await["data"].as_array().unwrap().is_empty());
+    assert_eq!(owner.get(&format!("/api/v1/tasks/{id}")).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bulk_is_all_or_nothing_and_names_the_item() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let bad = app.post("/api/v1/tasks/bulk", &json!({ "tasks": [{ "title": "a" }, { "title": "b" }, { "title": "" }] }), Some(&user.token)).await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(json(bad).await["errors"][0]["field"], "tasks[2].title");
+    assert!(json(user.get("/api/v1/tasks").await).await["data"].as_array().unwrap().is_empty(), "nothing was created");
+    let too_many: Vec<Value> = (0..101).map(|i| json!({ "title": format!("t{i}") })).collect();
+    let resp = app.post("/api/v1/tasks/bulk", &json!({ "tasks": too_many }), Some(&user.token)).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let ok = app.post("/api/v1/tasks/bulk", &json!({ "tasks": [{ "title": "a" }, { "title": "b" }] }), Some(&user.token)).await;
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    assert_eq!(json(ok).await["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_daily_quota_counts_each_item_and_refused_requests_use_none() {
+    let app = TestApp::spawn_with(|s| s.tasks_daily_quota = 3).await;
+    let user = User::new(&app).await;
+    assert_eq!(user.create(json!({ "title": "" })).await.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    user.created(json!({ "title": "1" })).await;
+    let two = app.post("/api/v1/tasks/bulk", &json!({ "tasks": [{ "title": "2" }, { "title": "3" }, { "title": "4" }] }), Some(&user.token)).await;
+    assert_eq!(two.status(), StatusCode::TOO_MANY_REQUESTS, "3 more do not fit in 2");
+    let retry_after: u64 = two.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry_after));
+    let fits = app.post("/api/v1/tasks/bulk", &json!({ "tasks": [{ "title": "2" }, { "title": "3" }] }), Some(&user.token)).await;
+    assert_eq!(fits.status(), StatusCode::CREATED, "the refused bulk took nothing");
+    assert_eq!(user.create(json!({ "title": "4" })).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    let other = User::new(&app).await;
+    assert_eq!(other.create(json!({ "title": "theirs" })).await.status(), StatusCode::CREATED, "per user");
+}
+
+#[tokio::test]
+async fn filters_and_search_narrow_the_list() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    user.created(json!({ "title": "Quarterly report", "description": "numbers for the board", "tags": ["work"], "priority": "high" })).await;
+    user.created(json!({ "title": "Buy milk", "tags": ["home"], "status": "done" })).await;
+    user.created(json!({ "title": "Call the plumber", "tags": ["home"], "due_at": "2020-01-01T00:00:00Z" })).await;
+    let titles = |v: Value| -> Vec<String> { v["data"].as_array().unwrap().iter().map(|t| t["title"].as_str().unwrap().to_owned()).collect() };
+    assert_eq!(titles(json(user.get("/api/v1/tasks?tag=home&sort=title").await).await), ["Buy milk", "Call the plumber"]);
+    assert_eq!(titles(json(user.get("/api/v1/tasks?status=todo,in_progress&sort=title").await).await), ["Call the plumber", "Quarterly report"]);
+    assert_eq!(titles(json(user.get("/api/v1/tasks?priority=high").await).await), ["Quarterly report"]);
+    assert_eq!(titles(json(user.get("/api/v1/tasks?q=board").await).await), ["Quarterly report"]);
+    assert_eq!(titles(json(user.get("/api/v1/tasks?due_before=2021-01-01T00:00:00Z").await).await), ["Call the plumber"]);
+    for bad in ["sort=owner_id", "status=later", "limit=101", "page=1&cursor=abc", "cursor=garbage"] {
+        let resp = user.get(&format!("/api/v1/tasks?{bad}")).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let paged = json(user.get("/api/v1/tasks?page=2&limit=2&sort=title").await).await;
+    assert_eq!((paged["total"].as_i64(), paged["total_pages"].as_i64(), paged["page"].as_i64()), (Some(3), Some(2), Some(2)));
+    assert_eq!(titles(paged), ["Quarterly report"]);
+}
+
+#[tokio::test]
+async fn cursor_pages_visit_every_row_once_under_every_sort_while_rows_are_added() {
+    let app = TestApp::spawn_with(|s| s.tasks_daily_quota = 10_000).await;
+    let user = User::new(&app).await;
+    let priorities = ["low", "normal", "high", "urgent"];
+    let mut batch = Vec::new();
+    for i in 0..60 {
+        let mut task = json!({ "title": format!("task {:02}", i % 7), "priority": priorities[i % 4] });
+        if i % 3 != 0 {
+            task["due_at"] = json!(format!("2031-01-{:02}T00:00:00Z", 1 + i % 5));
+        }
+        batch.push(task);
+    }
+    let resp = app.post("/api/v1/tasks/bulk", &json!({ "tasks": batch }), Some(&user.token)).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let original: HashSet<String> = json(resp).await["data"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect();
+
+    for sort in ["-created_at", "created_at", "title", "-title,due_at", "due_at", "-due_at", "priority,-created_at", "-priority,title", "updated_at"] {
+        let mut seen = HashSet::new();
+        let mut cursor: Option<String> = None;
+        let mut page = 0;
+        loop {
+            let mut path = format!("/api/v1/tasks?limit=7&sort={sort}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let body = json(user.get(&path).await).await;
+            for task in body["data"].as_array().unwrap() {
+                let id = task["id"].as_str().unwrap().to_owned();
+                assert!(seen.insert(id), "{sort}: a row came twice");
+            }
+            // A row is added between pages.
+            user.created(json!({ "title": format!("added {sort} {page}"), "due_at": "2031-01-03T00:00:00Z" })).await;
+            page += 1;
+            match body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert!(original.is_subset(&seen), "{sort}: every row that existed throughout was visited");
+    }
+}
+
+#[tokio::test]
+async fn lists_are_cached_until_the_user_writes() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    user.created(json!({ "title": "one" })).await;
+    let first = user.get("/api/v1/tasks").await;
+    assert_eq!(first.headers()["x-cache"], "miss");
+    let second = user.get("/api/v1/tasks").await;
+    assert_eq!(second.headers()["x-cache"], "hit");
+    assert_eq!(json(second).await["data"].as_array().unwrap().len(), 1);
+    user.created(json!({ "title": "two" })).await;
+    let after_write = user.get("/api/v1/tasks").await;
+    assert_eq!(after_write.headers()["x-cache"], "miss");
+    assert_eq!(json(after_write).await["data"].as_array().unwrap().len(), 2);
+    let other = User::new(&app).await;
+    assert_eq!(other.get("/api/v1/tasks").await.headers()["x-cache"], "miss", "per user");
+}
