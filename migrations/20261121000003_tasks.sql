@@ -1,5 +1,23 @@
 -- Tasks (SPEC section 5).
 
+-- UUIDv7 (time-ordered) for rows created by set-based statements, such as the audit rows
+-- of mark_overdue: the 48-bit millisecond timestamp over the first six bytes of a random
+-- UUID, with the version nibble turned from 4 into 7.
+create function uuid_generate_v7() returns uuid
+language plpgsql volatile as $$
+begin
+    return encode(
+        set_bit(
+            set_bit(
+                overlay(uuid_send(gen_random_uuid())
+                    placing substring(int8send(floor(extract(epoch from clock_timestamp()) * 1000)::bigint) from 3)
+                    from 1 for 6),
+                52, 1),
+            53, 1),
+        'hex')::uuid;
+end
+$$;
+
 create table tasks (
     id uuid primary key,
     owner_id uuid not null references users (id) on delete cascade,

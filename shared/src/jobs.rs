@@ -100,6 +100,23 @@ pub enum EmailMessage {
     ResetPassword { display_name: Option<String>, token: String },
     /// Tells the owner the password changed, so an unexpected change is noticed.
     PasswordChanged { display_name: Option<String> },
+    /// The daily digest: open, due-soon and overdue tasks, times in the user's zone.
+    DailyDigest {
+        display_name: Option<String>,
+        /// The user's local date, e.g. `2026-11-21`.
+        date: String,
+        open: Vec<DigestItem>,
+        due_soon: Vec<DigestItem>,
+        overdue: Vec<DigestItem>,
+    },
+}
+
+/// One task in a digest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DigestItem {
+    pub title: String,
+    /// Local time, e.g. `2026-11-21 17:00`.
+    pub due: Option<String>,
 }
 
 impl EmailMessage {
@@ -109,6 +126,7 @@ impl EmailMessage {
             Self::VerifyEmail { .. } => "verify_email",
             Self::ResetPassword { .. } => "reset_password",
             Self::PasswordChanged { .. } => "password_changed",
+            Self::DailyDigest { .. } => "daily_digest",
         }
     }
 }
@@ -160,8 +178,85 @@ impl CronJob for PruneSentEmails {
     }
 }
 
+/// Marks open tasks whose due time has passed (every 5 minutes): one set-based update plus
+/// its audit rows; idempotent, and relative to the tick, so a rerun changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MarkOverdue {
+    pub tick: DateTime<Utc>,
+}
+
+impl Job for MarkOverdue {
+    const SPEC: JobSpec = JobSpec {
+        kind: "mark_overdue",
+        queue: Queue::Maintenance,
+        max_attempts: 1,
+        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
+        timeout: Duration::from_secs(120),
+        unique: true,
+        schedule: Some("0 */5 * * * *"),
+    };
+}
+
+impl CronJob for MarkOverdue {
+    fn for_tick(tick: DateTime<Utc>) -> Self {
+        Self { tick }
+    }
+}
+
+/// Deletes tasks that have been in the trash for more than 30 days (daily).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PurgeDeleted {
+    pub tick: DateTime<Utc>,
+}
+
+pub const TRASH_RETENTION_DAYS: i32 = 30;
+
+impl Job for PurgeDeleted {
+    const SPEC: JobSpec = JobSpec {
+        kind: "purge_deleted",
+        queue: Queue::Maintenance,
+        max_attempts: 1,
+        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
+        timeout: Duration::from_secs(600),
+        unique: true,
+        schedule: Some("0 15 3 * * *"),
+    };
+}
+
+impl CronJob for PurgeDeleted {
+    fn for_tick(tick: DateTime<Utc>) -> Self {
+        Self { tick }
+    }
+}
+
+/// Hourly: every opted-in, verified user whose local hour is their `digest_hour` gets one
+/// digest email per local day (a `send_email` job each, keyed by user and local date).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DailyDigest {
+    pub tick: DateTime<Utc>,
+}
+
+impl Job for DailyDigest {
+    const SPEC: JobSpec = JobSpec {
+        kind: "daily_digest",
+        queue: Queue::Maintenance,
+        max_attempts: 1,
+        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
+        timeout: Duration::from_secs(600),
+        unique: true,
+        schedule: Some("0 0 * * * *"),
+    };
+}
+
+impl CronJob for DailyDigest {
+    fn for_tick(tick: DateTime<Utc>) -> Self {
+        Self { tick }
+    }
+}
+
 /// Every declared kind; the worker's registration list must cover each (a test checks).
-pub const ALL: &[JobSpec] = &[SendEmail::SPEC, PruneSentEmails::SPEC];
+pub const ALL: &[JobSpec] =
+    &[SendEmail::SPEC, PruneSentEmails::SPEC, MarkOverdue::SPEC, PurgeDeleted::SPEC, DailyDigest::SPEC];
 
 /// The spec of a kind by name.
 pub fn spec(kind: &str) -> Option<&'static JobSpec> {

@@ -78,6 +78,24 @@ impl Keys {
     pub fn global(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
+
+    /// The generation of a user's cached task lists: every write of their tasks, by the API
+    /// or a job, increments it, so cached pages of the old generation are never served.
+    pub fn task_lists_generation(&self, user: uuid::Uuid) -> String {
+        self.global(&format!("tasks:generation:{user}"))
+    }
+}
+
+/// Makes every cached task list of these users stale (after a job changed their tasks).
+pub async fn invalidate_task_lists(conn: &mut ConnectionManager, keys: &Keys, users: &[uuid::Uuid]) -> redis::RedisResult<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for user in users {
+        pipe.incr(keys.task_lists_generation(*user), 1).ignore();
+    }
+    pipe.query_async(conn).await
 }
 
 /// `PING` with the connection's timeouts; used by readiness checks.

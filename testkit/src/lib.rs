@@ -532,3 +532,15 @@ pub fn token_in(mail: &serde_json::Value) -> String {
 pub fn email_address() -> String {
     format!("{}@example.test", unique("user"))
 }
+
+impl TestApp {
+    /// A client of this test's job store (its Redis prefix).
+    pub fn spawn_store(&self) -> tasklane_shared::queue::QueueStore {
+        let conn = tasklane_shared::redis::connect(&self.settings).expect("valid REDIS_URL");
+        tasklane_shared::queue::QueueStore::new(
+            conn,
+            tasklane_shared::redis::Keys::new(self.settings.redis_prefix.clone()),
+            tasklane_shared::queue::QueueSettings::default(),
+        )
+    }
+}

@@ -21,6 +21,22 @@ use crate::jobs;
 use crate::mailer::Mailer;
 use crate::templates::Templates;
 
+/// Invalidates users' cached task lists after a job changed their tasks.
+#[derive(Clone)]
+pub struct TaskLists {
+    conn: redis::aio::ConnectionManager,
+    keys: Keys,
+}
+
+impl TaskLists {
+    pub async fn invalidate(&self, users: &[uuid::Uuid]) {
+        if let Err(err) = tasklane_shared::redis::invalidate_task_lists(&mut self.conn.clone(), &self.keys, users).await {
+            // Cached pages live 30 s at most: the damage is bounded.
+            tracing::warn!(error = %err, "cannot invalidate cached task lists");
+        }
+    }
+}
+
 /// What every job handler and backend of this process shares; cheap to clone.
 #[derive(Clone)]
 pub struct WorkerContext {
@@ -28,6 +44,7 @@ pub struct WorkerContext {
     pub store: QueueStore,
     pub mailer: Mailer,
     pub templates: Templates,
+    pub task_lists: TaskLists,
     /// Claims this process holds, handed back if a graceful shutdown runs out of time.
     pub held: HeldClaims,
     /// Unique per process start, so a restarted worker never inherits a dead one's claims.
@@ -76,6 +93,7 @@ impl WorkerApp {
             dead_retention: settings.dead_job_retention,
         };
         let store = QueueStore::new(redis, Keys::new(settings.redis_prefix.clone()), queue_settings);
+        let task_lists = TaskLists { conn: store.connection(), keys: Keys::new(settings.redis_prefix.clone()) };
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let ctx = WorkerContext {
@@ -83,6 +101,7 @@ impl WorkerApp {
             store,
             mailer: Mailer::new(&settings)?,
             templates: Templates::new(settings.public_url.clone())?,
+            task_lists,
             held: HeldClaims::default(),
             name: format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..]),
             concurrency: settings.worker_concurrency,

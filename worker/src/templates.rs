@@ -37,18 +37,24 @@ impl Templates {
     pub fn new(public_url: url::Url) -> anyhow::Result<Self> {
         let mut env = Environment::new();
         env.add_template("base.html", include_str!("../templates/base.html"))?;
-        email_templates!(env, "verify_email", "reset_password", "password_changed");
+        email_templates!(env, "verify_email", "reset_password", "password_changed", "daily_digest");
         Ok(Self { env: Arc::new(env), public_url })
     }
 
     pub fn render(&self, message: &EmailMessage) -> anyhow::Result<Rendered> {
         let public_url = self.public_url.as_str().trim_end_matches('/');
-        let (display_name, link) = match message {
-            EmailMessage::VerifyEmail { display_name, token } => (display_name, Some(self.link("verify-email", token)?)),
-            EmailMessage::ResetPassword { display_name, token } => (display_name, Some(self.link("reset-password", token)?)),
-            EmailMessage::PasswordChanged { display_name } => (display_name, None),
+        let ctx = match message {
+            EmailMessage::VerifyEmail { display_name, token } => {
+                context! { display_name, public_url, link => self.link("verify-email", token)? }
+            }
+            EmailMessage::ResetPassword { display_name, token } => {
+                context! { display_name, public_url, link => self.link("reset-password", token)? }
+            }
+            EmailMessage::PasswordChanged { display_name } => context! { display_name, public_url },
+            EmailMessage::DailyDigest { display_name, date, open, due_soon, overdue } => {
+                context! { display_name, public_url, date, open, due_soon, overdue }
+            }
         };
-        let ctx = context! { display_name, link, public_url };
         let name = message.template();
         let render = |part: &str| -> anyhow::Result<String> {
             Ok(self.env.get_template(&format!("{name}/{part}"))?.render(&ctx)?)
@@ -78,6 +84,13 @@ mod tests {
             EmailMessage::VerifyEmail { display_name: Some("Ada".into()), token: "t1".into() },
             EmailMessage::ResetPassword { display_name: None, token: "t2".into() },
             EmailMessage::PasswordChanged { display_name: None },
+            EmailMessage::DailyDigest {
+                display_name: Some("Ada".into()),
+                date: "2026-11-21".into(),
+                open: vec![tasklane_shared::jobs::DigestItem { title: "Write <it>".into(), due: None }],
+                due_soon: vec![],
+                overdue: vec![tasklane_shared::jobs::DigestItem { title: "Pay rent".into(), due: Some("2026-11-20 09:00".into()) }],
+            },
         ];
         for message in &messages {
             let rendered = templates().render(message).expect("renders");

@@ -3,46 +3,57 @@
 //! Each kind is declared (name, queue, attempts, backoff, timeout, schedule) in
 //! `tasklane_shared::jobs`; here it gets its handler. Adding a kind means a line in each.
 
+mod daily_digest;
+mod mark_overdue;
 mod prune_sent_emails;
+mod purge_deleted;
 mod send_email;
 
 use apalis::layers::WorkerBuilderExt;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
-use tasklane_shared::jobs::{CronJob, Job, PruneSentEmails, SendEmail};
+use tasklane_shared::jobs::{CronJob, DailyDigest, Job, MarkOverdue, PruneSentEmails, PurgeDeleted, SendEmail};
 
 use crate::app::WorkerContext;
 use crate::cron::{TickSource, on_tick};
 
+pub use daily_digest::daily_digest;
+pub use mark_overdue::mark_overdue;
 pub use prune_sent_emails::prune_sent_emails;
+pub use purge_deleted::purge_deleted;
 pub use send_email::send_email;
 
 /// Every registered kind; a test checks it covers `tasklane_shared::jobs::ALL`.
-pub const REGISTERED: &[&str] = &[SendEmail::SPEC.kind, PruneSentEmails::SPEC.kind];
+pub const REGISTERED: &[&str] =
+    &[SendEmail::SPEC.kind, PruneSentEmails::SPEC.kind, MarkOverdue::SPEC.kind, PurgeDeleted::SPEC.kind, DailyDigest::SPEC.kind];
+
+/// Registers the apalis worker of one kind: its backend, panics caught as failed attempts,
+/// its concurrency, its dependencies as `Data`, its handler.
+macro_rules! job_worker {
+    ($monitor:expr, $ctx:expr, $job:ty, $handler:expr, $concurrency:expr, [$($data:ident),*]) => {{
+        let (c, concurrency): (WorkerContext, usize) = ($ctx.clone(), $concurrency);
+        $monitor.register(move |_| {
+            WorkerBuilder::new(c.worker_name(<$job>::SPEC.kind))
+                .backend(c.backend::<$job>(concurrency))
+                .catch_panic()
+                .concurrency(concurrency)
+                $(.data(c.$data.clone()))*
+                .build($handler)
+        })
+    }};
+}
 
 /// Registers one apalis worker per job kind, plus a tick worker per schedule.
 pub fn register(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result<Monitor> {
-    let c = ctx.clone();
-    let monitor = monitor.register(move |_| {
-        WorkerBuilder::new(c.worker_name(SendEmail::SPEC.kind))
-            .backend(c.backend::<SendEmail>(c.concurrency))
-            .catch_panic()
-            .concurrency(c.concurrency)
-            .data(c.mailer.clone())
-            .data(c.templates.clone())
-            .data(c.db.clone())
-            .build(send_email)
-    });
-    let c = ctx.clone();
-    let monitor = monitor.register(move |_| {
-        WorkerBuilder::new(c.worker_name(PruneSentEmails::SPEC.kind))
-            .backend(c.backend::<PruneSentEmails>(1))
-            .catch_panic()
-            .concurrency(1)
-            .data(c.db.clone())
-            .build(prune_sent_emails)
-    });
-    schedule::<PruneSentEmails>(monitor, ctx)
+    let monitor = job_worker!(monitor, ctx, SendEmail, send_email, ctx.concurrency, [mailer, templates, db]);
+    let monitor = job_worker!(monitor, ctx, PruneSentEmails, prune_sent_emails, 1, [db]);
+    let monitor = job_worker!(monitor, ctx, MarkOverdue, mark_overdue, 1, [db, task_lists]);
+    let monitor = job_worker!(monitor, ctx, PurgeDeleted, purge_deleted, 1, [db]);
+    let monitor = job_worker!(monitor, ctx, DailyDigest, daily_digest, 1, [db, store]);
+    let monitor = schedule::<PruneSentEmails>(monitor, ctx)?;
+    let monitor = schedule::<MarkOverdue>(monitor, ctx)?;
+    let monitor = schedule::<PurgeDeleted>(monitor, ctx)?;
+    schedule::<DailyDigest>(monitor, ctx)
 }
 
 /// Registers the tick worker of a scheduled kind.
@@ -61,8 +72,15 @@ fn schedule<J: CronJob>(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result
 
 /// Enqueues each schedule's latest missed tick, once across the fleet.
 pub async fn catch_up(ctx: &WorkerContext) -> anyhow::Result<()> {
-    if let Some((_, schedule)) = crate::cron::schedule_of(&PruneSentEmails::SPEC, ctx.settings())? {
-        crate::cron::catch_up::<PruneSentEmails>(&ctx.store, &schedule).await?;
+    catch_up_one::<PruneSentEmails>(ctx).await?;
+    catch_up_one::<MarkOverdue>(ctx).await?;
+    catch_up_one::<PurgeDeleted>(ctx).await?;
+    catch_up_one::<DailyDigest>(ctx).await
+}
+
+async fn catch_up_one<J: CronJob>(ctx: &WorkerContext) -> anyhow::Result<()> {
+    if let Some((_, schedule)) = crate::cron::schedule_of(&J::SPEC, ctx.settings())? {
+        crate::cron::catch_up::<J>(&ctx.store, &schedule).await?;
     }
     Ok(())
 }

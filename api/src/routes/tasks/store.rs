@@ -63,7 +63,7 @@ pub async fn release(state: &AppState, user: Uuid, n: u32) {
 }
 
 fn generation_key(state: &AppState, user: Uuid) -> String {
-    state.keys.global(&format!("tasks:generation:{user}"))
+    state.keys.task_lists_generation(user)
 }
 
 /// The key a list response is cached under, or `None` when Redis cannot say.

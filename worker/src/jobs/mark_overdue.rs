@@ -1,0 +1,31 @@
+//! `mark_overdue` (every 5 minutes): open tasks whose due time passed before the tick become
+//! overdue, with an audit row each (actor: the system), in one statement.
+
+use apalis_core::error::BoxDynError;
+use apalis_core::task::data::Data;
+use sqlx::PgPool;
+use tasklane_shared::jobs::MarkOverdue;
+use uuid::Uuid;
+
+use crate::app::TaskLists;
+
+pub async fn mark_overdue(job: MarkOverdue, db: Data<PgPool>, lists: Data<TaskLists>) -> Result<(), BoxDynError> {
+    let owners: Vec<Uuid> = sqlx::query_scalar(
+        "with marked as (
+             update tasks set overdue = true, updated_at = now(), version = version + 1
+             where deleted_at is null and status <> 'done' and not overdue and due_at < $1
+             returning id, owner_id
+         ), audited as (
+             insert into task_events (id, task_id, action, changes, actor_id)
+             select uuid_generate_v7(), id, 'overdue', '{\"overdue\": {\"from\": false, \"to\": true}}'::jsonb, null
+             from marked
+         )
+         select distinct owner_id from marked",
+    )
+    .bind(job.tick)
+    .fetch_all(&*db)
+    .await?;
+    lists.invalidate(&owners).await;
+    tracing::info!(users = owners.len(), tick = %job.tick, "overdue tasks marked");
+    Ok(())
+}
