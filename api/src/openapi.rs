@@ -9,6 +9,7 @@ use crate::ops::OpsApi;
 use crate::routes::admin_jobs::AdminJobsApi;
 use crate::routes::admin_users::AdminUsersApi;
 use crate::routes::auth::AuthApi;
+use crate::routes::flags::{AdminFlagsApi, FlagsApi};
 use crate::routes::me::MeApi;
 use crate::routes::tasks::TasksApi;
 
@@ -26,10 +27,10 @@ pub enum ApiTags {
     Operations,
 }
 
-pub type Apis = (AuthApi, MeApi, TasksApi, AdminUsersApi, AdminJobsApi, OpsApi);
+pub type Apis = (AuthApi, MeApi, FlagsApi, TasksApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi);
 
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((AuthApi, MeApi, TasksApi, AdminUsersApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((AuthApi, MeApi, FlagsApi, TasksApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
         .description(
             "Task management over a durable job queue. Errors are `application/problem+json` \
              (RFC 9457). Every response carries `X-Request-Id`. To call authenticated \

@@ -286,3 +286,44 @@ async fn lists_are_cached_until_the_user_writes() {
     let other = User::new(&app).await;
     assert_eq!(other.get("/api/v1/tasks").await.headers()["x-cache"], "miss", "per user");
 }
+
+#[tokio::test]
+async fn task_search_is_gated_by_its_flag_per_user() {
+    let admin_email = email_address();
+    let listed = admin_email.clone();
+    let app = TestApp::spawn_with(move |s| s.auth.admin_emails = vec![listed]).await;
+    let admin = {
+        let _worker = app.spawn_worker().await;
+        app.register_verified(&admin_email).await["access_token"].as_str().unwrap().to_owned()
+    };
+    let allowed = User::new(&app).await;
+    let other = User::new(&app).await;
+    assert_eq!(other.get("/api/v1/tasks?q=milk").await.status(), StatusCode::OK, "on by default");
+    let flags = json(other.get("/api/v1/flags").await).await;
+    assert_eq!(flags["flags"]["task_search"], true);
+
+    let me: Value = json(allowed.get("/api/v1/me").await).await;
+    let put = app
+        .client
+        .put(app.url("/api/v1/admin/flags/task_search"))
+        .bearer_auth(&admin)
+        .json(&json!({ "enabled": true, "rollout_percent": 0, "allow_users": [me["id"]] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(allowed.get("/api/v1/tasks?q=milk").await.status(), StatusCode::OK);
+    let refused = other.get("/api/v1/tasks?q=milk").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json(refused).await["type"], "urn:tasklane:problem:feature_disabled");
+    assert_eq!(other.get("/api/v1/tasks").await.status(), StatusCode::OK, "only q is gated");
+    assert_eq!(json(other.get("/api/v1/flags").await).await["flags"]["task_search"], false);
+
+    let user_put = app.client.put(app.url("/api/v1/admin/flags/x")).bearer_auth(&other.token).json(&json!({ "enabled": true, "rollout_percent": 5 })).send().await.unwrap();
+    assert_eq!(user_put.status(), StatusCode::FORBIDDEN);
+    let bad = app.client.put(app.url("/api/v1/admin/flags/Bad-Key")).bearer_auth(&admin).json(&json!({ "enabled": true, "rollout_percent": 101 })).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let delete = app.client.delete(app.url("/api/v1/admin/flags/task_search")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::NO_CONTENT);
+    assert_eq!(other.get("/api/v1/tasks?q=milk").await.status(), StatusCode::OK, "back to the default");
+}

@@ -3,6 +3,7 @@
 pub mod admin_jobs;
 pub mod admin_users;
 pub mod auth;
+pub mod flags;
 pub mod me;
 pub mod tasks;
 pub mod users;

@@ -199,6 +199,9 @@ pub enum HistoryResponse {
 pub enum ListResponse {
     #[oai(status = 200)]
     Ok(Json<TaskPage>, #[oai(header = "X-Cache")] String),
+    /// `q` is used but the `task_search` flag is off for you (`feature_disabled`).
+    #[oai(status = 403, content_type = "application/problem+json")]
+    FeatureDisabled(Json<Problem>),
     /// A filter, sort or paging parameter is invalid.
     #[oai(status = 422, content_type = "application/problem+json")]
     Invalid(Json<Problem>),
@@ -631,7 +634,7 @@ impl TasksApi {
     /// trash). `sort`: comma list of `[-]created_at|updated_at|due_at|priority|title`
     /// (default `-created_at`), tie-broken by id. `limit` 1-100 (default 20) with either
     /// `cursor` (from `next_cursor`; keyset, stable while rows change) or `page` (from 1, adds
-    /// totals), not both. Responses are cached 30 s per user and query (`X-Cache`), and any
+    /// totals), not both. `q` needs the `task_search` flag (403 `feature_disabled` otherwise). Responses are cached 30 s per user and query (`X-Cache`), and any
     /// change of yours invalidates them.
     #[oai(path = "/", method = "get")]
     #[allow(clippy::too_many_arguments)] // one per query parameter
@@ -695,6 +698,10 @@ impl TasksApi {
         };
         if !errors.is_empty() {
             return Ok(ListResponse::Invalid(Json(Problem::validation(errors))));
+        }
+        if filters.q.is_some() && !crate::routes::flags::is_on(&state.db, crate::routes::flags::TASK_SEARCH, auth.0.id).await? {
+            let problem = Problem::new(StatusCode::FORBIDDEN, "feature_disabled", "full-text search (task_search) is not enabled for you");
+            return Ok(ListResponse::FeatureDisabled(Json(problem)));
         }
 
         let normalized = format!(
