@@ -7,11 +7,14 @@
 //!   worker processes.
 //! - `auth`: login requests/s against argon2 verifications/s in the same process; the
 //!   `/health/live` p99 idle and under full login load.
+//! - `tasks`: `GET /tasks/{id}` and `POST /tasks` requests/s against a bare Poem handler
+//!   served by the same process, and the list p99 of a user with 10,000 tasks.
 //!
 //! Benchmarks, not tests: they print figures and never fail on them.
 
 mod auth;
 mod queue;
+mod tasks;
 
 use std::time::Duration;
 
@@ -21,9 +24,10 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("queue") => queue::run().await,
         Some("auth") => auth::run().await,
+        Some("tasks") => tasks::run().await,
         // Internal: one drain worker process of the queue benchmark.
         Some("drain-worker") => queue::drain_worker(&args[1..]).await,
-        _ => anyhow::bail!("usage: tasklane-bench queue|auth"),
+        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks"),
     }
 }
 

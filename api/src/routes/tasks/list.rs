@@ -222,10 +222,24 @@ pub async fn page(
     Ok((rows, next, total))
 }
 
-/// `(k1 > v1) or (k1 = v1 and k2 > v2) or … or (k1 = v1 and … and id > id0)`, with `<` for
-/// descending keys: strictly after the cursor in the list's order.
+/// Strictly after the cursor in the list's order. When every key sorts the same way this is
+/// the row comparison `(k1, k2, id) > (v1, v2, id0)` (`<` descending), which Postgres turns
+/// into an index condition; with mixed directions it is
+/// `(k1 > v1) or (k1 = v1 and k2 < v2) or … or (k1 = v1 and … and id > id0)`.
 fn push_keyset(query: &mut QueryBuilder<Postgres>, keys: &[SortKey], cursor: &Cursor) {
     let id_desc = keys.last().is_some_and(|k| k.descending);
+    if keys.iter().all(|k| k.descending == id_desc) {
+        query.push(" and (");
+        for key in keys {
+            query.push(format!("{}, ", key.field.expr()));
+        }
+        query.push(if id_desc { "id) < (" } else { "id) > (" });
+        for (key, value) in keys.iter().zip(&cursor.v) {
+            query.push_bind(value.clone()).push(format!("::{}, ", key.field.cast()));
+        }
+        query.push_bind(cursor.id).push(")");
+        return;
+    }
     query.push(" and (");
     for i in 0..=keys.len() {
         if i > 0 {
