@@ -148,111 +148,64 @@ pub trait CronJob: Job {
     fn for_tick(tick: DateTime<Utc>) -> Self;
 }
 
-/// Deletes the idempotency records of emails sent more than [`SENT_EMAIL_RETENTION_DAYS`]
-/// ago, so the table stays bounded. A duplicate of an email job arrives within minutes (a
-/// retry, a relay redelivery), never weeks later.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PruneSentEmails {
-    /// The scheduled time of the tick that started this run.
-    pub tick: DateTime<Utc>,
+/// Declares a maintenance job run by a schedule: its payload is the tick that started it;
+/// it runs once per tick and is not retried, since the next tick catches up (SPEC section 7).
+macro_rules! scheduled_job {
+    ($(#[$doc:meta])* $name:ident, kind: $kind:literal, cron: $cron:literal, timeout_secs: $timeout:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub struct $name {
+            /// The scheduled time of the tick that started this run.
+            pub tick: DateTime<Utc>,
+        }
+
+        impl Job for $name {
+            const SPEC: JobSpec = JobSpec {
+                kind: $kind,
+                queue: Queue::Maintenance,
+                max_attempts: 1,
+                backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
+                timeout: Duration::from_secs($timeout),
+                unique: true,
+                schedule: Some($cron),
+            };
+        }
+
+        impl CronJob for $name {
+            fn for_tick(tick: DateTime<Utc>) -> Self {
+                Self { tick }
+            }
+        }
+    };
 }
+
+scheduled_job!(
+    /// Deletes the idempotency records of emails sent more than [`SENT_EMAIL_RETENTION_DAYS`]
+    /// ago, so the table stays bounded. A duplicate of an email job arrives within minutes (a
+    /// retry, a relay redelivery), never weeks later.
+    PruneSentEmails, kind: "prune_sent_emails", cron: "0 30 3 * * *", timeout_secs: 300
+);
 
 pub const SENT_EMAIL_RETENTION_DAYS: i32 = 30;
 
-impl Job for PruneSentEmails {
-    const SPEC: JobSpec = JobSpec {
-        kind: "prune_sent_emails",
-        queue: Queue::Maintenance,
-        // Maintenance is idempotent and catches up on the next tick (SPEC section 7).
-        max_attempts: 1,
-        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
-        timeout: Duration::from_secs(300),
-        unique: true,
-        schedule: Some("0 30 3 * * *"),
-    };
-}
+scheduled_job!(
+    /// Marks open tasks whose due time has passed (every 5 minutes): one set-based update plus
+    /// its audit rows; idempotent, and relative to the tick, so a rerun changes nothing.
+    MarkOverdue, kind: "mark_overdue", cron: "0 */5 * * * *", timeout_secs: 120
+);
 
-impl CronJob for PruneSentEmails {
-    fn for_tick(tick: DateTime<Utc>) -> Self {
-        Self { tick }
-    }
-}
-
-/// Marks open tasks whose due time has passed (every 5 minutes): one set-based update plus
-/// its audit rows; idempotent, and relative to the tick, so a rerun changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MarkOverdue {
-    pub tick: DateTime<Utc>,
-}
-
-impl Job for MarkOverdue {
-    const SPEC: JobSpec = JobSpec {
-        kind: "mark_overdue",
-        queue: Queue::Maintenance,
-        max_attempts: 1,
-        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
-        timeout: Duration::from_secs(120),
-        unique: true,
-        schedule: Some("0 */5 * * * *"),
-    };
-}
-
-impl CronJob for MarkOverdue {
-    fn for_tick(tick: DateTime<Utc>) -> Self {
-        Self { tick }
-    }
-}
-
-/// Deletes tasks that have been in the trash for more than 30 days (daily).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PurgeDeleted {
-    pub tick: DateTime<Utc>,
-}
+scheduled_job!(
+    /// Deletes tasks that have been in the trash for more than [`TRASH_RETENTION_DAYS`] (daily).
+    PurgeDeleted, kind: "purge_deleted", cron: "0 15 3 * * *", timeout_secs: 600
+);
 
 pub const TRASH_RETENTION_DAYS: i32 = 30;
 
-impl Job for PurgeDeleted {
-    const SPEC: JobSpec = JobSpec {
-        kind: "purge_deleted",
-        queue: Queue::Maintenance,
-        max_attempts: 1,
-        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
-        timeout: Duration::from_secs(600),
-        unique: true,
-        schedule: Some("0 15 3 * * *"),
-    };
-}
-
-impl CronJob for PurgeDeleted {
-    fn for_tick(tick: DateTime<Utc>) -> Self {
-        Self { tick }
-    }
-}
-
-/// Hourly: every opted-in, verified user whose local hour is their `digest_hour` gets one
-/// digest email per local day (a `send_email` job each, keyed by user and local date).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DailyDigest {
-    pub tick: DateTime<Utc>,
-}
-
-impl Job for DailyDigest {
-    const SPEC: JobSpec = JobSpec {
-        kind: "daily_digest",
-        queue: Queue::Maintenance,
-        max_attempts: 1,
-        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
-        timeout: Duration::from_secs(600),
-        unique: true,
-        schedule: Some("0 0 * * * *"),
-    };
-}
-
-impl CronJob for DailyDigest {
-    fn for_tick(tick: DateTime<Utc>) -> Self {
-        Self { tick }
-    }
-}
+scheduled_job!(
+    /// Hourly: every opted-in, verified user whose local hour is their `digest_hour` gets one
+    /// digest email per local day (a `send_email` job each, keyed by user and local date).
+    DailyDigest, kind: "daily_digest", cron: "0 0 * * * *", timeout_secs: 600
+);
 
 /// Every declared kind; the worker's registration list must cover each (a test checks).
 pub const ALL: &[JobSpec] =
