@@ -120,7 +120,7 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
     }
 
     /// 413 for a body over the limit: by `Content-Length` when given, otherwise by reading
-    /// at most the limit of a streamed body (which is then handed on from memory).
+    /// at most the limit of the body (which is then handed on from memory).
     async fn limit_body(&self, req: &mut Request) -> Result<(), Problem> {
         let max = self.policy.max_body_bytes;
         let too_large = || {
@@ -138,12 +138,14 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
         match declared {
             Some(length) if length > max as u64 => Err(too_large()),
             Some(_) => Ok(()),
-            None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
+            // No declared length: chunked HTTP/1.1, or HTTP/2 (which has no
+            // Transfer-Encoding and may omit Content-Length). Read at most the limit whatever
+            // the framing; a request without a body costs nothing here.
+            None => {
                 let bytes = req.take_body().into_bytes_limit(max).await.map_err(|_| too_large())?;
                 req.set_body(Body::from_bytes(bytes));
                 Ok(())
             }
-            None => Ok(()),
         }
     }
 }

@@ -17,8 +17,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Opens the pool lazily so a process can start (and report not-ready) while Postgres is
 /// still coming up; the acquire timeout keeps a dead database from hanging requests.
 pub fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    connect_sized(settings, settings.database_max_connections)
+}
+
+/// Like [`connect`] with a pool of `max_connections`.
+pub fn connect_sized(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
-        .max_connections(settings.database_max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .connect_lazy(settings.database_url.expose_secret())?;
     Ok(pool)

@@ -182,3 +182,19 @@ async fn served_spec_equals_the_committed_openapi_json() {
          (or `target/debug/tasklane-api openapi > openapi.json`) and commit it"
     );
 }
+
+#[tokio::test]
+async fn an_http2_body_without_a_length_is_still_limited() {
+    let app = TestApp::spawn_with(|s| s.max_body_bytes = 1024).await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let chunks = futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 512])));
+    let resp = h2
+        .post(app.url("/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    problem(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
+}

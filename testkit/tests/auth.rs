@@ -415,3 +415,49 @@ async fn configured_admins_are_admins_once_verified_and_users_get_403() {
         .unwrap();
     assert_eq!(self_demote.status(), StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn parallel_guesses_get_five_tries_not_one_each() {
+    let app = TestApp::spawn().await;
+    let email = email_address();
+    app.register(&email).await;
+    let guesses = (0..20).map(|i| {
+        let app = &app;
+        let email = email.clone();
+        async move { login(app, &email, &format!("a wrong but long password {i}")).await.status() }
+    });
+    let statuses = futures::future::join_all(guesses).await;
+    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((checked, refused), (5, 15), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_spoofed_first_forwarded_for_line_cannot_pick_the_counter() {
+    let app = TestApp::spawn_with(|s| s.auth.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let email = email_address();
+    app.register(&email).await;
+    for i in 0..5 {
+        // The client's own line first, then the line our trusted proxy added.
+        let resp = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .header("x-forwarded-for", "203.0.113.5")
+            .json(&json!({ "email": email, "password": "a wrong but long password" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", "198.51.100.99")
+        .header("x-forwarded-for", "203.0.113.5")
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -84,7 +84,11 @@ impl WorkerApp {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::cron::validate(&settings)?;
         let settings = Arc::new(settings);
-        let db = tasklane_shared::db::connect(&settings)?;
+        // Every send_email attempt holds a connection across its SMTP send; the relay's
+        // listener holds one for good; the relay, each maintenance kind and readiness need
+        // theirs. A pool smaller than that would fail jobs whenever SMTP is slow.
+        let needed = u32::try_from(settings.worker_concurrency).unwrap_or(u32::MAX).saturating_add(8);
+        let db = tasklane_shared::db::connect_sized(&settings, settings.database_max_connections.max(needed))?;
         let redis = tasklane_shared::redis::connect(&settings)?;
         let _ = tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
         let queue_settings = QueueSettings {

@@ -84,7 +84,10 @@ impl HashPool {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send(Box::new(move || {
-                let _ = done.send(work());
+                // The request went away while this waited in the queue: skip the work.
+                if !done.is_closed() {
+                    let _ = done.send(work());
+                }
             }))
             .map_err(|_| anyhow::anyhow!("the hashing pool stopped"))?;
         Ok(result.await?)

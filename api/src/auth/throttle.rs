@@ -2,6 +2,10 @@
 //! `Retry-After` until the window ends. Counted in Redis so every API replica sees the same
 //! count; keyed by a hash of the email so addresses never sit in Redis in clear. If Redis is
 //! down, login answers 503 rather than run without a limit.
+//!
+//! Each attempt is counted atomically *before* its password is checked, and a success
+//! clears the count: 500 parallel guesses get 5 tries, not 500 (a check-then-count would
+//! let them all through while their hashes wait).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -11,6 +15,16 @@ use sha2::{Digest, Sha256};
 use tasklane_shared::redis::Keys;
 
 pub const MAX_FAILURES: u32 = 5;
+
+/// Returns -1 when the attempt may proceed, else the seconds left in the window.
+static ATTEMPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local n = redis.call('INCR', KEYS[1])
+          if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+          if n > tonumber(ARGV[1]) then return math.max(redis.call('TTL', KEYS[1]), 1) end
+          return -1",
+    )
+});
 pub const WINDOW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Clone)]
@@ -31,27 +45,16 @@ impl LoginThrottle {
         self.keys.global(&format!("login_failures:{email}:{ip}"))
     }
 
-    /// `Some(seconds to wait)` when the limit is reached.
-    pub async fn blocked(&self, email: &str, ip: Option<IpAddr>) -> redis::RedisResult<Option<u64>> {
-        let key = self.key(email, ip);
-        let (count, ttl): (Option<u32>, i64) =
-            redis::pipe().get(&key).ttl(&key).query_async(&mut self.redis.clone()).await?;
-        Ok((count.unwrap_or(0) >= MAX_FAILURES).then(|| u64::try_from(ttl).unwrap_or(1).max(1)))
-    }
-
-    /// Counts a failure; the window starts with the first one.
-    pub async fn record_failure(&self, email: &str, ip: Option<IpAddr>) -> redis::RedisResult<()> {
-        let key = self.key(email, ip);
-        redis::pipe()
-            .incr(&key, 1)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
+    /// Counts an attempt; `Some(seconds to wait)` when it is over the limit (and may not
+    /// proceed). The window starts with the first attempt.
+    pub async fn attempt(&self, email: &str, ip: Option<IpAddr>) -> redis::RedisResult<Option<u64>> {
+        let ttl: i64 = ATTEMPT
+            .key(self.key(email, ip))
+            .arg(MAX_FAILURES)
             .arg(WINDOW.as_secs())
-            .arg("NX")
-            .ignore()
-            .query_async::<()>(&mut self.redis.clone())
-            .await
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok((ttl >= 0).then(|| u64::try_from(ttl).unwrap_or(1).max(1)))
     }
 
     pub async fn clear(&self, email: &str, ip: Option<IpAddr>) -> redis::RedisResult<()> {

@@ -62,7 +62,8 @@ pub enum UpdateResponse {
     /// No such account.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
-    /// Admins cannot demote or disable themselves (someone must stay in charge).
+    /// Admins cannot demote or disable themselves, nor the last active admin (someone must
+    /// stay in charge).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
 }
@@ -160,6 +161,17 @@ impl AdminUsersApi {
             return Ok(UpdateResponse::Conflict(Json(problem)));
         }
         let mut tx = state.db.begin().await?;
+        // Someone must stay in charge: with the active admins locked, refuse a change that
+        // would leave none (two admins demoting each other at once cannot both succeed).
+        if body.role == Some(Role::User) || body.disabled == Some(true) {
+            let admins: Vec<Uuid> = sqlx::query_scalar("select id from users where role = 'admin' and not disabled for update")
+                .fetch_all(&mut *tx)
+                .await?;
+            if admins.contains(&id.0) && admins.len() == 1 {
+                let problem = Problem::new(StatusCode::CONFLICT, "last_admin", "this is the last active admin");
+                return Ok(UpdateResponse::Conflict(Json(problem)));
+            }
+        }
         let updated = sqlx::query(
             "update users set role = coalesce($2, role), disabled = coalesce($3, disabled), updated_at = now() where id = $1",
         )

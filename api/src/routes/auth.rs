@@ -254,9 +254,12 @@ impl AuthApi {
     async fn login(&self, state: Data<&AppState>, req: &Request, body: Json<LoginRequest>) -> Result<LoginResponse, ServerError> {
         let email = normalize_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
         let peer = req.remote_addr().as_socket_addr().map(|addr| addr.ip());
-        let forwarded = req.header("x-forwarded-for");
-        let ip = client_ip::client_ip(peer, forwarded, &state.settings.auth.trusted_proxies);
-        match state.throttle.blocked(&email, ip).await {
+        // Every X-Forwarded-For line, in order: a proxy may add its own line rather than
+        // append to the client's.
+        let forwarded: Vec<&str> = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+        let ip = client_ip::client_ip(peer, forwarded.as_deref(), &state.settings.auth.trusted_proxies);
+        match state.throttle.attempt(&email, ip).await {
             Ok(Some(retry_after)) => {
                 let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many failed sign-ins; try again later");
                 return Ok(LoginResponse::TooManyRequests(Json(problem), retry_after));
@@ -277,9 +280,6 @@ impl AuthApi {
         };
         let matches = state.hasher.verify(body.0.password, hash).await.map_err(internal)?;
         let Some(id) = id.filter(|_| matches && !disabled) else {
-            if let Err(err) = state.throttle.record_failure(&email, ip).await {
-                tracing::error!(error = %err, "cannot count a failed login");
-            }
             return Ok(LoginResponse::Unauthorized(Json(Problem::new(StatusCode::UNAUTHORIZED, "invalid_credentials", INVALID_LOGIN))));
         };
         if let Err(err) = state.throttle.clear(&email, ip).await {

@@ -1,6 +1,7 @@
 //! `/api/v1/me`: the caller's own account.
 
 
+use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
@@ -59,6 +60,9 @@ pub enum ChangePasswordResponse {
     /// The current password is wrong, or the new one breaks the policy.
     #[oai(status = 422, content_type = "application/problem+json")]
     Invalid(Json<Problem>),
+    /// Too many wrong current passwords (5 per 15 minutes).
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
 }
 
 #[OpenApi(prefix_path = "/api/v1/me", tag = "ApiTags::Account")]
@@ -132,12 +136,22 @@ impl MeApi {
         let body = body.0;
         let (hash, display_name): (String, Option<String>) =
             sqlx::query_as("select password_hash, display_name from users where id = $1").bind(auth.0.id).fetch_one(&state.db).await?;
+        // The same limit as sign-in: a stolen access token must not buy unlimited guesses
+        // at the password that would let it take the account over.
+        let throttle_key = format!("user:{}", auth.0.id);
+        if let Some(retry_after) = state.throttle.attempt(&throttle_key, None).await? {
+            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many wrong passwords; try again later");
+            return Ok(ChangePasswordResponse::TooManyRequests(Json(problem), retry_after));
+        }
         if !state.hasher.verify(body.current_password, Some(hash)).await.map_err(internal)? {
             let error = FieldError::new("current_password", "incorrect", "is not your current password");
             return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
         }
         if let Err(error) = password::check_policy("new_password", &body.new_password, &auth.0.email, display_name.as_deref()) {
             return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
+        }
+        if let Err(err) = state.throttle.clear(&throttle_key, None).await {
+            tracing::warn!(error = %err, "cannot reset the password-check counter");
         }
         let hash = state.hasher.hash(body.new_password).await.map_err(internal)?;
         let mut tx = state.db.begin().await?;

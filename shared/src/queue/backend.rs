@@ -51,8 +51,12 @@ impl HeldClaims {
         self.lock().insert(claim.id.clone(), claim.clone());
     }
 
-    fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    /// Forgets a claim, unless the job was claimed again since (another token).
+    fn remove(&self, claim: &Claim) {
+        let mut held = self.lock();
+        if held.get(&claim.id).is_some_and(|current| current.token == claim.token) {
+            held.remove(&claim.id);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
@@ -87,8 +91,11 @@ impl HeldClaims {
                 Ok(_) => {}
                 Err(err) => tracing::error!(queue = queue.as_str(), error = %err, "could not hand back jobs; their leases will expire"),
             }
-            for (id, _) in claims {
-                self.remove(&id);
+            let mut held = self.lock();
+            for (id, token) in claims {
+                if held.get(&id).is_some_and(|current| current.token == token) {
+                    held.remove(&id);
+                }
             }
         }
     }
@@ -106,6 +113,8 @@ pub struct RedisBackend<J> {
     /// Claimed, not yet handed to the worker (held, so their leases are renewed).
     buffer: VecDeque<Claim>,
     fetching: Option<BoxFuture<Vec<Claim>>>,
+    /// Set when the worker stops: an in-flight fetch then claims nothing more.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     _job: PhantomData<fn() -> J>,
 }
@@ -113,7 +122,18 @@ pub struct RedisBackend<J> {
 impl<J: Job> RedisBackend<J> {
     /// `worker` must be unique per process start: it names the claims this worker holds.
     pub fn new(store: QueueStore, blocking: ConnectionManager, worker: String, held: HeldClaims) -> Self {
-        Self { store, blocking, worker, held, prefetch: 1, buffer: VecDeque::new(), fetching: None, heartbeat: None, _job: PhantomData }
+        Self {
+            store,
+            blocking,
+            worker,
+            held,
+            prefetch: 1,
+            buffer: VecDeque::new(),
+            fetching: None,
+            closing: Arc::default(),
+            heartbeat: None,
+            _job: PhantomData,
+        }
     }
 
     /// Claims up to `prefetch` jobs per round trip; set it to the worker's concurrency.
@@ -127,9 +147,13 @@ impl<J: Job> RedisBackend<J> {
         let mut blocking = self.blocking.clone();
         let worker = self.worker.clone();
         let (queue, kind, n) = (J::SPEC.queue, J::SPEC.kind, self.prefetch);
+        let closing = self.closing.clone();
         Box::pin(async move {
             let mut failures = 0u32;
             loop {
+                if closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Vec::new();
+                }
                 let result = match store.claim(queue, kind, &worker, n).await {
                     Ok(claims) if !claims.is_empty() => return claims,
                     Ok(_) => store.wait_for_work(&mut blocking, queue, kind, IDLE_WAIT).await,
@@ -173,7 +197,7 @@ impl<J: Job> RedisBackend<J> {
         match serde_json::from_str::<J>(&claim.payload) {
             Ok(args) => Some(TaskBuilder::new(args).data(claim).build()),
             Err(err) => {
-                self.held.remove(&claim.id);
+                self.held.remove(&claim);
                 let store = self.store.clone();
                 tokio::spawn(async move {
                     let outcome = Outcome::Dead { error: format!("payload does not decode as {}: {err}", claim.kind) };
@@ -229,18 +253,33 @@ impl<J: Job> Backend for RedisBackend<J> {
         }
     }
 
-    /// Claims that never started stay in [`HeldClaims`], which the worker hands back as it
-    /// stops. A fetch in flight gets one poll to finish so its claims are recorded too;
-    /// otherwise (an idle fetch blocked in `BLPOP`) it is dropped.
+    /// Stops claiming, lets a fetch in flight finish (an idle one returns within
+    /// `IDLE_WAIT`) so whatever it claimed is held, then hands every claim that never
+    /// started straight back to the queue. [`HeldClaims::release_all`] is the backstop.
     fn poll_close(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
-        if let Some(mut fetching) = self.fetching.take()
-            && let Poll::Ready(claims) = fetching.as_mut().poll(cx)
-        {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(fetching) = self.fetching.as_mut() {
+            let Poll::Ready(claims) = fetching.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            self.fetching = None;
             for claim in &claims {
                 self.held.insert(claim);
             }
+            self.buffer.extend(claims);
         }
-        self.buffer.clear();
+        let unstarted: Vec<Claim> = self.buffer.drain(..).collect();
+        if !unstarted.is_empty() {
+            let (store, held) = (self.store.clone(), self.held.clone());
+            tokio::spawn(async move {
+                let queue = unstarted[0].queue;
+                let pairs: Vec<(String, String)> = unstarted.iter().map(|c| (c.id.clone(), c.token.clone())).collect();
+                match store.release(queue, &pairs).await {
+                    Ok(_) => unstarted.iter().for_each(|claim| held.remove(claim)),
+                    Err(err) => tracing::warn!(error = %err, "cannot hand back unstarted jobs yet; the worker retries as it stops"),
+                }
+            });
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -285,7 +324,7 @@ async fn acker(store: QueueStore, held: HeldClaims, mut pending: mpsc::Unbounded
         }
         record(&store, &batch).await;
         for ack in batch {
-            held.remove(&ack.claim.id);
+            held.remove(&ack.claim);
             let _ = ack.recorded.send(());
         }
     }

@@ -48,7 +48,7 @@ pub fn register(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result<Monitor
     let monitor = job_worker!(monitor, ctx, SendEmail, send_email, ctx.concurrency, [mailer, templates, db]);
     let monitor = job_worker!(monitor, ctx, PruneSentEmails, prune_sent_emails, 1, [db]);
     let monitor = job_worker!(monitor, ctx, MarkOverdue, mark_overdue, 1, [db, task_lists]);
-    let monitor = job_worker!(monitor, ctx, PurgeDeleted, purge_deleted, 1, [db]);
+    let monitor = job_worker!(monitor, ctx, PurgeDeleted, purge_deleted, 1, [db, task_lists]);
     let monitor = job_worker!(monitor, ctx, DailyDigest, daily_digest, 1, [db, store]);
     let monitor = schedule::<PruneSentEmails>(monitor, ctx)?;
     let monitor = schedule::<MarkOverdue>(monitor, ctx)?;

@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -131,6 +131,19 @@ impl Cursor {
             .ok_or_else(invalid)?;
         if cursor.s != sort_signature(keys) || cursor.v.len() != keys.len() {
             return Err(invalid());
+        }
+        // Values go to SQL as typed binds: check each parses as its key's type (a crafted
+        // cursor is a 422, never a database error).
+        for (key, value) in keys.iter().zip(&cursor.v) {
+            let ok = match key.field {
+                SortField::CreatedAt | SortField::UpdatedAt => DateTime::parse_from_rfc3339(value).is_ok_and(|t| t.year() < 10_000),
+                SortField::DueAt => value == "infinity" || DateTime::parse_from_rfc3339(value).is_ok_and(|t| t.year() < 10_000),
+                SortField::Priority => value.parse::<i16>().is_ok_and(|p| (0..=3).contains(&p)),
+                SortField::Title => true,
+            };
+            if !ok {
+                return Err(invalid());
+            }
         }
         Ok(cursor)
     }
@@ -299,5 +312,7 @@ mod tests {
         assert!(Cursor::parse(&cursor, &keys).is_ok());
         assert!(Cursor::parse(&cursor, &parse_sort(Some("-title")).unwrap()).is_err());
         assert!(Cursor::parse("garbage", &keys).is_err());
+        let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&serde_json::json!({ "s": "-created_at", "v": ["x"], "id": row.id })).unwrap());
+        assert!(Cursor::parse(&forged, &parse_sort(None).unwrap()).is_err(), "values are type-checked");
     }
 }

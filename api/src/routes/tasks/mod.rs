@@ -351,9 +351,9 @@ impl TasksApi {
         if !errors.is_empty() {
             return Ok(CreateResponse::Invalid(Json(Problem::validation(errors))));
         }
-        if !store::reserve(&state, user, 1).await? {
+        let Some(reservation) = store::reserve(&state, user, 1).await? else {
             return Ok(CreateResponse::QuotaExceeded(Json(quota_problem(state.settings.tasks_daily_quota)), store::seconds_to_reset()));
-        }
+        };
         let created = async {
             let mut tx = state.db.begin().await?;
             let task = insert(&mut tx, &row).await?;
@@ -364,7 +364,7 @@ impl TasksApi {
         let task = match created {
             Ok(task) => task,
             Err(err) => {
-                store::release(&state, user, 1).await;
+                store::release(&state, reservation).await;
                 return Err(err.into());
             }
         };
@@ -391,9 +391,9 @@ impl TasksApi {
             return Ok(BulkResponse::Invalid(Json(Problem::validation(errors))));
         }
         let n = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-        if !store::reserve(&state, user, n).await? {
+        let Some(reservation) = store::reserve(&state, user, n).await? else {
             return Ok(BulkResponse::QuotaExceeded(Json(quota_problem(state.settings.tasks_daily_quota)), store::seconds_to_reset()));
-        }
+        };
         let created = async {
             let mut tx = state.db.begin().await?;
             let mut tasks = Vec::with_capacity(rows.len());
@@ -407,7 +407,7 @@ impl TasksApi {
         let tasks = match created {
             Ok(tasks) => tasks,
             Err(err) => {
-                store::release(&state, user, n).await;
+                store::release(&state, reservation).await;
                 return Err(err.into());
             }
         };

@@ -41,24 +41,33 @@ pub fn seconds_to_reset() -> u64 {
     midnight.map_or(1, |m| u64::try_from((m - now).num_seconds()).unwrap_or(0).max(1))
 }
 
-/// Takes `n` creations from today's quota; `false` when they do not fit (nothing taken).
-pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult<bool> {
+/// Creations taken from one day's quota; give them back with [`release`] if the request
+/// fails (to that same day, even past midnight).
+pub struct Reservation {
+    key: String,
+    n: u32,
+}
+
+/// Takes `n` creations from today's quota; `None` when they do not fit (nothing taken).
+pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult<Option<Reservation>> {
     let reset_at = Utc::now().timestamp() + i64::try_from(seconds_to_reset()).unwrap_or(86_400);
+    let key = quota_key(state, user);
     let ok: i64 = RESERVE
-        .key(quota_key(state, user))
+        .key(&key)
         .arg(n)
         .arg(state.settings.tasks_daily_quota)
         .arg(reset_at)
         .invoke_async(&mut state.redis.clone())
         .await?;
-    Ok(ok == 1)
+    Ok((ok == 1).then_some(Reservation { key, n }))
 }
 
 /// Gives back creations a failed request had reserved.
-pub async fn release(state: &AppState, user: Uuid, n: u32) {
-    let result: redis::RedisResult<i64> = redis::cmd("DECRBY").arg(quota_key(state, user)).arg(n).query_async(&mut state.redis.clone()).await;
+pub async fn release(state: &AppState, reservation: Reservation) {
+    let result: redis::RedisResult<i64> =
+        redis::cmd("DECRBY").arg(&reservation.key).arg(reservation.n).query_async(&mut state.redis.clone()).await;
     if let Err(err) = result {
-        tracing::warn!(error = %err, %user, "cannot give back quota");
+        tracing::warn!(error = %err, key = %reservation.key, "cannot give back quota");
     }
 }
 
