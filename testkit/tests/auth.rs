@@ -461,3 +461,35 @@ async fn a_spoofed_first_forwarded_for_line_cannot_pick_the_counter() {
         .unwrap();
     assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn a_new_verification_link_replaces_the_old_one() {
+    let app = TestApp::spawn().await;
+    let _worker = app.spawn_worker().await;
+    let email = email_address();
+    let session = app.register(&email).await;
+    let token = session["access_token"].as_str().unwrap();
+    let first = token_in(&app.wait_for_emails(&email, 1, MAIL).await[0]);
+    assert_eq!(app.post("/api/v1/me/verification", &json!({}), Some(token)).await.status(), StatusCode::ACCEPTED);
+    let mails = app.wait_for_emails(&email, 2, MAIL).await;
+    let second = mails.iter().map(token_in).find(|t| *t != first).expect("a new link");
+    let old = app.post("/api/v1/auth/verify-email", &json!({ "token": first }), None).await;
+    assert_eq!(old.status(), StatusCode::BAD_REQUEST, "the earlier link stopped working");
+    let new = app.post("/api/v1/auth/verify-email", &json!({ "token": second }), None).await;
+    assert_eq!(new.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.post("/api/v1/me/verification", &json!({}), Some(token)).await.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn verification_emails_are_limited_to_three_an_hour() {
+    let app = TestApp::spawn().await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap();
+    // Registration sent the first; two more fit in the hour.
+    for _ in 0..2 {
+        assert_eq!(app.post("/api/v1/me/verification", &json!({}), Some(token)).await.status(), StatusCode::ACCEPTED);
+    }
+    let refused = app.post("/api/v1/me/verification", &json!({}), Some(token)).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+}

@@ -505,13 +505,18 @@ pub async fn change_password(
     Ok(())
 }
 
-async fn send_verification(
+/// Voids earlier verification links and sends a new one, on the caller's transaction.
+pub async fn send_verification(
     tx: &mut PgConnection,
     user: Uuid,
     email: &str,
     display_name: Option<String>,
     request_id: &str,
 ) -> Result<(), sqlx::Error> {
+    sqlx::query("update email_tokens set used_at = now() where user_id = $1 and purpose = 'verify_email' and used_at is null")
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
     let (token_id, token) = create_email_token(tx, user, "verify_email", VERIFY_TTL).await?;
     let job = SendEmail {
         idempotency_key: format!("verify_email:{token_id}"),

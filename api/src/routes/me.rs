@@ -47,6 +47,22 @@ pub enum MeResponse {
 }
 
 #[derive(ApiResponse)]
+pub enum ResendVerificationResponse {
+    /// A new link is on its way; earlier ones stop working.
+    #[oai(status = 202)]
+    Accepted,
+    /// The address is already verified.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    AlreadyVerified(Json<Problem>),
+    /// At most 3 verification emails per hour.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
+}
+
+/// Verification emails per account per hour.
+const VERIFICATIONS_PER_HOUR: i64 = 3;
+
+#[derive(ApiResponse)]
 pub enum GetMeResponse {
     #[oai(status = 200)]
     Ok(Json<UserView>),
@@ -120,6 +136,41 @@ impl MeApi {
         .await?;
         let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| internal("the caller vanished"))?;
         Ok(MeResponse::Ok(Json(user.into())))
+    }
+
+    /// Send a new verification link (the old one expires after 24 hours, or got lost).
+    #[oai(path = "/verification", method = "post")]
+    async fn resend_verification(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        request_id: Data<&RequestId>,
+    ) -> Result<ResendVerificationResponse, AuthedError> {
+        let mut tx = state.db.begin().await?;
+        // Locking the user serialises concurrent requests, so the hourly limit holds.
+        let (verified, display_name): (bool, Option<String>) =
+            sqlx::query_as("select email_verified_at is not null, display_name from users where id = $1 for update")
+                .bind(auth.0.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if verified {
+            let problem = Problem::new(StatusCode::CONFLICT, "already_verified", "this address is already verified");
+            return Ok(ResendVerificationResponse::AlreadyVerified(Json(problem)));
+        }
+        let recent: i64 = sqlx::query_scalar(
+            "select count(*) from email_tokens
+             where user_id = $1 and purpose = 'verify_email' and created_at > now() - interval '1 hour'",
+        )
+        .bind(auth.0.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if recent >= VERIFICATIONS_PER_HOUR {
+            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_emails", "at most 3 verification emails an hour");
+            return Ok(ResendVerificationResponse::TooManyRequests(Json(problem), 3600));
+        }
+        crate::routes::auth::send_verification(&mut tx, auth.0.id, &auth.0.email, display_name, &request_id.0.0).await?;
+        tx.commit().await?;
+        Ok(ResendVerificationResponse::Accepted)
     }
 
     /// Change your password.
