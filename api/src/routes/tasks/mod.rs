@@ -361,13 +361,9 @@ impl TasksApi {
             Ok::<_, sqlx::Error>(task)
         }
         .await;
-        let task = match created {
-            Ok(task) => task,
-            Err(err) => {
-                store::release(&state, reservation).await;
-                return Err(err.into());
-            }
-        };
+        // On failure the reservation is dropped, which gives the quota back.
+        let task = created?;
+        reservation.keep();
         store::invalidate(&state, user).await;
         let tag = etag(task.version);
         Ok(CreateResponse::Created(Json(task.into()), tag))
@@ -404,13 +400,9 @@ impl TasksApi {
             Ok::<_, sqlx::Error>(tasks)
         }
         .await;
-        let tasks = match created {
-            Ok(tasks) => tasks,
-            Err(err) => {
-                store::release(&state, reservation).await;
-                return Err(err.into());
-            }
-        };
+        // On failure the reservation is dropped, which gives the quota back.
+        let tasks = created?;
+        reservation.keep();
         store::invalidate(&state, user).await;
         Ok(BulkResponse::Created(Json(TaskList { data: tasks.into_iter().map(TaskView::from).collect(), next_cursor: None })))
     }

@@ -1,8 +1,8 @@
 //! The Redis side of tasks: the daily creation quota and the list cache.
 //!
 //! Quota: a counter per user and UTC day, expiring at the day's end. A request reserves its
-//! whole count atomically (a bulk of 30 either fits or takes nothing) and gives it back if it
-//! then fails, so a refused or failed request uses no quota.
+//! whole count atomically (a bulk of 30 either fits or takes nothing) and gives it back unless
+//! its tasks were committed, so a refused, failed or cancelled request uses no quota.
 //!
 //! Cache: list responses are kept 30 s under the user's current generation; every write of
 //! that user bumps the generation, so stale pages are never served and old ones just expire.
@@ -41,11 +41,35 @@ pub fn seconds_to_reset() -> u64 {
     midnight.map_or(1, |m| u64::try_from((m - now).num_seconds()).unwrap_or(0).max(1))
 }
 
-/// Creations taken from one day's quota; give them back with [`release`] if the request
-/// fails (to that same day, even past midnight).
+/// Creations taken from one day's quota. Unless [`Reservation::keep`] is called once the
+/// tasks are committed, dropping it gives them back to that same day (also when the request
+/// is cancelled mid-way, or crosses midnight).
 pub struct Reservation {
     key: String,
     n: u32,
+    conn: Option<redis::aio::ConnectionManager>,
+}
+
+impl Reservation {
+    /// The creations happened: the quota stays used.
+    pub fn keep(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let (key, n) = (std::mem::take(&mut self.key), self.n);
+        tokio::spawn(async move {
+            let result: redis::RedisResult<i64> = redis::cmd("DECRBY").arg(&key).arg(n).query_async(&mut conn).await;
+            if let Err(err) = result {
+                tracing::warn!(error = %err, %key, "cannot give back quota");
+            }
+        });
+    }
 }
 
 /// Takes `n` creations from today's quota; `None` when they do not fit (nothing taken).
@@ -59,16 +83,7 @@ pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult
         .arg(reset_at)
         .invoke_async(&mut state.redis.clone())
         .await?;
-    Ok((ok == 1).then_some(Reservation { key, n }))
-}
-
-/// Gives back creations a failed request had reserved.
-pub async fn release(state: &AppState, reservation: Reservation) {
-    let result: redis::RedisResult<i64> =
-        redis::cmd("DECRBY").arg(&reservation.key).arg(reservation.n).query_async(&mut state.redis.clone()).await;
-    if let Err(err) = result {
-        tracing::warn!(error = %err, key = %reservation.key, "cannot give back quota");
-    }
+    Ok((ok == 1).then_some(Reservation { key, n, conn: Some(state.redis.clone()) }))
 }
 
 fn generation_key(state: &AppState, user: Uuid) -> String {
@@ -96,10 +111,18 @@ pub async fn store(state: &AppState, key: &str, body: &str) {
 }
 
 /// After any write of a user's tasks: their cached lists are stale from now on.
+///
+/// Runs as a task of its own that the handler awaits: the response still waits for it (a
+/// list right after a write never hits the old cache), and it completes even if the client
+/// goes away after the commit and the handler is dropped.
 pub async fn invalidate(state: &AppState, user: Uuid) {
-    let result: redis::RedisResult<()> = redis::cmd("INCR").arg(generation_key(state, user)).query_async(&mut state.redis.clone()).await;
-    if let Err(err) = result {
-        // Cached pages live 30 s at most: the damage is bounded.
-        tracing::warn!(error = %err, %user, "cannot invalidate cached task lists");
-    }
+    let (mut conn, key) = (state.redis.clone(), generation_key(state, user));
+    let bump = tokio::spawn(async move {
+        let result: redis::RedisResult<()> = redis::cmd("INCR").arg(key).query_async(&mut conn).await;
+        if let Err(err) = result {
+            // Cached pages live 30 s at most: the damage is bounded.
+            tracing::warn!(error = %err, %user, "cannot invalidate cached task lists");
+        }
+    });
+    let _ = bump.await;
 }
