@@ -83,7 +83,8 @@ pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult
         .arg(reset_at)
         .invoke_async(&mut state.redis.clone())
         .await?;
-    Ok((ok == 1).then_some(Reservation { key, n, conn: Some(state.redis.clone()) }))
+    // Built only when granted: a refused reservation must not give anything back on drop.
+    Ok((ok == 1).then(|| Reservation { key, n, conn: Some(state.redis.clone()) }))
 }
 
 fn generation_key(state: &AppState, user: Uuid) -> String {
