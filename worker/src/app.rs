@@ -96,8 +96,9 @@ impl WorkerApp {
             done_retention: settings.job_retention,
             dead_retention: settings.dead_job_retention,
         };
-        let store = QueueStore::new(redis, Keys::new(settings.redis_prefix.clone()), queue_settings);
-        let task_lists = TaskLists { conn: store.connection(), keys: Keys::new(settings.redis_prefix.clone()) };
+        let keys = Keys::new(settings.redis_prefix.clone());
+        let store = QueueStore::new(redis, keys.clone(), queue_settings);
+        let task_lists = TaskLists { conn: store.connection(), keys };
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let ctx = WorkerContext {

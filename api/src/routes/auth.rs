@@ -217,7 +217,7 @@ impl AuthApi {
             return Ok(RegisterResponse::Invalid(Json(Problem::validation(errors))));
         };
 
-        let hash = state.hasher.hash(body.password).await.map_err(internal)?;
+        let hash = state.hasher.hash(body.password).await?;
         let id = Uuid::now_v7();
         let mut tx = state.db.begin().await?;
         let inserted = sqlx::query(
@@ -240,7 +240,7 @@ impl AuthApi {
         }
         send_verification(&mut tx, id, &email, display_name.clone(), &request_id.0.0).await?;
         let (family, refresh_token) = users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
-        let user = users::find(&mut *tx, id).await?.ok_or_else(|| internal("the new user vanished"))?;
+        let user = users::find(&mut *tx, id).await?.ok_or_else(|| ServerError::internal("the new user vanished"))?;
         tx.commit().await?;
         tracing::info!(user = %id, "account registered");
         Ok(RegisterResponse::Created(Json(session(&state, user, family, refresh_token)?)))
@@ -278,7 +278,7 @@ impl AuthApi {
             Some((id, hash, disabled)) => (Some(id), Some(hash), disabled),
             None => (None, None, false),
         };
-        let matches = state.hasher.verify(body.0.password, hash).await.map_err(internal)?;
+        let matches = state.hasher.verify(body.0.password, hash).await?;
         let Some(id) = id.filter(|_| matches && !disabled) else {
             return Ok(LoginResponse::Unauthorized(Json(Problem::new(StatusCode::UNAUTHORIZED, "invalid_credentials", INVALID_LOGIN))));
         };
@@ -288,7 +288,7 @@ impl AuthApi {
         let mut tx = state.db.begin().await?;
         users::promote_configured_admin(&mut *tx, id, &state.settings.auth.admin_emails).await?;
         let (family, refresh_token) = users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
-        let user = users::find(&mut *tx, id).await?.ok_or_else(|| internal("the user vanished"))?;
+        let user = users::find(&mut *tx, id).await?.ok_or_else(|| ServerError::internal("the user vanished"))?;
         tx.commit().await?;
         Ok(LoginResponse::Ok(Json(session(&state, user, family, refresh_token)?)))
     }
@@ -330,7 +330,7 @@ impl AuthApi {
         }
         sqlx::query("update refresh_tokens set rotated_at = now() where id = $1").bind(token_id).execute(&mut *tx).await?;
         let refresh_token = users::issue_refresh(&mut *tx, user_id, family, state.tokens.refresh_ttl).await?;
-        let user = users::find(&mut *tx, user_id).await?.ok_or_else(|| internal("the user vanished"))?;
+        let user = users::find(&mut *tx, user_id).await?.ok_or_else(|| ServerError::internal("the user vanished"))?;
         tx.commit().await?;
         Ok(RefreshResponse::Ok(Json(session(&state, user, family, refresh_token)?)))
     }
@@ -429,7 +429,7 @@ impl AuthApi {
         if let Err(error) = password::check_policy("new_password", &body.new_password, &email, display_name.as_deref()) {
             return Ok(TokenActionResponse::Invalid(Json(Problem::validation(vec![error]))));
         }
-        let hash = state.hasher.hash(body.new_password).await.map_err(internal)?;
+        let hash = state.hasher.hash(body.new_password).await?;
 
         let mut tx = state.db.begin().await?;
         // Used once: the update succeeds for exactly one of two concurrent resets.
@@ -547,7 +547,7 @@ async fn create_email_token(tx: &mut PgConnection, user: Uuid, purpose: &str, tt
 
 fn session(state: &AppState, user: UserRow, family: Uuid, refresh_token: String) -> Result<Session, ServerError> {
     let role = Role::parse(&user.role).unwrap_or(Role::User);
-    let access_token = state.tokens.issue(user.id, role, family).map_err(internal)?;
+    let access_token = state.tokens.issue(user.id, role, family)?;
     Ok(Session {
         user: user.into(),
         access_token,
@@ -557,7 +557,3 @@ fn session(state: &AppState, user: UserRow, family: Uuid, refresh_token: String)
     })
 }
 
-/// An internal failure: logged, answered with an opaque 500.
-pub fn internal(err: impl std::fmt::Display) -> ServerError {
-    ServerError::internal(err)
-}

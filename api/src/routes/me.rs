@@ -11,8 +11,8 @@ use crate::auth::password;
 use crate::auth::security::BearerAuth;
 use crate::http::RequestId;
 use crate::openapi::ApiTags;
-use crate::problem::{AuthedError, FieldError, Problem};
-use crate::routes::auth::{change_password, internal};
+use crate::problem::{AuthedError, FieldError, Problem, ServerError};
+use crate::routes::auth::change_password;
 use crate::routes::users::{self, UserView};
 use crate::state::AppState;
 
@@ -86,7 +86,7 @@ impl MeApi {
     /// Your account.
     #[oai(path = "/", method = "get")]
     async fn get(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<GetMeResponse, AuthedError> {
-        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| internal("the caller vanished"))?;
+        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| ServerError::internal("the caller vanished"))?;
         Ok(GetMeResponse::Ok(Json(user.into())))
     }
 
@@ -134,7 +134,7 @@ impl MeApi {
         .bind(body.digest_hour.map(i16::from))
         .execute(&state.db)
         .await?;
-        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| internal("the caller vanished"))?;
+        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| ServerError::internal("the caller vanished"))?;
         Ok(MeResponse::Ok(Json(user.into())))
     }
 
@@ -194,7 +194,7 @@ impl MeApi {
             let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many wrong passwords; try again later");
             return Ok(ChangePasswordResponse::TooManyRequests(Json(problem), retry_after));
         }
-        if !state.hasher.verify(body.current_password, Some(hash)).await.map_err(internal)? {
+        if !state.hasher.verify(body.current_password, Some(hash)).await? {
             let error = FieldError::new("current_password", "incorrect", "is not your current password");
             return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
         }
@@ -204,7 +204,7 @@ impl MeApi {
         if let Err(err) = state.throttle.clear(&throttle_key, None).await {
             tracing::warn!(error = %err, "cannot reset the password-check counter");
         }
-        let hash = state.hasher.hash(body.new_password).await.map_err(internal)?;
+        let hash = state.hasher.hash(body.new_password).await?;
         let mut tx = state.db.begin().await?;
         change_password(&mut tx, auth.0.id, &auth.0.email, display_name, &hash, Some(auth.0.session), &request_id.0.0).await?;
         tx.commit().await?;

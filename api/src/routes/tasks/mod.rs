@@ -210,16 +210,14 @@ pub enum ListResponse {
 /// poem-openapi's own parse errors: an unknown field is a 422 naming it, the rest a 400.
 fn parse_problem(err: &poem::Error) -> Result<Problem, Problem> {
     let message = err.to_string();
-    match message.split("unknown field").nth(1) {
-        Some(rest) => {
-            let field = rest.trim_matches(|c: char| !c.is_alphanumeric() && c != '_').split('`').next().unwrap_or("").to_owned();
-            let field = field.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("").to_owned();
-            let mut problem = Problem::validation(vec![FieldError::new(field.clone(), "unknown_field", "is not a field you can set")]);
-            problem.detail = format!("unknown field {field:?}: it is not a field you can set");
-            Err(problem)
-        }
-        None => Ok(Problem::new(StatusCode::BAD_REQUEST, "bad_request", message)),
-    }
+    // poem-openapi says: unknown field `owner_id`.
+    let Some((_, rest)) = message.split_once("unknown field `") else {
+        return Ok(Problem::new(StatusCode::BAD_REQUEST, "bad_request", message));
+    };
+    let field = rest.split('`').next().unwrap_or_default().to_owned();
+    let mut problem = Problem::validation(vec![FieldError::new(field.clone(), "unknown_field", "is not a field you can set")]);
+    problem.detail = format!("unknown field {field:?}: it is not a field you can set");
+    Err(problem)
 }
 
 fn write_bad_request(err: poem::Error) -> CreateResponse {

@@ -87,13 +87,9 @@ pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult
     Ok((ok == 1).then(|| Reservation { key, n, conn: Some(state.redis.clone()) }))
 }
 
-fn generation_key(state: &AppState, user: Uuid) -> String {
-    state.keys.task_lists_generation(user)
-}
-
 /// The key a list response is cached under, or `None` when Redis cannot say.
 pub async fn cache_key(state: &AppState, user: Uuid, normalized_query: &str) -> Option<String> {
-    let generation: Option<u64> = redis::cmd("GET").arg(generation_key(state, user)).query_async(&mut state.redis.clone()).await.ok()?;
+    let generation: Option<u64> = redis::cmd("GET").arg(state.keys.task_lists_generation(user)).query_async(&mut state.redis.clone()).await.ok()?;
     let digest = Sha256::digest(normalized_query.as_bytes());
     let hash: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     Some(state.keys.global(&format!("tasks:list:{user}:{}:{hash}", generation.unwrap_or(0))))
@@ -117,10 +113,9 @@ pub async fn store(state: &AppState, key: &str, body: &str) {
 /// list right after a write never hits the old cache), and it completes even if the client
 /// goes away after the commit and the handler is dropped.
 pub async fn invalidate(state: &AppState, user: Uuid) {
-    let (mut conn, key) = (state.redis.clone(), generation_key(state, user));
+    let (mut conn, keys) = (state.redis.clone(), state.keys.clone());
     let bump = tokio::spawn(async move {
-        let result: redis::RedisResult<()> = redis::cmd("INCR").arg(key).query_async(&mut conn).await;
-        if let Err(err) = result {
+        if let Err(err) = tasklane_shared::redis::invalidate_task_lists(&mut conn, &keys, &[user]).await {
             // Cached pages live 30 s at most: the damage is bounded.
             tracing::warn!(error = %err, %user, "cannot invalidate cached task lists");
         }
