@@ -43,6 +43,7 @@ impl Application {
                     dead_retention: settings.dead_job_retention,
                 },
             ),
+            s3: tasklane_shared::storage::public_client(&settings.s3),
             redis,
             keys,
             metrics: tasklane_shared::telemetry::metrics_handle(),

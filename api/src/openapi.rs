@@ -8,6 +8,7 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::ops::OpsApi;
 use crate::routes::admin_jobs::AdminJobsApi;
 use crate::routes::admin_users::AdminUsersApi;
+use crate::routes::attachments::AttachmentsApi;
 use crate::routes::auth::AuthApi;
 use crate::routes::flags::{AdminFlagsApi, FlagsApi};
 use crate::routes::me::MeApi;
@@ -17,6 +18,9 @@ use crate::routes::tasks::TasksApi;
 pub enum ApiTags {
     /// Your tasks: create, read, change with If-Match, trash and restore, history, lists.
     Tasks,
+    /// Files on your tasks: presigned uploads straight to the object store, verification,
+    /// presigned downloads.
+    Attachments,
     /// Register, sign in, refresh and sign out; verify an address; reset a password.
     Auth,
     /// Your own account: profile, digest preferences, password.
@@ -27,10 +31,10 @@ pub enum ApiTags {
     Operations,
 }
 
-pub type Apis = (AuthApi, MeApi, FlagsApi, TasksApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi);
+pub type Apis = (AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi);
 
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((AuthApi, MeApi, FlagsApi, TasksApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
         .description(
             "Task management over a durable job queue. Errors are `application/problem+json` \
              (RFC 9457). Every response carries `X-Request-Id`. To call authenticated \

@@ -24,6 +24,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub tokens: TokenIssuer,
     pub throttle: LoginThrottle,
+    /// Presigns object-store URLs for `S3_PUBLIC_ENDPOINT` (no network involved).
+    pub s3: aws_sdk_s3::Client,
     /// The job store, for the admin API's queue inspection.
     pub queue: QueueStore,
 }

@@ -91,7 +91,25 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Task creations per user per UTC day (`TASKLANE_TASKS_DAILY_QUOTA`).
     pub tasks_daily_quota: u32,
+    pub attachments: AttachmentSettings,
 }
+
+/// Uploads (SPEC section 6).
+#[derive(Debug, Clone)]
+pub struct AttachmentSettings {
+    /// The largest file accepted, in bytes (`TASKLANE_ATTACHMENT_MAX_BYTES`, default 25 MiB).
+    pub max_bytes: u64,
+    /// Media types a client may declare (`TASKLANE_ATTACHMENT_TYPES`, comma list). The default
+    /// has no HTML, SVG or executables: a browser could run those from a download link.
+    pub allowed_types: Vec<String>,
+    /// How long a presigned upload URL works (`TASKLANE_UPLOAD_URL_TTL_SECS`, at most 900).
+    pub upload_url_ttl: Duration,
+    /// How long a presigned download URL works (`TASKLANE_DOWNLOAD_URL_TTL_SECS`).
+    pub download_url_ttl: Duration,
+}
+
+pub const DEFAULT_ATTACHMENT_TYPES: &str =
+    "image/png,image/jpeg,image/gif,image/webp,application/pdf,application/zip,text/plain,text/csv";
 
 /// Accounts and tokens (SPEC section 4).
 #[derive(Debug, Clone)]
@@ -261,12 +279,31 @@ impl Settings {
             cron,
             auth,
             tasks_daily_quota: r.parsed_any("TASKLANE_TASKS_DAILY_QUOTA", "50"),
+            attachments: AttachmentSettings {
+                max_bytes: r.parsed_any("TASKLANE_ATTACHMENT_MAX_BYTES", "26214400"),
+                allowed_types: r
+                    .string_any("TASKLANE_ATTACHMENT_TYPES", DEFAULT_ATTACHMENT_TYPES)
+                    .split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                upload_url_ttl: Duration::from_secs(r.parsed_any("TASKLANE_UPLOAD_URL_TTL_SECS", "600")),
+                download_url_ttl: Duration::from_secs(r.parsed_any("TASKLANE_DOWNLOAD_URL_TTL_SECS", "300")),
+            },
         };
         if env == Environment::Prod {
             settings.check_prod_secrets(&mut reader.problems);
         }
         if settings.job_lease < Duration::from_secs(3) {
             reader.problems.push("TASKLANE_JOB_LEASE_SECS must be at least 3 (heartbeats renew it every third)".into());
+        }
+        let ttl = settings.attachments.upload_url_ttl;
+        if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(900) {
+            reader.problems.push("TASKLANE_UPLOAD_URL_TTL_SECS must be between 60 and 900 (15 minutes)".into());
+        }
+        let ttl = settings.attachments.download_url_ttl;
+        if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(3600) {
+            reader.problems.push("TASKLANE_DOWNLOAD_URL_TTL_SECS must be between 10 and 3600".into());
         }
         if settings.worker_concurrency == 0 {
             reader.problems.push("TASKLANE_WORKER_CONCURRENCY must be at least 1".into());

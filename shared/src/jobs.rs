@@ -143,6 +143,45 @@ impl Job for SendEmail {
     };
 }
 
+/// Verifies an uploaded attachment (size, magic bytes, SHA-256), thumbnails images, and ends
+/// it `ready` or `rejected`. After its last failed attempt the attachment is
+/// `rejected: processing_failed`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessUpload {
+    pub attachment_id: uuid::Uuid,
+}
+
+impl Job for ProcessUpload {
+    const SPEC: JobSpec = JobSpec {
+        kind: "process_upload",
+        queue: Queue::Uploads,
+        max_attempts: 5,
+        backoff: Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(60) },
+        timeout: Duration::from_secs(300),
+        unique: false,
+        schedule: None,
+    };
+}
+
+/// Removes objects from the bucket (a deleted attachment, a purged task's files). Deleting a
+/// missing object succeeds, so a rerun is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeleteObjects {
+    pub keys: Vec<String>,
+}
+
+impl Job for DeleteObjects {
+    const SPEC: JobSpec = JobSpec {
+        kind: "delete_objects",
+        queue: Queue::Uploads,
+        max_attempts: 10,
+        backoff: Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(600) },
+        timeout: Duration::from_secs(120),
+        unique: false,
+        schedule: None,
+    };
+}
+
 /// A job started by a schedule rather than by a request: built from its tick.
 pub trait CronJob: Job {
     fn for_tick(tick: DateTime<Utc>) -> Self;
@@ -207,9 +246,29 @@ scheduled_job!(
     DailyDigest, kind: "daily_digest", cron: "0 0 * * * *", timeout_secs: 600
 );
 
+scheduled_job!(
+    /// Every 10 minutes: forgets uploads never completed (their URL expired an hour ago) and
+    /// their objects, and rejects attachments stuck in `processing` for an hour (their last
+    /// attempt died with its worker) as `processing_failed`.
+    ExpireUploads, kind: "expire_uploads", cron: "0 */10 * * * *", timeout_secs: 120
+);
+
+/// An attachment still `processing` this long after `complete` has run out of attempts.
+pub const PROCESSING_DEADLINE_MINUTES: i32 = 60;
+/// A `pending` attachment is abandoned this long after its upload URL expired.
+pub const ABANDONED_UPLOAD_GRACE_MINUTES: i32 = 60;
+
 /// Every declared kind; the worker's registration list must cover each (a test checks).
-pub const ALL: &[JobSpec] =
-    &[SendEmail::SPEC, PruneSentEmails::SPEC, MarkOverdue::SPEC, PurgeDeleted::SPEC, DailyDigest::SPEC];
+pub const ALL: &[JobSpec] = &[
+    SendEmail::SPEC,
+    ProcessUpload::SPEC,
+    DeleteObjects::SPEC,
+    PruneSentEmails::SPEC,
+    MarkOverdue::SPEC,
+    PurgeDeleted::SPEC,
+    DailyDigest::SPEC,
+    ExpireUploads::SPEC,
+];
 
 /// The spec of a kind by name.
 pub fn spec(kind: &str) -> Option<&'static JobSpec> {

@@ -7,12 +7,14 @@
 //! - [`jobs`]: the declaration of every job kind and its payload.
 //! - [`outbox`]: writing jobs in the caller's transaction, and the relay that moves them to
 //!   Redis.
+//! - [`storage`]: the S3 client and the object keys of attachments.
 //! - [`telemetry`]: tracing and the Prometheus recorder; [`shutdown`]: the signal to stop.
 
 pub mod config;
 pub mod db;
 pub mod redis;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 pub mod jobs;
 pub mod outbox;

@@ -9,7 +9,8 @@ use apalis_core::monitor::Monitor;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Server};
 use sqlx::PgPool;
-use tasklane_shared::config::Settings;
+use tasklane_shared::config::{AttachmentSettings, Settings};
+use tasklane_shared::storage::Bucket;
 use tasklane_shared::jobs::Job;
 use tasklane_shared::outbox::Relay;
 use tasklane_shared::queue::{HeldClaims, QueueSettings, QueueStore, RedisBackend};
@@ -45,6 +46,10 @@ pub struct WorkerContext {
     pub mailer: Mailer,
     pub templates: Templates,
     pub task_lists: TaskLists,
+    /// The object store (`S3_ENDPOINT`), for attachments.
+    pub bucket: Bucket,
+    /// Upload limits, for `process_upload`.
+    pub attachments: AttachmentSettings,
     /// Claims this process holds, handed back if a graceful shutdown runs out of time.
     pub held: HeldClaims,
     /// Unique per process start, so a restarted worker never inherits a dead one's claims.
@@ -107,6 +112,8 @@ impl WorkerApp {
             mailer: Mailer::new(&settings)?,
             templates: Templates::new(settings.public_url.clone())?,
             task_lists,
+            bucket: Bucket { client: tasklane_shared::storage::internal_client(&settings.s3), name: settings.s3.bucket.clone() },
+            attachments: settings.attachments.clone(),
             held: HeldClaims::default(),
             name: format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..]),
             concurrency: settings.worker_concurrency,

@@ -2,6 +2,7 @@
 
 pub mod admin_jobs;
 pub mod admin_users;
+pub mod attachments;
 pub mod auth;
 pub mod flags;
 pub mod me;

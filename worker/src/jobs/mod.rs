@@ -4,7 +4,10 @@
 //! `tasklane_shared::jobs`; here it gets its handler. Adding a kind means a line in each.
 
 mod daily_digest;
+mod delete_objects;
+mod expire_uploads;
 mod mark_overdue;
+mod process_upload;
 mod prune_sent_emails;
 mod purge_deleted;
 mod send_email;
@@ -12,20 +15,34 @@ mod send_email;
 use apalis::layers::WorkerBuilderExt;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
-use tasklane_shared::jobs::{CronJob, DailyDigest, Job, MarkOverdue, PruneSentEmails, PurgeDeleted, SendEmail};
+use tasklane_shared::jobs::{
+    CronJob, DailyDigest, DeleteObjects, ExpireUploads, Job, MarkOverdue, ProcessUpload, PruneSentEmails, PurgeDeleted,
+    SendEmail,
+};
 
 use crate::app::WorkerContext;
 use crate::cron::{TickSource, on_tick};
 
 pub use daily_digest::daily_digest;
+pub use delete_objects::delete_objects;
+pub use expire_uploads::expire_uploads;
+pub use process_upload::process_upload;
 pub use mark_overdue::mark_overdue;
 pub use prune_sent_emails::prune_sent_emails;
 pub use purge_deleted::purge_deleted;
 pub use send_email::send_email;
 
 /// Every registered kind; a test checks it covers `tasklane_shared::jobs::ALL`.
-pub const REGISTERED: &[&str] =
-    &[SendEmail::SPEC.kind, PruneSentEmails::SPEC.kind, MarkOverdue::SPEC.kind, PurgeDeleted::SPEC.kind, DailyDigest::SPEC.kind];
+pub const REGISTERED: &[&str] = &[
+    SendEmail::SPEC.kind,
+    ProcessUpload::SPEC.kind,
+    DeleteObjects::SPEC.kind,
+    PruneSentEmails::SPEC.kind,
+    MarkOverdue::SPEC.kind,
+    PurgeDeleted::SPEC.kind,
+    DailyDigest::SPEC.kind,
+    ExpireUploads::SPEC.kind,
+];
 
 /// Registers the apalis worker of one kind: its backend, panics caught as failed attempts,
 /// its concurrency, its dependencies as `Data`, its handler.
@@ -45,12 +62,19 @@ macro_rules! job_worker {
 
 /// Registers one apalis worker per job kind, plus a tick worker per schedule.
 pub fn register(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result<Monitor> {
+    // Each upload may hold a decoded image (up to 512 MiB at the decoder's limit) and spends
+    // CPU on it: a few at a time per process, whatever the email concurrency.
+    let uploads = ctx.concurrency.min(2);
     let monitor = job_worker!(monitor, ctx, SendEmail, send_email, ctx.concurrency, [mailer, templates, db]);
+    let monitor = job_worker!(monitor, ctx, ProcessUpload, process_upload, uploads, [db, bucket, attachments]);
+    let monitor = job_worker!(monitor, ctx, DeleteObjects, delete_objects, ctx.concurrency, [bucket]);
     let monitor = job_worker!(monitor, ctx, PruneSentEmails, prune_sent_emails, 1, [db]);
     let monitor = job_worker!(monitor, ctx, MarkOverdue, mark_overdue, 1, [db, task_lists]);
     let monitor = job_worker!(monitor, ctx, PurgeDeleted, purge_deleted, 1, [db, task_lists]);
     let monitor = job_worker!(monitor, ctx, DailyDigest, daily_digest, 1, [db, store]);
+    let monitor = job_worker!(monitor, ctx, ExpireUploads, expire_uploads, 1, [db, attachments]);
     let monitor = schedule::<PruneSentEmails>(monitor, ctx)?;
+    let monitor = schedule::<ExpireUploads>(monitor, ctx)?;
     let monitor = schedule::<MarkOverdue>(monitor, ctx)?;
     let monitor = schedule::<PurgeDeleted>(monitor, ctx)?;
     schedule::<DailyDigest>(monitor, ctx)
@@ -75,7 +99,8 @@ pub async fn catch_up(ctx: &WorkerContext) -> anyhow::Result<()> {
     catch_up_one::<PruneSentEmails>(ctx).await?;
     catch_up_one::<MarkOverdue>(ctx).await?;
     catch_up_one::<PurgeDeleted>(ctx).await?;
-    catch_up_one::<DailyDigest>(ctx).await
+    catch_up_one::<DailyDigest>(ctx).await?;
+    catch_up_one::<ExpireUploads>(ctx).await
 }
 
 async fn catch_up_one<J: CronJob>(ctx: &WorkerContext) -> anyhow::Result<()> {

@@ -1,27 +1,44 @@
 //! `purge_deleted` (daily): tasks in the trash for over 30 days are deleted for good, with
-//! their history.
+//! their history and attachments. The attachments' objects are removed by `delete_objects`
+//! jobs written in the same transaction, so a purged task never leaves files behind.
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
-use tasklane_shared::jobs::{PurgeDeleted, TRASH_RETENTION_DAYS};
+use tasklane_shared::jobs::{DeleteObjects, PurgeDeleted, TRASH_RETENTION_DAYS};
+use tasklane_shared::storage;
 use uuid::Uuid;
 
 use crate::app::TaskLists;
 
 pub async fn purge_deleted(job: PurgeDeleted, db: Data<PgPool>, lists: Data<TaskLists>) -> Result<(), BoxDynError> {
-    let owners: Vec<Uuid> = sqlx::query_scalar(
-        "with purged as (
-             delete from tasks where deleted_at < $1 - make_interval(days => $2) returning owner_id
-         )
-         select distinct owner_id from purged",
-    )
-    .bind(job.tick)
-    .bind(TRASH_RETENTION_DAYS)
-    .fetch_all(&*db)
-    .await?;
+    let mut tx = db.begin().await?;
+    // Locked first, so a restore racing the purge either wins or waits and finds nothing.
+    let purged: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("select id, owner_id from tasks where deleted_at < $1 - make_interval(days => $2) for update")
+            .bind(job.tick)
+            .bind(TRASH_RETENTION_DAYS)
+            .fetch_all(&mut *tx)
+            .await?;
+    let task_ids: Vec<Uuid> = purged.iter().map(|(id, _)| *id).collect();
+    let keys: Vec<(String, String)> =
+        sqlx::query_as("select upload_key, object_key from attachments where task_id = any($1)")
+            .bind(&task_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    // Attachments and history go with their tasks (on delete cascade).
+    sqlx::query("delete from tasks where id = any($1)").bind(&task_ids).execute(&mut *tx).await?;
+    let keys: Vec<String> =
+        keys.iter().flat_map(|(upload, object)| [upload.clone(), storage::thumbnail_key(object), object.clone()]).collect();
+    for batch in keys.chunks(300) {
+        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None).await?;
+    }
+    tx.commit().await?;
+    let mut owners: Vec<Uuid> = purged.iter().map(|(_, owner)| *owner).collect();
+    owners.sort_unstable();
+    owners.dedup();
     // Their cached trash lists showed these tasks.
     lists.invalidate(&owners).await;
-    tracing::info!(users = owners.len(), tick = %job.tick, "trash purged");
+    tracing::info!(tasks = purged.len(), objects = keys.len(), users = owners.len(), tick = %job.tick, "trash purged");
     Ok(())
 }

@@ -208,7 +208,7 @@ pub enum ListResponse {
 }
 
 /// poem-openapi's own parse errors: an unknown field is a 422 naming it, the rest a 400.
-fn parse_problem(err: &poem::Error) -> Result<Problem, Problem> {
+pub(crate) fn parse_problem(err: &poem::Error) -> Result<Problem, Problem> {
     let message = err.to_string();
     // poem-openapi says: unknown field `owner_id`.
     let Some((_, rest)) = message.split_once("unknown field `") else {

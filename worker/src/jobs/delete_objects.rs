@@ -1,0 +1,16 @@
+//! `delete_objects`: removes objects from the bucket (a deleted attachment, a purged task's
+//! files). Deleting a missing object succeeds, so redelivery is harmless; a store that is down
+//! fails the attempt, which is retried with backoff.
+
+use apalis_core::error::BoxDynError;
+use apalis_core::task::data::Data;
+use tasklane_shared::jobs::DeleteObjects;
+use tasklane_shared::storage::Bucket;
+
+pub async fn delete_objects(job: DeleteObjects, bucket: Data<Bucket>) -> Result<(), BoxDynError> {
+    for key in &job.keys {
+        bucket.client.delete_object().bucket(&bucket.name).key(key).send().await?;
+    }
+    tracing::info!(objects = job.keys.len(), "objects deleted");
+    Ok(())
+}

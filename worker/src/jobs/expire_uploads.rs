@@ -1,0 +1,53 @@
+//! `expire_uploads` (every 10 minutes): the two ways an attachment can stop moving.
+//!
+//! - `pending` past its upload URL's expiry plus a grace period: the client never called
+//!   `complete`. The row goes, and whatever it may have uploaded is deleted.
+//! - `processing` for over an hour: the last `process_upload` attempt died with its worker
+//!   (a failure it saw itself would have rejected it already). It becomes
+//!   `rejected: processing_failed` and its objects are deleted.
+//!
+//! Both happen in one transaction with the `delete_objects` jobs they need, so a crash
+//! leaves either nothing done or everything queued.
+
+use apalis_core::error::BoxDynError;
+use apalis_core::task::data::Data;
+use sqlx::PgPool;
+use tasklane_shared::config::AttachmentSettings;
+use tasklane_shared::jobs::{ABANDONED_UPLOAD_GRACE_MINUTES, DeleteObjects, ExpireUploads, PROCESSING_DEADLINE_MINUTES};
+use tasklane_shared::storage;
+
+pub async fn expire_uploads(job: ExpireUploads, db: Data<PgPool>, limits: Data<AttachmentSettings>) -> Result<(), BoxDynError> {
+    let upload_ttl_secs = i32::try_from(limits.upload_url_ttl.as_secs()).unwrap_or(i32::MAX);
+    let mut tx = db.begin().await?;
+    let abandoned: Vec<(String, String)> = sqlx::query_as(
+        "delete from attachments
+         where status = 'pending'
+           and created_at < $1 - make_interval(secs => $2) - make_interval(mins => $3)
+         returning upload_key, object_key",
+    )
+    .bind(job.tick)
+    .bind(f64::from(upload_ttl_secs))
+    .bind(ABANDONED_UPLOAD_GRACE_MINUTES)
+    .fetch_all(&mut *tx)
+    .await?;
+    let stuck: Vec<(String, String)> = sqlx::query_as(
+        "update attachments set status = 'rejected', reject_reason = 'processing_failed', updated_at = now()
+         where status = 'processing' and updated_at < $1 - make_interval(mins => $2)
+         returning upload_key, object_key",
+    )
+    .bind(job.tick)
+    .bind(PROCESSING_DEADLINE_MINUTES)
+    .fetch_all(&mut *tx)
+    .await?;
+    let keys: Vec<String> = abandoned
+        .iter()
+        .chain(&stuck)
+        .flat_map(|(upload, object)| [upload.clone(), storage::thumbnail_key(object), object.clone()])
+        .collect();
+    for batch in keys.chunks(300) {
+        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(abandoned = abandoned.len(), stuck = stuck.len(), tick = %job.tick, "uploads expired");
+    Ok(())
+}
