@@ -178,24 +178,10 @@ impl TestApp {
         .await
     }
 
-    /// A client of the test S3 server, path-style, signed with the configured credentials.
+    /// A client of the test S3 server (`S3_ENDPOINT`), path-style, signed with the
+    /// configured credentials: the worker's own client.
     pub fn s3(&self) -> aws_sdk_s3::Client {
-        let s3 = &self.settings.s3;
-        let credentials = aws_sdk_s3::config::Credentials::new(
-            &s3.access_key_id,
-            s3.secret_access_key.expose_secret(),
-            None,
-            None,
-            "tasklane-test",
-        );
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&s3.endpoint)
-            .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
-            .credentials_provider(credentials)
-            .force_path_style(true)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        tasklane_shared::storage::internal_client(&self.settings.s3)
     }
 
     /// Rows still waiting in the outbox.
@@ -428,7 +414,12 @@ impl TcpGate {
                         }
                         GateMode::Forward => {
                             if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                                // Refusing also cuts open connections, as a server that
+                                // stops does: pooled HTTP connections must not outlive it.
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                    _ = changes.wait_for(|mode| *mode == GateMode::Refuse) => {}
+                                }
                             }
                         }
                     }
@@ -443,6 +434,13 @@ impl TcpGate {
         let smtp = url::Url::parse(&std::env::var("SMTP_URL").expect("SMTP_URL")).expect("SMTP_URL is a URL");
         let upstream = format!("{}:{}", smtp.host_str().unwrap_or("127.0.0.1"), smtp.port().unwrap_or(25));
         Self::start(upstream.parse().expect("SMTP_URL host is an IP"), mode).await
+    }
+
+    /// A gate in front of the test S3 server (`S3_ENDPOINT`).
+    pub async fn s3(mode: GateMode) -> Self {
+        let s3 = url::Url::parse(&std::env::var("S3_ENDPOINT").expect("S3_ENDPOINT")).expect("S3_ENDPOINT is a URL");
+        let upstream = format!("{}:{}", s3.host_str().unwrap_or("127.0.0.1"), s3.port().unwrap_or(80));
+        Self::start(upstream.parse().expect("S3_ENDPOINT host is an IP"), mode).await
     }
 
     pub fn url(&self, scheme: &str) -> String {

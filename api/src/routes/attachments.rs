@@ -332,7 +332,7 @@ async fn download_link(
     Ok(PresignedLink { url: request.uri().to_owned(), expires_at })
 }
 
-#[OpenApi(prefix_path = "/api/v1/tasks/:id/attachments", tag = "ApiTags::Attachments")]
+#[OpenApi(prefix_path = "/api/v1/tasks", tag = "ApiTags::Attachments")]
 impl AttachmentsApi {
     /// Start an upload.
     ///
@@ -349,7 +349,7 @@ impl AttachmentsApi {
     ///
     /// Types outside the allow list (by default PNG, JPEG, GIF, WebP, PDF, ZIP, plain text
     /// and CSV; never HTML, SVG or executables) and sizes over the limit are refused here.
-    #[oai(path = "/", method = "post")]
+    #[oai(path = "/:id/attachments", method = "post")]
     async fn create(
         &self,
         auth: BearerAuth,
@@ -432,7 +432,7 @@ impl AttachmentsApi {
     /// A task's attachments, newest first.
     ///
     /// `limit` 1-100 (default 20); `cursor` from `next_cursor` continues.
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/:id/attachments", method = "get")]
     async fn list(
         &self,
         auth: BearerAuth,
@@ -478,7 +478,7 @@ impl AttachmentsApi {
     }
 
     /// One attachment; when `ready`, with short-lived download and thumbnail links.
-    #[oai(path = "/:aid", method = "get")]
+    #[oai(path = "/:id/attachments/:aid", method = "get")]
     async fn get(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<Uuid>, aid: Path<Uuid>) -> Result<GetResponse, AuthedError> {
         let mut conn = state.db.acquire().await?;
         let Some(row) = find(&mut conn, id.0, aid.0, auth.0.id, false).await? else {
@@ -503,7 +503,7 @@ impl AttachmentsApi {
     /// A job checks the object's size against the declaration and the limit, its magic
     /// bytes against the declared type, computes its SHA-256 and, for images, a thumbnail.
     /// It ends `ready`, or `rejected` with a reason (and the object deleted).
-    #[oai(path = "/:aid/complete", method = "post")]
+    #[oai(path = "/:id/attachments/:aid/complete", method = "post")]
     async fn complete(
         &self,
         auth: BearerAuth,
@@ -536,7 +536,7 @@ impl AttachmentsApi {
     }
 
     /// Delete an attachment; its file (and thumbnail) are removed from the store by a job.
-    #[oai(path = "/:aid", method = "delete")]
+    #[oai(path = "/:id/attachments/:aid", method = "delete")]
     async fn delete(
         &self,
         auth: BearerAuth,
