@@ -9,12 +9,15 @@
 //!   `/health/live` p99 idle and under full login load.
 //! - `tasks`: `GET /tasks/{id}` and `POST /tasks` requests/s against a bare Poem handler
 //!   served by the same process, and the list p99 of a user with 10,000 tasks.
+//! - `upload`: a 25 MiB PNG from `complete` to `ready` in a real worker process, against
+//!   hashing it in memory, and the worker's peak memory against its idle peak.
 //!
 //! Benchmarks, not tests: they print figures and never fail on them.
 
 mod auth;
 mod queue;
 mod tasks;
+mod upload;
 
 use std::time::Duration;
 
@@ -25,9 +28,10 @@ async fn main() -> anyhow::Result<()> {
         Some("queue") => queue::run().await,
         Some("auth") => auth::run().await,
         Some("tasks") => tasks::run().await,
+        Some("upload") => upload::run().await,
         // Internal: one drain worker process of the queue benchmark.
         Some("drain-worker") => queue::drain_worker(&args[1..]).await,
-        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks"),
+        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks|upload"),
     }
 }
 
