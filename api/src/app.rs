@@ -44,6 +44,7 @@ impl Application {
                 },
             ),
             s3: tasklane_shared::storage::public_client(&settings.s3),
+            hub: crate::events::Hub::new(&settings, redis.clone(), keys.clone()),
             redis,
             keys,
             metrics: tasklane_shared::telemetry::metrics_handle(),
@@ -77,6 +78,14 @@ impl Application {
             max_body_bytes: self.state.settings.max_body_bytes,
         };
         tracing::info!(addr = %self.local_addr, "API listening");
+        self.state.hub.spawn_listener(&self.state.settings)?;
+        // Event streams never end on their own: they are closed first, so draining waits
+        // only for ordinary requests.
+        let hub = self.state.hub.clone();
+        let shutdown = async move {
+            shutdown.await;
+            hub.close();
+        };
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(routes(self.state).with(policy), shutdown, Some(grace))
             .await?;

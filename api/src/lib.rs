@@ -9,6 +9,7 @@
 //! - [`openapi`]: the document and its tags; [`ops`]: health and metrics.
 //! - [`auth`]: passwords, tokens, the bearer scheme, login limits.
 //! - [`routes`]: one module per resource.
+//! - [`events`]: the real-time event hub (SSE and WebSocket streams).
 //! - [`state`]: what handlers share.
 
 // Handlers' error types are the documented problem responses themselves; their size is the
@@ -16,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
+pub mod events;
 pub mod auth;
 pub mod http;
 pub mod openapi;

@@ -10,6 +10,7 @@ use crate::routes::admin_jobs::AdminJobsApi;
 use crate::routes::admin_users::AdminUsersApi;
 use crate::routes::attachments::AttachmentsApi;
 use crate::routes::auth::AuthApi;
+use crate::routes::events::EventsApi;
 use crate::routes::flags::{AdminFlagsApi, FlagsApi};
 use crate::routes::me::MeApi;
 use crate::routes::tasks::TasksApi;
@@ -23,6 +24,8 @@ pub enum ApiTags {
     Attachments,
     /// Register, sign in, refresh and sign out; verify an address; reset a password.
     Auth,
+    /// Your events, live: Server-Sent Events or a WebSocket, resumable with `Last-Event-ID`.
+    Events,
     /// Your own account: profile, digest preferences, password.
     Account,
     /// Administration (admins only): accounts, job queues, schedules.
@@ -31,10 +34,10 @@ pub enum ApiTags {
     Operations,
 }
 
-pub type Apis = (AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi);
+pub type Apis = (AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, EventsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi);
 
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, EventsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
         .description(
             "Task management over a durable job queue. Errors are `application/problem+json` \
              (RFC 9457). Every response carries `X-Request-Id`. To call authenticated \

@@ -92,6 +92,8 @@ pub struct Settings {
     /// Task creations per user per UTC day (`TASKLANE_TASKS_DAILY_QUOTA`).
     pub tasks_daily_quota: u32,
     pub attachments: AttachmentSettings,
+    /// How often an idle event stream gets a heartbeat (`TASKLANE_EVENTS_HEARTBEAT_SECS`).
+    pub events_heartbeat: Duration,
 }
 
 /// Uploads (SPEC section 6).
@@ -279,6 +281,7 @@ impl Settings {
             cron,
             auth,
             tasks_daily_quota: r.parsed_any("TASKLANE_TASKS_DAILY_QUOTA", "50"),
+            events_heartbeat: Duration::from_secs(r.parsed_any("TASKLANE_EVENTS_HEARTBEAT_SECS", "15")),
             attachments: AttachmentSettings {
                 max_bytes: r.parsed_any("TASKLANE_ATTACHMENT_MAX_BYTES", "26214400"),
                 allowed_types: r

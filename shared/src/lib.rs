@@ -4,6 +4,7 @@
 //! - [`config`]: the typed settings, read from the environment.
 //! - [`db`]: the PostgreSQL pool and the embedded migrations.
 //! - [`redis`]: Redis connections and key naming (prefix, per-queue hash tags).
+//! - [`events`]: real-time events, recorded in the outbox and published to Redis.
 //! - [`jobs`]: the declaration of every job kind and its payload.
 //! - [`outbox`]: writing jobs in the caller's transaction, and the relay that moves them to
 //!   Redis.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod redis;
 pub mod shutdown;
 pub mod storage;

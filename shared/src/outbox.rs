@@ -82,17 +82,28 @@ impl Relay {
         .bind(self.batch_size)
         // Rows of a queue this release does not know (written by a newer one) are left for
         // the release that does, without ever filling a batch.
-        .bind(Queue::ALL.map(Queue::as_str).to_vec())
+        .bind(Queue::ALL.map(Queue::as_str).into_iter().chain([crate::events::OUTBOX_QUEUE]).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let mut by_queue: Vec<(Queue, Vec<NewJob>)> = Vec::new();
+        let mut events = Vec::new();
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: Uuid = row.try_get("id")?;
             let queue_name: String = row.try_get("queue")?;
+            if queue_name == crate::events::OUTBOX_QUEUE {
+                let kind: String = row.try_get("kind")?;
+                let payload: String = row.try_get("payload")?;
+                match serde_json::from_str::<crate::events::Recorded>(&payload) {
+                    Ok(recorded) => events.push((id, kind, recorded)),
+                    Err(err) => tracing::error!(%id, error = %err, "outbox event does not decode; dropped"),
+                }
+                ids.push(id);
+                continue;
+            }
             let Some(queue) = Queue::ALL.into_iter().find(|q| q.as_str() == queue_name) else {
                 // Written by a newer release that knows a queue we don't: leave it for that
                 // release's workers rather than lose it.
@@ -126,6 +137,20 @@ impl Relay {
                 .bind(err.to_string())
                 .execute(&self.db)
                 .await?;
+                return Err(err.into());
+            }
+        }
+        // Events in commit order, after the jobs: published at most once more if this
+        // transaction then fails to commit (at-least-once, like jobs).
+        let mut conn = self.store.connection();
+        for (id, kind, recorded) in &events {
+            if let Err(err) = crate::events::publish(&mut conn, self.store.keys(), kind, recorded).await {
+                drop(tx);
+                sqlx::query("update outbox set relay_attempts = relay_attempts + 1, last_error = $2 where id = $1")
+                    .bind(id)
+                    .bind(err.to_string())
+                    .execute(&self.db)
+                    .await?;
                 return Err(err.into());
             }
         }

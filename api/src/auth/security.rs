@@ -45,14 +45,20 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<CurrentUser
     let unauthorized = || poem::Error::from_string("the access token is missing, invalid or expired", StatusCode::UNAUTHORIZED);
     let state = req.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
     let claims = state.tokens.verify(&bearer.token).map_err(|_| unauthorized())?;
+    authenticate_user(state, claims.sub, claims.sid).await?.ok_or_else(unauthorized)
+}
+
+/// The account behind a verified credential, unless it is gone or disabled.
+pub async fn authenticate_user(state: &AppState, user: Uuid, session: Uuid) -> poem::Result<Option<CurrentUser>> {
     let row: Option<(String, String, bool)> = sqlx::query_as("select email, role, disabled from users where id = $1")
-        .bind(claims.sub)
+        .bind(user)
         .fetch_optional(&state.db)
         .await
         .map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
-    let (email, role, disabled) = row.ok_or_else(unauthorized)?;
-    if disabled {
-        return Err(unauthorized());
-    }
-    Ok(CurrentUser { id: claims.sub, email, role: Role::parse(&role).unwrap_or(Role::User), session: claims.sid })
+    Ok(row.filter(|(_, _, disabled)| !disabled).map(|(email, role, _)| CurrentUser {
+        id: user,
+        email,
+        role: Role::parse(&role).unwrap_or(Role::User),
+        session,
+    }))
 }

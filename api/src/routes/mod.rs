@@ -4,6 +4,7 @@ pub mod admin_jobs;
 pub mod admin_users;
 pub mod attachments;
 pub mod auth;
+pub mod events;
 pub mod flags;
 pub mod me;
 pub mod tasks;

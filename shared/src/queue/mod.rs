@@ -112,6 +112,10 @@ impl QueueStore {
         Self { conn, keys, settings }
     }
 
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     pub fn settings(&self) -> QueueSettings {
         self.settings
     }

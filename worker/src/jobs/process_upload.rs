@@ -25,6 +25,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectError;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tasklane_shared::config::AttachmentSettings;
+use tasklane_shared::events;
 use tasklane_shared::jobs::ProcessUpload;
 use tasklane_shared::queue::Claim;
 use tasklane_shared::storage::{self, Bucket};
@@ -67,6 +68,8 @@ impl Rejection {
 #[derive(Debug, sqlx::FromRow)]
 struct Pending {
     id: Uuid,
+    task_id: Uuid,
+    owner_id: Uuid,
     content_type: String,
     declared_size: i64,
     upload_key: String,
@@ -89,7 +92,7 @@ pub async fn process_upload(
     limits: Data<AttachmentSettings>,
 ) -> Result<(), BoxDynError> {
     let attachment: Option<Pending> = sqlx::query_as(
-        "select id, content_type, declared_size, upload_key, object_key from attachments
+        "select id, task_id, owner_id, content_type, declared_size, upload_key, object_key from attachments
          where id = $1 and status = 'processing'",
     )
     .bind(job.attachment_id)
@@ -216,6 +219,7 @@ async fn verify(
 
 /// The object is in place: the row becomes `ready`, then the upload goes.
 async fn publish(db: &PgPool, bucket: &Bucket, attachment: &Pending, verified: Verified) -> Result<(), BoxDynError> {
+    let mut tx = db.begin().await?;
     let updated = sqlx::query(
         "update attachments set status = 'ready', size_bytes = $2, sha256 = $3, detected_type = $4,
              thumbnail_key = $5, updated_at = now()
@@ -226,9 +230,13 @@ async fn publish(db: &PgPool, bucket: &Bucket, attachment: &Pending, verified: V
     .bind(&verified.sha256)
     .bind(&verified.detected_type)
     .bind(&verified.thumbnail_key)
-    .execute(db)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
+    if updated == 1 {
+        announce(&mut tx, attachment, events::ATTACHMENT_READY, None).await?;
+    }
+    tx.commit().await?;
     if updated == 0 {
         // Deleted while processing: its delete_objects job may have run before the copy and
         // the thumbnail were written, so remove them here too.
@@ -242,17 +250,39 @@ async fn publish(db: &PgPool, bucket: &Bucket, attachment: &Pending, verified: V
 
 /// The row becomes `rejected` with its reason, and every object it may have is deleted.
 async fn reject(db: &PgPool, bucket: &Bucket, attachment: &Pending, rejection: Rejection) -> Result<(), BoxDynError> {
-    sqlx::query(
+    let mut tx = db.begin().await?;
+    let updated = sqlx::query(
         "update attachments set status = 'rejected', reject_reason = $2, updated_at = now()
          where id = $1 and status = 'processing'",
     )
     .bind(attachment.id)
     .bind(rejection.as_str())
-    .execute(db)
-    .await?;
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 1 {
+        announce(&mut tx, attachment, events::ATTACHMENT_REJECTED, Some(rejection)).await?;
+    }
+    tx.commit().await?;
     delete_all(bucket, attachment).await;
     tracing::info!(id = %attachment.id, reason = rejection.as_str(), "attachment rejected");
     Ok(())
+}
+
+/// The owner's `attachment.ready` / `attachment.rejected` event, on the change's transaction.
+async fn announce(
+    tx: &mut sqlx::PgConnection,
+    attachment: &Pending,
+    event_type: &str,
+    rejection: Option<Rejection>,
+) -> Result<(), sqlx::Error> {
+    let data = serde_json::json!({
+        "task_id": attachment.task_id,
+        "attachment_id": attachment.id,
+        "status": if rejection.is_some() { "rejected" } else { "ready" },
+        "reject_reason": rejection.map(Rejection::as_str),
+    });
+    events::record(tx, attachment.owner_id, event_type, data).await
 }
 
 async fn delete_all(bucket: &Bucket, attachment: &Pending) {

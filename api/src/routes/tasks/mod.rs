@@ -15,6 +15,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sqlx::PgConnection;
+use tasklane_shared::events;
 use uuid::Uuid;
 
 use self::list::{Cursor, Filters};
@@ -302,7 +303,22 @@ async fn insert(tx: &mut PgConnection, row: &TaskRow) -> Result<TaskRow, sqlx::E
     .fetch_one(&mut *tx)
     .await?;
     audit(tx, inserted.id, "create", inserted.created_changes(), Some(inserted.owner_id)).await?;
+    task_event(tx, events::TASK_CREATED, &inserted, None).await?;
     Ok(inserted)
+}
+
+/// Records the event of a change on its transaction: `{task, changes?}`.
+async fn task_event(
+    tx: &mut PgConnection,
+    event_type: &str,
+    task: &TaskRow,
+    changes: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<(), sqlx::Error> {
+    let mut data = serde_json::json!({ "task": TaskView::from(task.clone()) });
+    if let Some(changes) = changes {
+        data["changes"] = serde_json::Value::Object(changes.clone());
+    }
+    events::record(tx, task.owner_id, event_type, data).await
 }
 
 /// Writes an audit entry on the change's transaction.
@@ -528,6 +544,7 @@ impl TasksApi {
         .bind(after.completed_at)
         .fetch_one(&mut *tx)
         .await?;
+        task_event(&mut tx, events::TASK_UPDATED, &updated, Some(&changes)).await?;
         audit(&mut tx, updated.id, "update", changes, Some(user)).await?;
         tx.commit().await?;
         store::invalidate(&state, user).await;
@@ -554,6 +571,7 @@ impl TasksApi {
         let mut changes = serde_json::Map::new();
         changes.insert("deleted_at".into(), serde_json::json!({ "from": null, "to": at }));
         audit(&mut tx, id.0, "delete", changes, Some(user)).await?;
+        events::record(&mut tx, user, events::TASK_DELETED, serde_json::json!({ "task_id": id.0 })).await?;
         tx.commit().await?;
         store::invalidate(&state, user).await;
         Ok(DeleteResponse::NoContent)
@@ -583,6 +601,7 @@ impl TasksApi {
         let mut changes = serde_json::Map::new();
         changes.insert("deleted_at".into(), serde_json::json!({ "from": deleted_at, "to": null }));
         audit(&mut tx, id.0, "restore", changes, Some(user)).await?;
+        task_event(&mut tx, events::TASK_RESTORED, &task, None).await?;
         tx.commit().await?;
         store::invalidate(&state, user).await;
         let tag = etag(task.version);
