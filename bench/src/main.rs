@@ -11,10 +11,13 @@
 //!   served by the same process, and the list p99 of a user with 10,000 tasks.
 //! - `upload`: a 25 MiB PNG from `complete` to `ready` in a real worker process, against
 //!   hashing it in memory, and the worker's peak memory against its idle peak.
+//! - `events`: 1,000 SSE clients on one API process: publish-to-receive latency p50/p99 and
+//!   the API's memory per connection against its memory before any.
 //!
 //! Benchmarks, not tests: they print figures and never fail on them.
 
 mod auth;
+mod events;
 mod queue;
 mod tasks;
 mod upload;
@@ -29,9 +32,10 @@ async fn main() -> anyhow::Result<()> {
         Some("auth") => auth::run().await,
         Some("tasks") => tasks::run().await,
         Some("upload") => upload::run().await,
+        Some("events") => events::run().await,
         // Internal: one drain worker process of the queue benchmark.
         Some("drain-worker") => queue::drain_worker(&args[1..]).await,
-        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks|upload"),
+        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks|upload|events"),
     }
 }
 

@@ -137,7 +137,7 @@ pub struct AttachmentList {
 #[oai(bad_request_handler = "create_bad_request")]
 pub enum CreateResponse {
     #[oai(status = 201)]
-    Created(Json<CreatedAttachment>),
+    Created(Json<Box<CreatedAttachment>>),
     /// Malformed JSON.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
@@ -426,7 +426,7 @@ impl AttachmentsApi {
             headers,
             expires_at,
         };
-        Ok(CreateResponse::Created(Json(CreatedAttachment { attachment: row.into(), upload })))
+        Ok(CreateResponse::Created(Json(Box::new(CreatedAttachment { attachment: row.into(), upload }))))
     }
 
     /// A task's attachments, newest first.
