@@ -305,3 +305,39 @@ async fn shutting_down_ends_open_streams_with_a_closing_event() {
     // Well within the 25 s grace: streams do not hold up the drain.
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_as_a_slow_consumer() {
+    let app = TestApp::spawn().await;
+    let token = token(&app).await;
+    let me: Value = app.get_as("/api/v1/me", &token).await.json().await.unwrap();
+    let user: uuid::Uuid = me["id"].as_str().unwrap().parse().unwrap();
+    let mut events = Sse::connect(&app.address, Auth::Bearer(&token), None).await;
+
+    // Publish (as the relay does) while the client reads nothing, until the socket buffers
+    // are full and the connection's own buffer overflows.
+    let redis = tasklane_shared::redis::connect(&app.settings).unwrap();
+    let keys = tasklane_shared::redis::Keys::new(app.settings.redis_prefix.clone());
+    let padding = "x".repeat(1_000);
+    wait_until(Duration::from_secs(60), "the hub to drop the slow client", || {
+        let (mut redis, keys, padding) = (redis.clone(), keys.clone(), padding.clone());
+        let app = &app;
+        async move {
+            for _ in 0..500 {
+                let recorded = tasklane_shared::events::Recorded { user_id: user, at: chrono::Utc::now(), data: json!({ "task_id": padding }) };
+                tasklane_shared::events::publish(&mut redis, &keys, "task.deleted", &recorded).await.unwrap();
+            }
+            let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            metrics.lines().any(|line| line.starts_with("events_slow_consumers_total") && !line.ends_with(" 0")).then_some(())
+        }
+    })
+    .await;
+    // What was buffered arrives, then the reason, then the end: the buffer never grew.
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = Some(event);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.event, "closing");
+    assert_eq!(last.data["data"]["reason"], "slow_consumer");
+}
