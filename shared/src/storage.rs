@@ -78,6 +78,12 @@ pub fn thumbnail_key(object_key: &str) -> String {
     format!("{object_key}.thumb.png")
 }
 
+/// Every object an attachment may have, whatever its state: the upload, the thumbnail and
+/// the verified copy. Deleting all three is how an attachment's files go.
+pub fn attachment_objects(upload_key: &str, object_key: &str) -> [String; 3] {
+    [upload_key.to_owned(), thumbnail_key(object_key), object_key.to_owned()]
+}
+
 /// Media types compared loosely: lower case, parameters dropped, common aliases folded.
 pub fn normalize_media_type(raw: &str) -> String {
     let essence = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();

@@ -553,7 +553,7 @@ impl AttachmentsApi {
         // Every key the attachment may have, whatever its state: the thumbnail's is fixed by
         // the object's, so it goes even if processing writes it after this commit (processing
         // also cleans up after itself then).
-        let keys = vec![row.upload_key, storage::thumbnail_key(&row.object_key), row.object_key];
+        let keys = storage::attachment_objects(&row.upload_key, &row.object_key).to_vec();
         tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys }, Some(&request_id.0.0)).await?;
         tx.commit().await?;
         Ok(DeleteResponse::NoContent)

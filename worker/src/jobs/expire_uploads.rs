@@ -42,7 +42,7 @@ pub async fn expire_uploads(job: ExpireUploads, db: Data<PgPool>, limits: Data<A
     let keys: Vec<String> = abandoned
         .iter()
         .chain(&stuck)
-        .flat_map(|(upload, object)| [upload.clone(), storage::thumbnail_key(object), object.clone()])
+        .flat_map(|(upload, object)| storage::attachment_objects(upload, object))
         .collect();
     for batch in keys.chunks(300) {
         tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None).await?;

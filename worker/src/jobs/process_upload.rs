@@ -286,8 +286,8 @@ async fn announce(
 }
 
 async fn delete_all(bucket: &Bucket, attachment: &Pending) {
-    for key in [&attachment.upload_key, &storage::thumbnail_key(&attachment.object_key), &attachment.object_key] {
-        delete_quietly(bucket, key).await;
+    for key in storage::attachment_objects(&attachment.upload_key, &attachment.object_key) {
+        delete_quietly(bucket, &key).await;
     }
 }
 

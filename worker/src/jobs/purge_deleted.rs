@@ -29,7 +29,7 @@ pub async fn purge_deleted(job: PurgeDeleted, db: Data<PgPool>, lists: Data<Task
     // Attachments and history go with their tasks (on delete cascade).
     sqlx::query("delete from tasks where id = any($1)").bind(&task_ids).execute(&mut *tx).await?;
     let keys: Vec<String> =
-        keys.iter().flat_map(|(upload, object)| [upload.clone(), storage::thumbnail_key(object), object.clone()]).collect();
+        keys.iter().flat_map(|(upload, object)| storage::attachment_objects(upload, object)).collect();
     for batch in keys.chunks(300) {
         tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None).await?;
     }
