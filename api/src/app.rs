@@ -10,6 +10,7 @@ use tasklane_shared::config::Settings;
 use tasklane_shared::queue::{QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
 
+use crate::auth::accounts::AccountCache;
 use crate::auth::password::PasswordHasher;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::TokenIssuer;
@@ -31,6 +32,7 @@ impl Application {
         let db = tasklane_shared::db::connect(&settings)?;
         let redis = tasklane_shared::redis::connect(&settings)?;
         let keys = Keys::new(settings.redis_prefix.clone());
+        let accounts = Arc::new(AccountCache::new(redis.clone(), keys.clone()));
         let state = AppState {
             db,
             throttle: LoginThrottle::new(redis.clone(), keys.clone()),
@@ -44,7 +46,8 @@ impl Application {
                 },
             ),
             s3: tasklane_shared::storage::public_client(&settings.s3),
-            hub: crate::events::Hub::new(&settings, redis.clone(), keys.clone()),
+            hub: crate::events::Hub::new(&settings, redis.clone(), keys.clone(), accounts.clone()),
+            accounts,
             redis,
             keys,
             metrics: tasklane_shared::telemetry::metrics_handle(),

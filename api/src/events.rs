@@ -8,6 +8,7 @@
 //!   it sent, so nothing falls between replay and live.
 //! - When the subscription drops (Redis restarted), it reconnects and tells every connection
 //!   to replay from its last id: events published meanwhile are in the streams.
+//! - The same subscription carries account announcements (see [`crate::auth::accounts`]).
 //! - On shutdown every stream ends with a `closing` notice, so graceful shutdown is not held
 //!   up by connections that never end on their own.
 
@@ -26,6 +27,8 @@ use tasklane_shared::events::{self, EventId, Published, STREAM_CAP};
 use tasklane_shared::redis::Keys;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
+
+use crate::auth::accounts::{self, AccountCache};
 
 /// Events a connection may have waiting before it is cut off as too slow.
 pub const BUFFER: usize = 256;
@@ -132,10 +135,12 @@ pub struct Hub {
     closing: watch::Receiver<bool>,
     close: Arc<watch::Sender<bool>>,
     heartbeat: Duration,
+    /// Flushed on account announcements, which come over the same subscription.
+    accounts: Arc<AccountCache>,
 }
 
 impl Hub {
-    pub fn new(settings: &Settings, redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(settings: &Settings, redis: ConnectionManager, keys: Keys, accounts: Arc<AccountCache>) -> Self {
         let (close, closing) = watch::channel(false);
         Self {
             registry: Arc::default(),
@@ -145,6 +150,7 @@ impl Hub {
             closing,
             close: Arc::new(close),
             heartbeat: settings.events_heartbeat,
+            accounts,
         }
     }
 
@@ -157,7 +163,7 @@ impl Hub {
         self.close.send_replace(true);
     }
 
-    /// Listens on the events channel until closed, reconnecting as needed.
+    /// Listens on the events and accounts channels until closed, reconnecting as needed.
     pub fn spawn_listener(&self, settings: &Settings) -> anyhow::Result<()> {
         let client = redis::Client::open(settings.redis_url.expose_secret())?;
         let hub = self.clone();
@@ -169,6 +175,8 @@ impl Hub {
                     result = hub.listen(&client, !first) => result,
                     _ = closing.wait_for(|closed| *closed) => return,
                 };
+                // Announcements may be missed until the subscription is back.
+                hub.accounts.set_live(false);
                 first = false;
                 if let Err(err) = listened {
                     tracing::warn!(error = %err, "event subscription lost; reconnecting");
@@ -181,12 +189,18 @@ impl Hub {
 
     async fn listen(&self, client: &redis::Client, resumed: bool) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(events::channel(&self.keys)).await?;
+        let (events_channel, accounts_channel) = (events::channel(&self.keys), accounts::channel(&self.keys));
+        pubsub.subscribe(&[&events_channel, &accounts_channel]).await?;
+        self.accounts.set_live(true);
         if resumed {
             self.broadcast_resume();
         }
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
+            if message.get_channel_name() == accounts_channel {
+                self.accounts.flush();
+                continue;
+            }
             let Ok(payload) = message.get_payload::<String>() else { continue };
             match serde_json::from_str::<Published>(&payload) {
                 Ok(published) => self.dispatch(published),

@@ -26,6 +26,8 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     /// Presigns object-store URLs for `S3_PUBLIC_ENDPOINT` (no network involved).
     pub s3: aws_sdk_s3::Client,
+    /// Callers' accounts, cached while account changes are being heard.
+    pub accounts: Arc<crate::auth::accounts::AccountCache>,
     /// This instance's event fan-out.
     pub hub: crate::events::Hub,
     /// The job store, for the admin API's queue inspection.

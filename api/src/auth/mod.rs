@@ -1,6 +1,7 @@
 //! Account security: password policy and hashing, access and refresh tokens, the bearer
 //! scheme Swagger UI's Authorize button uses, login throttling and the client's IP.
 
+pub mod accounts;
 pub mod client_ip;
 pub mod password;
 pub mod security;

@@ -2,8 +2,9 @@
 //! authenticated operation.
 //!
 //! The token must verify (HS256, every claim), and the account must still exist and not be
-//! disabled: the role is read from the database, so demoting or disabling someone takes
-//! effect at once rather than when their token expires.
+//! disabled: the role comes from the account, not the token, so demoting or disabling
+//! someone takes effect at once rather than when their token expires (see
+//! [`super::accounts`] for how that stays true with the account cached).
 
 use poem::Request;
 use poem::http::StatusCode;
@@ -50,15 +51,6 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<CurrentUser
 
 /// The account behind a verified credential, unless it is gone or disabled.
 pub async fn authenticate_user(state: &AppState, user: Uuid, session: Uuid) -> poem::Result<Option<CurrentUser>> {
-    let row: Option<(String, String, bool)> = sqlx::query_as("select email, role, disabled from users where id = $1")
-        .bind(user)
-        .fetch_optional(&state.db)
-        .await
-        .map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
-    Ok(row.filter(|(_, _, disabled)| !disabled).map(|(email, role, _)| CurrentUser {
-        id: user,
-        email,
-        role: Role::parse(&role).unwrap_or(Role::User),
-        session,
-    }))
+    let account = state.accounts.get(&state.db, user).await.map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
+    Ok(account.map(|account| CurrentUser { id: user, email: account.email, role: account.role, session }))
 }

@@ -189,6 +189,7 @@ impl AdminUsersApi {
         }
         let user = users::find(&mut *tx, id.0).await?;
         tx.commit().await?;
+        state.accounts.changed(id.0).await;
         tracing::info!(admin = %admin.id, user = %id.0, role = ?body.role, disabled = ?body.disabled, "account updated by an admin");
         match user {
             Some(user) => Ok(UpdateResponse::Ok(Json(user.into()))),

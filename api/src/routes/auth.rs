@@ -286,10 +286,13 @@ impl AuthApi {
             tracing::warn!(error = %err, "cannot reset the login counter");
         }
         let mut tx = state.db.begin().await?;
-        users::promote_configured_admin(&mut *tx, id, &state.settings.auth.admin_emails).await?;
+        let promoted = users::promote_configured_admin(&mut *tx, id, &state.settings.auth.admin_emails).await?;
         let (family, refresh_token) = users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
         let user = users::find(&mut *tx, id).await?.ok_or_else(|| ServerError::internal("the user vanished"))?;
         tx.commit().await?;
+        if promoted {
+            state.accounts.changed(id).await;
+        }
         Ok(LoginResponse::Ok(Json(session(&state, user, family, refresh_token)?)))
     }
 
@@ -471,10 +474,12 @@ impl AuthApi {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        if users::promote_configured_admin(&mut *tx, user_id, &state.settings.auth.admin_emails).await? {
-            tracing::info!(user = %user_id, "verified address is a configured admin; promoted");
-        }
+        let promoted = users::promote_configured_admin(&mut *tx, user_id, &state.settings.auth.admin_emails).await?;
         tx.commit().await?;
+        if promoted {
+            tracing::info!(user = %user_id, "verified address is a configured admin; promoted");
+            state.accounts.changed(user_id).await;
+        }
         Ok(VerifyEmailResponse::NoContent)
     }
 }

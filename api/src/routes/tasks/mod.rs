@@ -137,11 +137,12 @@ pub enum BulkResponse {
 
 #[derive(ApiResponse)]
 pub enum GetResponse {
+    /// `X-Cache` says whether the server's cache answered (`hit`) or the database (`miss`).
     #[oai(status = 200)]
-    Ok(Json<TaskView>, #[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String),
+    Ok(Json<TaskView>, #[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String, #[oai(header = "X-Cache")] String),
     /// `If-None-Match` matched: the copy you have is current.
     #[oai(status = 304)]
-    NotModified(#[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String),
+    NotModified(#[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String, #[oai(header = "X-Cache")] String),
     /// No such task (or not yours).
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
@@ -422,6 +423,9 @@ impl TasksApi {
     }
 
     /// One task, with its `ETag`; `If-None-Match` with the current tag gives 304.
+    ///
+    /// Kept 30 s in the server's cache and invalidated by any write of your tasks, like lists
+    /// (`X-Cache: hit|miss`): a read after your change always sees it.
     #[oai(path = "/:id", method = "get")]
     async fn get(
         &self,
@@ -430,18 +434,29 @@ impl TasksApi {
         id: Path<Uuid>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
     ) -> Result<GetResponse, AuthedError> {
-        let mut conn = state.db.acquire().await?;
-        let Some(task) = find_live(&mut conn, id.0, auth.0.id, false).await? else {
-            return Ok(GetResponse::NotFound(Json(not_found())));
+        let user = auth.0.id;
+        let mut lookup = store::cached_task(&state, user, id.0).await;
+        let (task, x_cache) = match lookup.task.take() {
+            Some(task) => (task, "hit"),
+            None => {
+                let mut conn = state.db.acquire().await?;
+                let Some(row) = find_live(&mut conn, id.0, user, false).await? else {
+                    return Ok(GetResponse::NotFound(Json(not_found())));
+                };
+                drop(conn);
+                let task = TaskView::from(row);
+                store::store_task(&state, user, &lookup, &task).await;
+                (task, "miss")
+            }
         };
         let tag = etag(task.version);
         // Private (per user), and always revalidated: the ETag makes that cheap.
         let cache = "private, no-cache".to_owned();
         let matches = if_none_match.0.as_deref().is_some_and(|raw| raw.split(',').any(|t| t.trim() == "*" || tag_version(t) == Some(task.version)));
         if matches {
-            return Ok(GetResponse::NotModified(tag, cache));
+            return Ok(GetResponse::NotModified(tag, cache, x_cache.to_owned()));
         }
-        Ok(GetResponse::Ok(Json(task.into()), tag, cache))
+        Ok(GetResponse::Ok(Json(task), tag, cache, x_cache.to_owned()))
     }
 
     /// Change a task (JSON merge patch).

@@ -4,9 +4,12 @@
 //! whole count atomically (a bulk of 30 either fits or takes nothing) and gives it back unless
 //! its tasks were committed, so a refused, failed or cancelled request uses no quota.
 //!
-//! Cache: list responses are kept 30 s under the user's current generation; every write of
-//! that user bumps the generation, so stale pages are never served and old ones just expire.
-//! When Redis is unavailable the list is computed from the database (a miss), never refused.
+//! Cache: list responses and single tasks are kept 30 s under the user's current generation;
+//! every write of that user's tasks (by the API or a job) bumps the generation after its
+//! commit, so nothing stale is served and old entries just expire. A reader notes the
+//! generation before it reads the database, so a write racing the read leaves its result
+//! under a generation that is already gone. When Redis is unavailable the database answers
+//! (a miss), never refused.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::model::TaskView;
 use crate::state::AppState;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -95,6 +99,49 @@ pub async fn cache_key(state: &AppState, user: Uuid, normalized_query: &str) -> 
     Some(state.keys.global(&format!("tasks:list:{user}:{}:{hash}", generation.unwrap_or(0))))
 }
 
+/// A task's cache lookup: the task on a hit, and on a miss the generation to store the
+/// database's answer under (`None` when Redis cannot say: then nothing is stored).
+pub struct TaskLookup {
+    pub task: Option<TaskView>,
+    generation: Option<u64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedTask {
+    generation: u64,
+    task: TaskView,
+}
+
+fn task_key(state: &AppState, user: Uuid, id: Uuid) -> String {
+    state.keys.global(&format!("tasks:item:{user}:{id}"))
+}
+
+/// Task `id` of `user` from the cache, in one round trip: the generation and the entry
+/// together. An entry stored under another generation is a miss.
+pub async fn cached_task(state: &AppState, user: Uuid, id: Uuid) -> TaskLookup {
+    let found: redis::RedisResult<(Option<u64>, Option<String>)> = redis::cmd("MGET")
+        .arg(state.keys.task_lists_generation(user))
+        .arg(task_key(state, user, id))
+        .query_async(&mut state.redis.clone())
+        .await;
+    let Ok((generation, entry)) = found else {
+        return TaskLookup { task: None, generation: None };
+    };
+    let generation = generation.unwrap_or(0);
+    let task = entry
+        .and_then(|raw| serde_json::from_str::<CachedTask>(&raw).ok())
+        .filter(|cached| cached.generation == generation)
+        .map(|cached| cached.task);
+    TaskLookup { task, generation: Some(generation) }
+}
+
+/// Keeps what the database said after a miss, under the generation seen before the read.
+pub async fn store_task(state: &AppState, user: Uuid, lookup: &TaskLookup, task: &TaskView) {
+    let Some(generation) = lookup.generation else { return };
+    let Ok(body) = serde_json::to_string(&CachedTask { generation, task: task.clone() }) else { return };
+    store(state, &task_key(state, user, task.id), &body).await;
+}
+
 pub async fn cached(state: &AppState, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query_async(&mut state.redis.clone()).await.ok().flatten()
 }
@@ -103,7 +150,7 @@ pub async fn store(state: &AppState, key: &str, body: &str) {
     let result: redis::RedisResult<()> =
         redis::cmd("SET").arg(key).arg(body).arg("EX").arg(CACHE_TTL.as_secs()).query_async(&mut state.redis.clone()).await;
     if let Err(err) = result {
-        tracing::warn!(error = %err, "cannot cache a task list");
+        tracing::warn!(error = %err, "cannot cache a task response");
     }
 }
 
