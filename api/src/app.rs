@@ -16,6 +16,7 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::TokenIssuer;
 use crate::http::HttpPolicy;
 use crate::openapi;
+use crate::routes::tasks::TaskWriter;
 use crate::state::AppState;
 
 /// A bound, not yet running API server.
@@ -33,6 +34,7 @@ impl Application {
         let redis = tasklane_shared::redis::connect(&settings)?;
         let keys = Keys::new(settings.redis_prefix.clone());
         let accounts = Arc::new(AccountCache::new(redis.clone(), keys.clone()));
+        let task_writer = TaskWriter::spawn(db.clone(), redis.clone(), keys.clone());
         let state = AppState {
             db,
             throttle: LoginThrottle::new(redis.clone(), keys.clone()),
@@ -46,6 +48,7 @@ impl Application {
                 },
             ),
             s3: tasklane_shared::storage::public_client(&settings.s3),
+            task_writer,
             hub: crate::events::Hub::new(&settings, redis.clone(), keys.clone(), accounts.clone()),
             accounts,
             redis,

@@ -6,6 +6,11 @@ use tasklane_api::app::Application;
 use tasklane_shared::config::Settings;
 use tasklane_shared::{shutdown, telemetry};
 
+/// mimalloc: the request path allocates a lot on many threads, where glibc's malloc
+/// contends on its arena locks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());

@@ -24,6 +24,10 @@ mod upload;
 
 use std::time::Duration;
 
+/// The same allocator as the services, so what is measured is what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -6,8 +6,11 @@
 mod list;
 mod model;
 mod store;
+mod writer;
 
-use chrono::{DateTime, Utc};
+pub use self::writer::TaskWriter;
+
+use chrono::{DateTime, SubsecRound, Utc};
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
@@ -266,7 +269,8 @@ fn quota_problem(limit: u32) -> Problem {
 
 /// Validates a creation; `prefix` names the item in a bulk (`tasks[3].`).
 fn new_row(prefix: &str, owner: Uuid, req: CreateTaskRequest, errors: &mut Vec<FieldError>) -> TaskRow {
-    let now = Utc::now();
+    // At the database's precision, so the response and the event show what is stored.
+    let now = Utc::now().trunc_subsecs(6);
     let status = req.status.unwrap_or(TaskStatus::Todo);
     TaskRow {
         id: Uuid::now_v7(),
@@ -284,28 +288,6 @@ fn new_row(prefix: &str, owner: Uuid, req: CreateTaskRequest, errors: &mut Vec<F
         deleted_at: None,
         version: 1,
     }
-}
-
-async fn insert(tx: &mut PgConnection, row: &TaskRow) -> Result<TaskRow, sqlx::Error> {
-    let inserted: TaskRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into tasks (id, owner_id, title, description, status, priority, tags, due_at, completed_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         returning {TASK_COLUMNS}"
-    )))
-    .bind(row.id)
-    .bind(row.owner_id)
-    .bind(&row.title)
-    .bind(&row.description)
-    .bind(&row.status)
-    .bind(row.priority)
-    .bind(&row.tags)
-    .bind(row.due_at)
-    .bind(row.completed_at)
-    .fetch_one(&mut *tx)
-    .await?;
-    audit(tx, inserted.id, "create", inserted.created_changes(), Some(inserted.owner_id)).await?;
-    task_event(tx, events::TASK_CREATED, &inserted, None).await?;
-    Ok(inserted)
 }
 
 /// Records the event of a change on its transaction: `{task, changes?}`.
@@ -369,17 +351,10 @@ impl TasksApi {
         let Some(reservation) = store::reserve(&state, user, 1).await? else {
             return Ok(CreateResponse::QuotaExceeded(Json(quota_problem(state.settings.tasks_daily_quota)), store::seconds_to_reset()));
         };
-        let created = async {
-            let mut tx = state.db.begin().await?;
-            let task = insert(&mut tx, &row).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(task)
-        }
-        .await;
-        // On failure the reservation is dropped, which gives the quota back.
-        let task = created?;
-        reservation.keep();
-        store::invalidate(&state, user).await;
+        // The writer keeps the reservation once the task is committed, and gives it back
+        // otherwise.
+        state.task_writer.create(vec![row.clone()], reservation).await?;
+        let task = row;
         let tag = etag(task.version);
         Ok(CreateResponse::Created(Json(task.into()), tag))
     }
@@ -405,20 +380,8 @@ impl TasksApi {
         let Some(reservation) = store::reserve(&state, user, n).await? else {
             return Ok(BulkResponse::QuotaExceeded(Json(quota_problem(state.settings.tasks_daily_quota)), store::seconds_to_reset()));
         };
-        let created = async {
-            let mut tx = state.db.begin().await?;
-            let mut tasks = Vec::with_capacity(rows.len());
-            for row in &rows {
-                tasks.push(insert(&mut tx, row).await?);
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(tasks)
-        }
-        .await;
-        // On failure the reservation is dropped, which gives the quota back.
-        let tasks = created?;
-        reservation.keep();
-        store::invalidate(&state, user).await;
+        state.task_writer.create(rows.clone(), reservation).await?;
+        let tasks = rows;
         Ok(BulkResponse::Created(Json(TaskList { data: tasks.into_iter().map(TaskView::from).collect(), next_cursor: None })))
     }
 

@@ -98,7 +98,7 @@ pub struct TaskView {
 }
 
 /// A row of `tasks`.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct TaskRow {
     pub id: Uuid,
     pub owner_id: Uuid,

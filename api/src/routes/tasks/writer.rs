@@ -1,0 +1,177 @@
+//! Task creation with group commit.
+//!
+//! A creation is three rows: the task, its audit entry and its `task.created` event (an
+//! outbox row). Each request's rows are written by one statement, so they commit together
+//! or not at all. Requests that arrive while a statement is running wait in a queue, and the
+//! next statement writes all of them at once: under load one round trip and one commit serve
+//! many requests, and an idle server still writes a request the moment it arrives (nothing
+//! waits for a batch to fill).
+//!
+//! - Should a shared statement fail, each of its requests is written again on its own, so
+//!   one request's failure is never another's.
+//! - The writer owns each request's quota reservation: it is kept once the rows have
+//!   committed and given back otherwise, also when the client has gone away meanwhile.
+//! - After the commit it bumps the generations of the owners' caches (lists and tasks),
+//!   then answers: a read after the response sees the new tasks.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+use tasklane_shared::events;
+use tasklane_shared::redis::Keys;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::model::{TaskRow, TaskView};
+use super::store::Reservation;
+
+/// Requests waiting for a statement, at most; more wait to be queued.
+const QUEUE: usize = 1_024;
+/// Tasks written by one statement, at most (a bulk request is never split).
+const MAX_TASKS: usize = 500;
+/// Statements running at once: while one commits, the next batch is being built.
+const WRITERS: usize = 2;
+
+struct Request {
+    rows: Vec<TaskRow>,
+    reservation: Reservation,
+    reply: oneshot::Sender<Result<(), sqlx::Error>>,
+}
+
+/// The handle handlers create tasks through; cheap to clone.
+#[derive(Clone)]
+pub struct TaskWriter {
+    sender: mpsc::Sender<Request>,
+}
+
+impl TaskWriter {
+    /// Starts the writers. They stop once every handle is dropped and the queue is empty.
+    pub fn spawn(db: PgPool, redis: ConnectionManager, keys: Keys) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            let (receiver, db, redis, keys) = (receiver.clone(), db.clone(), redis.clone(), keys.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = next_batch(&receiver).await {
+                    write(&db, &redis, &keys, batch).await;
+                }
+            });
+        }
+        Self { sender }
+    }
+
+    /// Writes `rows` (all or none), with their audit entries and events, keeping the
+    /// reservation when they commit.
+    pub async fn create(&self, rows: Vec<TaskRow>, reservation: Reservation) -> Result<(), sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(Request { rows, reservation, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+}
+
+/// Waits for one request, then takes whatever else is already queued, up to [`MAX_TASKS`].
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<Request>>) -> Option<Vec<Request>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut tasks = first.rows.len();
+    let mut batch = vec![first];
+    while tasks < MAX_TASKS {
+        let Ok(next) = receiver.try_recv() else { break };
+        tasks += next.rows.len();
+        batch.push(next);
+    }
+    Some(batch)
+}
+
+async fn write(db: &PgPool, redis: &ConnectionManager, keys: &Keys, batch: Vec<Request>) {
+    let rows: Vec<&TaskRow> = batch.iter().flat_map(|request| &request.rows).collect();
+    match insert(db, &rows).await {
+        Ok(()) => settle(redis, keys, batch).await,
+        Err(err) if batch.len() == 1 => {
+            let failed = batch.into_iter().next().map(|request| request.reply.send(Err(err)));
+            drop(failed);
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, requests = batch.len(), "a shared task insert failed; writing each request on its own");
+            for request in batch {
+                let rows: Vec<&TaskRow> = request.rows.iter().collect();
+                match insert(db, &rows).await {
+                    Ok(()) => settle(redis, keys, vec![request]).await,
+                    Err(err) => drop(request.reply.send(Err(err))),
+                }
+            }
+        }
+    }
+}
+
+/// After a commit: the quota stays used, the caches move on, and the handlers answer.
+async fn settle(redis: &ConnectionManager, keys: &Keys, committed: Vec<Request>) {
+    let mut owners: Vec<Uuid> = committed.iter().flat_map(|request| request.rows.iter().map(|row| row.owner_id)).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    if let Err(err) = tasklane_shared::redis::invalidate_task_lists(&mut redis.clone(), keys, &owners).await {
+        // Cached entries live 30 s at most: the damage is bounded.
+        tracing::warn!(error = %err, "cannot invalidate cached tasks after a creation");
+    }
+    for request in committed {
+        request.reservation.keep();
+        // A client that went away has nobody waiting: its tasks are created all the same.
+        let _ = request.reply.send(Ok(()));
+    }
+}
+
+/// One row of the statement's input: a task with its audit entry and its event.
+#[derive(Serialize)]
+struct Input<'a> {
+    #[serde(flatten)]
+    task: &'a TaskRow,
+    audit_id: Uuid,
+    audit_changes: serde_json::Map<String, serde_json::Value>,
+    event_id: Uuid,
+    event: serde_json::Value,
+}
+
+/// Inserts the tasks, their audit entries and their events in one statement (so in one
+/// transaction), from one JSON parameter.
+async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
+    let mut input = Vec::with_capacity(rows.len());
+    for &task in rows {
+        let data = serde_json::json!({ "task": TaskView::from(task.clone()) });
+        input.push(Input {
+            task,
+            audit_id: Uuid::now_v7(),
+            audit_changes: task.created_changes(),
+            event_id: Uuid::now_v7(),
+            event: events::payload(task.owner_id, data)?,
+        });
+    }
+    let input = serde_json::to_value(&input).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+    sqlx::query(
+        "with input as (
+             select * from jsonb_to_recordset($1) as x(
+                 id uuid, owner_id uuid, title text, description text, status text, priority smallint,
+                 tags text[], due_at timestamptz, completed_at timestamptz, created_at timestamptz,
+                 audit_id uuid, audit_changes jsonb, event_id uuid, event jsonb)
+         ),
+         created as (
+             insert into tasks (id, owner_id, title, description, status, priority, tags, due_at, completed_at,
+                                created_at, updated_at)
+             select id, owner_id, title, description, status, priority, tags, due_at, completed_at, created_at, created_at
+             from input
+         ),
+         audited as (
+             insert into task_events (id, task_id, action, changes, actor_id, at)
+             select audit_id, id, 'create', audit_changes, owner_id, created_at from input
+         )
+         insert into outbox (id, queue, kind, payload, max_attempts)
+         select event_id, $2, $3, event, 1 from input",
+    )
+    .bind(input)
+    .bind(events::OUTBOX_QUEUE)
+    .bind(events::TASK_CREATED)
+    .execute(db)
+    .await?;
+    Ok(())
+}
