@@ -5,7 +5,8 @@
 //!   `main` and of the test harness.
 //! - [`http`]: the policy every response passes through (request id, problem+json, security
 //!   headers, CORS, body limit, metrics).
-//! - [`problem`]: the RFC 9457 error shape.
+//! - [`problem`]: the RFC 9457 error shape; [`raw_json`]: a JSON body rendered once and
+//!   sent as is (cached responses).
 //! - [`openapi`]: the document and its tags; [`ops`]: health and metrics.
 //! - [`auth`]: passwords, tokens, the bearer scheme, login limits.
 //! - [`routes`]: one module per resource.
@@ -23,5 +24,6 @@ pub mod http;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+pub mod raw_json;
 pub mod routes;
 pub mod state;

@@ -27,6 +27,7 @@ use self::model::TASK_COLUMNS;
 use crate::auth::security::BearerAuth;
 use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem};
+use crate::raw_json::RawJson;
 use crate::state::AppState;
 
 pub struct TasksApi;
@@ -142,7 +143,7 @@ pub enum BulkResponse {
 pub enum GetResponse {
     /// `X-Cache` says whether the server's cache answered (`hit`) or the database (`miss`).
     #[oai(status = 200)]
-    Ok(Json<TaskView>, #[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String, #[oai(header = "X-Cache")] String),
+    Ok(RawJson<TaskView>, #[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String, #[oai(header = "X-Cache")] String),
     /// `If-None-Match` matched: the copy you have is current.
     #[oai(status = 304)]
     NotModified(#[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String, #[oai(header = "X-Cache")] String),
@@ -399,7 +400,7 @@ impl TasksApi {
     ) -> Result<GetResponse, AuthedError> {
         let user = auth.0.id;
         let mut lookup = store::cached_task(&state, user, id.0).await;
-        let (task, x_cache) = match lookup.task.take() {
+        let (task, x_cache) = match lookup.hit.take() {
             Some(task) => (task, "hit"),
             None => {
                 let mut conn = state.db.acquire().await?;
@@ -407,8 +408,8 @@ impl TasksApi {
                     return Ok(GetResponse::NotFound(Json(not_found())));
                 };
                 drop(conn);
-                let task = TaskView::from(row);
-                store::store_task(&state, user, &lookup, &task).await;
+                let task = store::CachedTask::render(&TaskView::from(row));
+                store::store_task(&state, user, id.0, &lookup, &task).await;
                 (task, "miss")
             }
         };
@@ -419,7 +420,7 @@ impl TasksApi {
         if matches {
             return Ok(GetResponse::NotModified(tag, cache, x_cache.to_owned()));
         }
-        Ok(GetResponse::Ok(Json(task), tag, cache, x_cache.to_owned()))
+        Ok(GetResponse::Ok(task.body, tag, cache, x_cache.to_owned()))
     }
 
     /// Change a task (JSON merge patch).

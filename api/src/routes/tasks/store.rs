@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::model::TaskView;
+use crate::raw_json::RawJson;
 use crate::state::AppState;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -99,17 +100,23 @@ pub async fn cache_key(state: &AppState, user: Uuid, normalized_query: &str) -> 
     Some(state.keys.global(&format!("tasks:list:{user}:{}:{hash}", generation.unwrap_or(0))))
 }
 
-/// A task's cache lookup: the task on a hit, and on a miss the generation to store the
-/// database's answer under (`None` when Redis cannot say: then nothing is stored).
+/// A task's cache lookup: the task's response body on a hit, and on a miss the generation
+/// to store the database's answer under (`None` when Redis cannot say: nothing is stored).
 pub struct TaskLookup {
-    pub task: Option<TaskView>,
+    pub hit: Option<CachedTask>,
     generation: Option<u64>,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CachedTask {
-    generation: u64,
-    task: TaskView,
+/// A task as `GET /tasks/{id}` sends it: its version (the `ETag`) and its rendered body.
+pub struct CachedTask {
+    pub version: i32,
+    pub body: RawJson<TaskView>,
+}
+
+impl CachedTask {
+    pub fn render(task: &TaskView) -> Self {
+        Self { version: task.version, body: RawJson::render(task) }
+    }
 }
 
 fn task_key(state: &AppState, user: Uuid, id: Uuid) -> String {
@@ -117,7 +124,7 @@ fn task_key(state: &AppState, user: Uuid, id: Uuid) -> String {
 }
 
 /// Task `id` of `user` from the cache, in one round trip: the generation and the entry
-/// together. An entry stored under another generation is a miss.
+/// (`<generation>:<version>:<body>`) together. An entry of another generation is a miss.
 pub async fn cached_task(state: &AppState, user: Uuid, id: Uuid) -> TaskLookup {
     let found: redis::RedisResult<(Option<u64>, Option<String>)> = redis::cmd("MGET")
         .arg(state.keys.task_lists_generation(user))
@@ -125,21 +132,24 @@ pub async fn cached_task(state: &AppState, user: Uuid, id: Uuid) -> TaskLookup {
         .query_async(&mut state.redis.clone())
         .await;
     let Ok((generation, entry)) = found else {
-        return TaskLookup { task: None, generation: None };
+        return TaskLookup { hit: None, generation: None };
     };
     let generation = generation.unwrap_or(0);
-    let task = entry
-        .and_then(|raw| serde_json::from_str::<CachedTask>(&raw).ok())
-        .filter(|cached| cached.generation == generation)
-        .map(|cached| cached.task);
-    TaskLookup { task, generation: Some(generation) }
+    let hit = entry.and_then(|entry| {
+        let mut parts = entry.splitn(3, ':');
+        let stored: u64 = parts.next()?.parse().ok()?;
+        let version: i32 = parts.next()?.parse().ok()?;
+        let body = parts.next()?;
+        (stored == generation).then(|| CachedTask { version, body: RawJson::from_rendered(body.to_owned()) })
+    });
+    TaskLookup { hit, generation: Some(generation) }
 }
 
 /// Keeps what the database said after a miss, under the generation seen before the read.
-pub async fn store_task(state: &AppState, user: Uuid, lookup: &TaskLookup, task: &TaskView) {
+pub async fn store_task(state: &AppState, user: Uuid, id: Uuid, lookup: &TaskLookup, task: &CachedTask) {
     let Some(generation) = lookup.generation else { return };
-    let Ok(body) = serde_json::to_string(&CachedTask { generation, task: task.clone() }) else { return };
-    store(state, &task_key(state, user, task.id), &body).await;
+    let entry = format!("{generation}:{}:{}", task.version, task.body.as_str());
+    store(state, &task_key(state, user, id), &entry).await;
 }
 
 pub async fn cached(state: &AppState, key: &str) -> Option<String> {
