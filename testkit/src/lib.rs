@@ -127,6 +127,15 @@ impl TestApp {
         }
     }
 
+    /// Another API instance on this test's database and Redis prefix (as behind a load
+    /// balancer); returns its base URL. It runs until the test ends.
+    pub async fn spawn_instance(&self) -> String {
+        let instance = tasklane_api::app::Application::build(self.settings.clone()).await.expect("API builds");
+        let url = format!("http://{}", instance.local_addr());
+        tokio::spawn(instance.run_until_stopped(std::future::pending()));
+        url
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

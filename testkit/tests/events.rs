@@ -100,19 +100,11 @@ async fn create(app: &TestApp, token: &str, title: &str) -> String {
     resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
 }
 
-/// A second API instance on the same database and Redis prefix.
-async fn second_instance(app: &TestApp) -> String {
-    let instance = tasklane_api::app::Application::build(app.settings.clone()).await.unwrap();
-    let url = format!("http://{}", instance.local_addr());
-    tokio::spawn(instance.run_until_stopped(std::future::pending()));
-    url
-}
-
 #[tokio::test]
 async fn a_client_on_one_instance_sees_a_change_made_through_another() {
     let app = TestApp::spawn().await;
     let _worker = app.spawn_worker().await;
-    let other = second_instance(&app).await;
+    let other = app.spawn_instance().await;
     let token = token(&app).await;
     let mut events = Sse::connect(&other, Auth::Bearer(&token), None).await;
 

@@ -45,9 +45,13 @@ async fn mark_overdue_marks_open_past_due_tasks_once_with_a_system_audit() {
     // Prime the list cache: marking must invalidate it.
     app.get_as("/api/v1/tasks?overdue=true", &user).await;
     assert_eq!(app.get_as("/api/v1/tasks?overdue=true", &user).await.headers()["x-cache"], "hit");
+    // And the task's own cache entry: it must not outlive the change either.
+    app.get_as(&format!("/api/v1/tasks/{late}"), &user).await;
+    assert_eq!(app.get_as(&format!("/api/v1/tasks/{late}"), &user).await.headers()["x-cache"], "hit");
 
     let _worker = worker_with(&app, "mark_overdue", "* * * * * *").await;
-    wait_until(DEADLINE, "the late task marked", || async { (task(&app, &user, &late).await["overdue"] == true).then_some(()) }).await;
+    // Within a few ticks, well before a stale entry would expire (30 s).
+    wait_until(Duration::from_secs(10), "the late task marked", || async { (task(&app, &user, &late).await["overdue"] == true).then_some(()) }).await;
     let listed = app.get_as("/api/v1/tasks?overdue=true", &user).await;
     assert_eq!(listed.headers()["x-cache"], "miss", "the job invalidated the cached list");
     let listed: Value = listed.json().await.unwrap();

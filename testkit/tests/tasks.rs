@@ -288,6 +288,156 @@ async fn lists_are_cached_until_the_user_writes() {
 }
 
 #[tokio::test]
+async fn a_task_is_served_from_the_cache_until_any_write_and_never_stale() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let task = user.created(json!({ "title": "cached", "tags": ["a"] })).await;
+    let id = task["id"].as_str().unwrap();
+    let path = format!("/api/v1/tasks/{id}");
+
+    let first = user.get(&path).await;
+    assert_eq!(first.headers()["x-cache"], "miss");
+    let first_body = first.bytes().await.unwrap();
+    let hit = user.get(&path).await;
+    assert_eq!(hit.headers()["x-cache"], "hit");
+    assert_eq!(hit.headers()["etag"], "\"1\"");
+    assert_eq!(hit.headers()["content-type"], "application/json; charset=utf-8");
+    assert_eq!(hit.bytes().await.unwrap(), first_body, "a hit is byte for byte the database's answer");
+    let not_modified = user.app.client.get(user.app.url(&path)).bearer_auth(&user.token).header("if-none-match", "\"1\"").send().await.unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["x-cache"], "hit");
+
+    // A change is seen by the very next read, and so is a write to another task.
+    assert_eq!(user.patch(id, Some("\"1\""), json!({ "title": "changed" })).await.status(), StatusCode::OK);
+    let after = user.get(&path).await;
+    assert_eq!(after.headers()["x-cache"], "miss");
+    assert_eq!(after.headers()["etag"], "\"2\"");
+    assert_eq!(json(after).await["title"], "changed");
+    assert_eq!(user.get(&path).await.headers()["x-cache"], "hit");
+    user.created(json!({ "title": "another" })).await;
+    assert_eq!(user.get(&path).await.headers()["x-cache"], "miss", "any write of the user moves the generation");
+
+    // Deleted: 404 at once, not the cached copy; another user never reaches the owner's entry.
+    assert_eq!(user.get(&path).await.headers()["x-cache"], "hit");
+    let other = User::new(&app).await;
+    assert_eq!(other.get(&path).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(user.delete(id).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(user.get(&path).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_read_racing_a_write_never_caches_the_old_version() {
+    // Many reads and writes of one task at once: whatever interleaving happens, once the
+    // writes are done every read shows the last version.
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let id = user.created(json!({ "title": "v1" })).await["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/tasks/{id}");
+    for version in 1..=15 {
+        let reads = (0..4).map(|_| user.get(&path));
+        let tag = format!("\"{version}\"");
+        let write = user.patch(&id, Some(&tag), json!({ "title": format!("v{}", version + 1) }));
+        let (written, _) = tokio::join!(write, futures::future::join_all(reads));
+        assert_eq!(written.status(), StatusCode::OK);
+        for _ in 0..2 {
+            let read = json(user.get(&path).await).await;
+            assert_eq!(read["version"], version + 1, "no read after a write shows an older version");
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creations_share_statements_and_each_gets_its_own_task() {
+    let app = TestApp::spawn_with(|s| s.tasks_daily_quota = 1_000).await;
+    let user = User::new(&app).await;
+    let titles: Vec<String> = (0..60).map(|i| format!("parallel {i}")).collect();
+    let responses = futures::future::join_all(titles.iter().map(|title| user.create(json!({ "title": title, "tags": ["p"] })))).await;
+    let mut ids = HashSet::new();
+    for (resp, title) in responses.into_iter().zip(&titles) {
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let task = json(resp).await;
+        assert_eq!(&task["title"], title, "each request gets its own task back");
+        ids.insert(task["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 60);
+    let (tasks, audits, events): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from tasks), (select count(*) from task_events where action = 'create'),
+                (select count(*) from outbox where queue = 'events' and kind = 'task.created')",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((tasks, audits, events), (60, 60, 60), "every task with its audit entry and event");
+    let used: i64 = redis_quota_used(&app).await;
+    assert_eq!(used, 60);
+    let listed = json(user.get("/api/v1/tasks?limit=100").await).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 60, "the list after the responses sees them all");
+}
+
+/// Creations taken from the test user's quota today (the only quota key of this prefix).
+async fn redis_quota_used(app: &TestApp) -> i64 {
+    let client = redis::Client::open(std::env::var("REDIS_URL").unwrap()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:quota:*", app.settings.redis_prefix)).query_async(&mut conn).await.unwrap();
+    let mut used = 0;
+    for key in keys {
+        let n: i64 = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+        used += n;
+    }
+    used
+}
+
+#[tokio::test]
+async fn one_failing_creation_never_fails_the_others_it_shares_a_statement_with() {
+    let app = TestApp::spawn_with(|s| s.tasks_daily_quota = 1_000).await;
+    let alice = User::new(&app).await;
+    let gone = User::new(&app).await;
+    // Gone's account is cached by this instance; then it vanishes from the database, so its
+    // creations fail (foreign key) after authentication.
+    assert_eq!(gone.get("/api/v1/me").await.status(), StatusCode::OK);
+    let gone_id = json(gone.get("/api/v1/me").await).await["id"].as_str().unwrap().to_owned();
+    sqlx::query("delete from users where id = $1::uuid").bind(&gone_id).execute(&app.db).await.unwrap();
+
+    // Hold the writers on a lock, so that the requests below queue up and are written
+    // together once it is released: alice's and gone's share statements.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("lock table outbox in exclusive mode").execute(&mut *lock).await.unwrap();
+    let blockers = futures::future::join_all((0..2).map(|i| alice.create(json!({ "title": format!("first {i}") }))));
+    let mixed = futures::future::join_all((0..20).map(|i| {
+        let user = if i % 2 == 0 { &alice } else { &gone };
+        user.create(json!({ "title": format!("mixed {i}") }))
+    }));
+    let release = async {
+        // Every request has taken its quota (the step before it is handed to the writers),
+        // and a writer waits on the lock.
+        tasklane_testkit::wait_until(std::time::Duration::from_secs(10), "all 22 requests at the writers", || async {
+            let waiting: i64 = sqlx::query_scalar("select count(*) from pg_locks where relation = 'outbox'::regclass and not granted")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            (waiting >= 1 && redis_quota_used(&app).await == 22).then_some(())
+        })
+        .await;
+        lock.rollback().await.unwrap();
+    };
+    let (blocked, mixed, ()) = tokio::join!(blockers, mixed, release);
+    assert!(blocked.iter().all(|r| r.status() == StatusCode::CREATED));
+    for (i, resp) in mixed.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(resp.status(), StatusCode::CREATED, "alice's request {i}");
+        } else {
+            // There is no account deletion in the API; this stands for any request whose
+            // own rows cannot be written.
+            assert!(resp.status().is_server_error(), "gone's request {i}: {}", resp.status());
+        }
+    }
+    let created: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&app.db).await.unwrap();
+    assert_eq!(created, 12, "alice's 2 + 10, none of gone's");
+    // The failed requests gave their quota back: only alice's 12 stay used.
+    tasklane_testkit::wait_until(std::time::Duration::from_secs(5), "quota given back", || async { (redis_quota_used(&app).await == 12).then_some(()) }).await;
+}
+
+#[tokio::test]
 async fn task_search_is_gated_by_its_flag_per_user() {
     let admin_email = email_address();
     let listed = admin_email.clone();

@@ -87,6 +87,7 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Request>>) -> Option<Vec<Req
 
 async fn write(db: &PgPool, redis: &ConnectionManager, keys: &Keys, batch: Vec<Request>) {
     let rows: Vec<&TaskRow> = batch.iter().flat_map(|request| &request.rows).collect();
+    metrics::histogram!("task_create_batch_size").record(rows.len() as f64);
     match insert(db, &rows).await {
         Ok(()) => settle(redis, keys, batch).await,
         Err(err) if batch.len() == 1 => {
