@@ -481,3 +481,39 @@ async fn abandoned_uploads_are_forgotten_and_stuck_processing_is_rejected() {
     .await;
     assert_eq!(user.attachment(&task, &fresh_id).await.json::<Value>().await.unwrap()["status"], "pending");
 }
+
+#[tokio::test]
+async fn the_list_pages_newest_first_with_an_opaque_cursor() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let task = user.task().await;
+    let mut declared = Vec::new();
+    for i in 0..3 {
+        declared.push(user.declared(&task, &format!("note {i}.txt"), "text/plain", 10).await["attachment"]["id"].as_str().unwrap().to_owned());
+    }
+    let base = format!("/api/v1/tasks/{task}/attachments");
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("{base}?limit=2&cursor={c}"),
+            None => format!("{base}?limit=2"),
+        };
+        let page: Value = app.get_as(&path, &user.token).await.json().await.unwrap();
+        seen.extend(page["data"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => {
+                assert!(next.parse::<uuid::Uuid>().is_err(), "the cursor is opaque, not a raw id: {next}");
+                cursor = Some(next.to_owned());
+            }
+            None => break,
+        }
+    }
+    declared.reverse();
+    assert_eq!(seen, declared, "every attachment once, newest first");
+    for bad in [declared[0].as_str(), "not-a-cursor"] {
+        let resp = app.get_as(&format!("{base}?cursor={bad}"), &user.token).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "cursor {bad}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+}

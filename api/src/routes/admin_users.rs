@@ -1,7 +1,5 @@
 //! `/api/v1/admin/users`: account administration (admins only; others get 403).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
@@ -97,7 +95,7 @@ impl AdminUsersApi {
         if page.0 == Some(0) {
             errors.push(FieldError::new("page", "out_of_range", "pages start at 1"));
         }
-        let after = match cursor.0.as_deref().map(decode_cursor) {
+        let after = match cursor.0.as_deref().map(super::id_cursor::decode) {
             Some(None) => {
                 errors.push(FieldError::new("cursor", "invalid", "is not a cursor from this list"));
                 None
@@ -131,7 +129,7 @@ impl AdminUsersApi {
         let more = rows.len() as i64 > limit;
         let rows: Vec<UserRow> = rows.into_iter().take(usize::try_from(limit).unwrap_or(20)).collect();
         let next_cursor = match (&page_info, more, rows.last()) {
-            (None, true, Some(last)) => Some(URL_SAFE_NO_PAD.encode(last.id.as_bytes())),
+            (None, true, Some(last)) => Some(super::id_cursor::encode(last.id)),
             _ => None,
         };
         Ok(ListResponse::Ok(Json(UserPage {
@@ -196,9 +194,4 @@ impl AdminUsersApi {
             None => Ok(UpdateResponse::NotFound(Json(Problem::new(StatusCode::NOT_FOUND, "not_found", "no such account")))),
         }
     }
-}
-
-fn decode_cursor(cursor: &str) -> Option<Uuid> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    Uuid::from_slice(&bytes).ok()
 }

@@ -446,10 +446,10 @@ impl AttachmentsApi {
         if !(1..=100).contains(&limit) {
             errors.push(FieldError::new("limit", "out_of_range", "must be between 1 and 100"));
         }
-        let before = match cursor.0.as_deref().map(str::parse::<Uuid>) {
+        let before = match cursor.0.as_deref().map(super::id_cursor::decode) {
             None => None,
-            Some(Ok(before)) => Some(before),
-            Some(Err(_)) => {
+            Some(Some(before)) => Some(before),
+            Some(None) => {
                 errors.push(FieldError::new("cursor", "invalid", "is not a cursor from next_cursor"));
                 None
             }
@@ -473,7 +473,7 @@ impl AttachmentsApi {
         .await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|row| row.id.to_string()) } else { None };
+        let next_cursor = if more { rows.last().map(|row| super::id_cursor::encode(row.id)) } else { None };
         Ok(ListResponse::Ok(Json(AttachmentList { data: rows.into_iter().map(AttachmentView::from).collect(), next_cursor })))
     }
 

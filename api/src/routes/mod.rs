@@ -9,3 +9,20 @@ pub mod flags;
 pub mod me;
 pub mod tasks;
 pub mod users;
+
+/// Opaque cursors of lists paged by id (SPEC section 2): base64url of the last row's id.
+pub(crate) mod id_cursor {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use uuid::Uuid;
+
+    pub fn encode(last: Uuid) -> String {
+        URL_SAFE_NO_PAD.encode(last.as_bytes())
+    }
+
+    /// `None` for anything `encode` did not make.
+    pub fn decode(cursor: &str) -> Option<Uuid> {
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+        Uuid::from_slice(&bytes).ok()
+    }
+}
