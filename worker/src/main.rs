@@ -5,10 +5,6 @@ use tasklane_shared::config::Settings;
 use tasklane_shared::{shutdown, telemetry};
 use tasklane_worker::app::WorkerApp;
 
-/// The same allocator as the API (mimalloc).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
