@@ -26,7 +26,7 @@ pub use self::model::{TaskPriority, TaskRow, TaskStatus, TaskView};
 use self::model::TASK_COLUMNS;
 use crate::auth::security::BearerAuth;
 use crate::openapi::ApiTags;
-use crate::problem::{AuthedError, FieldError, Problem};
+use crate::problem::{AuthedError, FieldError, Problem, ServerError};
 use crate::raw_json::RawJson;
 use crate::state::AppState;
 
@@ -354,8 +354,8 @@ impl TasksApi {
         };
         // The writer keeps the reservation once the task is committed, and gives it back
         // otherwise.
-        state.task_writer.create(vec![row.clone()], reservation).await?;
-        let task = row;
+        let created = state.task_writer.create(vec![row], reservation).await?;
+        let task = created.into_iter().next().ok_or_else(|| ServerError::internal("the writer handed back no task"))?;
         let tag = etag(task.version);
         Ok(CreateResponse::Created(Json(task.into()), tag))
     }
@@ -381,8 +381,7 @@ impl TasksApi {
         let Some(reservation) = store::reserve(&state, user, n).await? else {
             return Ok(BulkResponse::QuotaExceeded(Json(quota_problem(state.settings.tasks_daily_quota)), store::seconds_to_reset()));
         };
-        state.task_writer.create(rows.clone(), reservation).await?;
-        let tasks = rows;
+        let tasks = state.task_writer.create(rows, reservation).await?;
         Ok(BulkResponse::Created(Json(TaskList { data: tasks.into_iter().map(TaskView::from).collect(), next_cursor: None })))
     }
 

@@ -37,7 +37,7 @@ const WRITERS: usize = 2;
 struct Request {
     rows: Vec<TaskRow>,
     reservation: Reservation,
-    reply: oneshot::Sender<Result<(), sqlx::Error>>,
+    reply: oneshot::Sender<Result<Vec<TaskRow>, sqlx::Error>>,
 }
 
 /// The handle handlers create tasks through; cheap to clone.
@@ -63,8 +63,8 @@ impl TaskWriter {
     }
 
     /// Writes `rows` (all or none), with their audit entries and events, keeping the
-    /// reservation when they commit.
-    pub async fn create(&self, rows: Vec<TaskRow>, reservation: Reservation) -> Result<(), sqlx::Error> {
+    /// reservation when they commit; hands the rows back once committed.
+    pub async fn create(&self, rows: Vec<TaskRow>, reservation: Reservation) -> Result<Vec<TaskRow>, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
         self.sender.send(Request { rows, reservation, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
@@ -116,10 +116,10 @@ async fn settle(redis: &ConnectionManager, keys: &Keys, committed: Vec<Request>)
         // Cached entries live 30 s at most: the damage is bounded.
         tracing::warn!(error = %err, "cannot invalidate cached tasks after a creation");
     }
-    for request in committed {
-        request.reservation.keep();
+    for Request { rows, reservation, reply } in committed {
+        reservation.keep();
         // A client that went away has nobody waiting: its tasks are created all the same.
-        let _ = request.reply.send(Ok(()));
+        let _ = reply.send(Ok(rows));
     }
 }
 
