@@ -77,7 +77,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
     /// finish within the configured grace period.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let grace = self.state.settings.shutdown_grace;
         let policy = HttpPolicy {
             cors_origins: self.state.settings.cors_origins.clone(),
@@ -107,9 +110,5 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     let spec = poem::endpoint::make_sync(|_| {
         poem::Response::builder().content_type("application/json").body(openapi::spec_json())
     });
-    Route::new()
-        .nest("/docs", docs)
-        .at("/api/openapi.json", spec)
-        .nest("/", api)
-        .data(state)
+    Route::new().nest("/docs", docs).at("/api/openapi.json", spec).nest("/", api).data(state)
 }

@@ -140,7 +140,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(settings: &Settings, redis: ConnectionManager, keys: Keys, accounts: Arc<AccountCache>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        redis: ConnectionManager,
+        keys: Keys,
+        accounts: Arc<AccountCache>,
+    ) -> Self {
         let (close, closing) = watch::channel(false);
         Self {
             registry: Arc::default(),
@@ -189,7 +194,8 @@ impl Hub {
 
     async fn listen(&self, client: &redis::Client, resumed: bool) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
-        let (events_channel, accounts_channel) = (events::channel(&self.keys), accounts::channel(&self.keys));
+        let (events_channel, accounts_channel) =
+            (events::channel(&self.keys), accounts::channel(&self.keys));
         pubsub.subscribe(&[&events_channel, &accounts_channel]).await?;
         self.accounts.set_live(true);
         if resumed {
@@ -212,19 +218,23 @@ impl Hub {
 
     fn dispatch(&self, published: Published) {
         let Some(event_type) = EventType::parse(&published.event_type) else { return };
-        let latency = (Utc::now().timestamp_millis() - published.published_ms).max(0) as f64 / 1000.0;
+        let latency =
+            (Utc::now().timestamp_millis() - published.published_ms).max(0) as f64 / 1000.0;
         metrics::histogram!("events_fanout_seconds").record(latency);
-        let event = StreamEvent { id: published.id, event_type, at: published.at, data: published.data };
+        let event =
+            StreamEvent { id: published.id, event_type, at: published.at, data: published.data };
         let mut registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(subscribers) = registry.by_user.get_mut(&published.user_id) else { return };
-        subscribers.retain(|subscriber| match subscriber.sender.try_send(HubMessage::Event(event.clone())) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                subscriber.overflowed.store(true, Ordering::SeqCst);
-                metrics::counter!("events_slow_consumers_total").increment(1);
-                false
+        subscribers.retain(|subscriber| {
+            match subscriber.sender.try_send(HubMessage::Event(event.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    subscriber.overflowed.store(true, Ordering::SeqCst);
+                    metrics::counter!("events_slow_consumers_total").increment(1);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
     }
 
@@ -238,13 +248,22 @@ impl Hub {
     /// The stream of `user`'s events: first what they missed after `last_event_id` (or a
     /// `resync` when that is no longer kept), then live events, until the client goes, falls
     /// too far behind, or the server closes.
-    pub async fn connect(&self, user: Uuid, last_event_id: Option<EventId>) -> redis::RedisResult<impl Stream<Item = StreamEvent> + Send + 'static> {
+    pub async fn connect(
+        &self,
+        user: Uuid,
+        last_event_id: Option<EventId>,
+    ) -> redis::RedisResult<impl Stream<Item = StreamEvent> + Send + 'static> {
         let (sender, receiver) = mpsc::channel(BUFFER);
         let overflowed = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
-            let mut registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            registry.by_user.entry(user).or_default().push(Subscriber { id, sender, overflowed: overflowed.clone() });
+            let mut registry =
+                self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            registry.by_user.entry(user).or_default().push(Subscriber {
+                id,
+                sender,
+                overflowed: overflowed.clone(),
+            });
         }
         let guard = Registration { registry: self.registry.clone(), user, id };
         metrics::gauge!("events_connections").increment(1.0);
@@ -283,11 +302,25 @@ impl Hub {
     /// The oldest and newest ids kept for `user`.
     async fn bounds(&self, user: Uuid) -> redis::RedisResult<Option<(EventId, EventId)>> {
         let key = events::stream_key(&self.keys, user);
-        let first: Vec<(String, Vec<(String, String)>)> =
-            redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1).query_async(&mut self.redis.clone()).await?;
-        let last: Vec<(String, Vec<(String, String)>)> =
-            redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut self.redis.clone()).await?;
-        let parse = |entries: &[(String, Vec<(String, String)>)]| entries.first().and_then(|(id, _)| EventId::parse(id));
+        let first: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let parse = |entries: &[(String, Vec<(String, String)>)]| {
+            entries.first().and_then(|(id, _)| EventId::parse(id))
+        };
         Ok(parse(&first).zip(parse(&last)))
     }
 }
@@ -347,7 +380,11 @@ impl Connection {
         }
         // Older than anything kept: what came between may have been trimmed.
         if last < oldest {
-            self.pending.push_back(notice(EventType::Resync, newest.to_string(), serde_json::json!({})));
+            self.pending.push_back(notice(
+                EventType::Resync,
+                newest.to_string(),
+                serde_json::json!({}),
+            ));
             return Ok(());
         }
         let missed = self.hub.range(self.user, last).await?;
@@ -383,7 +420,11 @@ impl Connection {
             match wake {
                 None => {
                     self.done = true;
-                    return Some(notice(EventType::Closing, self.last_id(), serde_json::json!({ "reason": "closing" })));
+                    return Some(notice(
+                        EventType::Closing,
+                        self.last_id(),
+                        serde_json::json!({ "reason": "closing" }),
+                    ));
                 }
                 Some(Some(HubMessage::Event(event))) => self.pending.push_back(event),
                 Some(Some(HubMessage::Resume)) => {
@@ -396,7 +437,11 @@ impl Connection {
                 Some(None) => {
                     self.done = true;
                     if self.overflowed.load(Ordering::SeqCst) {
-                        return Some(notice(EventType::Closing, self.last_id(), serde_json::json!({ "reason": "slow_consumer" })));
+                        return Some(notice(
+                            EventType::Closing,
+                            self.last_id(),
+                            serde_json::json!({ "reason": "slow_consumer" }),
+                        ));
                     }
                     return None;
                 }

@@ -58,7 +58,8 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> Result<Response> {
         let started = Instant::now();
-        let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let request_id =
+            incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         req.set_data(RequestId(request_id.clone()));
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -197,7 +198,8 @@ fn incoming_request_id(req: &Request) -> Option<String> {
 }
 
 fn is_preflight(req: &Request) -> bool {
-    req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 fn preflight_response() -> Response {
@@ -233,6 +235,9 @@ fn apply_headers(resp: &mut Response, request_id: &str, origin: Option<HeaderVal
     if let Some(origin) = origin {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(CORS_EXPOSE_HEADERS));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+        );
     }
 }

@@ -18,8 +18,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
-pub mod events;
 pub mod auth;
+pub mod events;
 pub mod http;
 pub mod openapi;
 pub mod ops;

@@ -34,19 +34,45 @@ pub enum ApiTags {
     Operations,
 }
 
-pub type Apis = (AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, EventsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi);
+pub type Apis = (
+    AuthApi,
+    MeApi,
+    FlagsApi,
+    TasksApi,
+    AttachmentsApi,
+    EventsApi,
+    AdminUsersApi,
+    AdminFlagsApi,
+    AdminJobsApi,
+    OpsApi,
+);
 
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((AuthApi, MeApi, FlagsApi, TasksApi, AttachmentsApi, EventsApi, AdminUsersApi, AdminFlagsApi, AdminJobsApi, OpsApi), "Tasklane API", env!("CARGO_PKG_VERSION"))
-        .description(
-            "Task management over a durable job queue. Errors are `application/problem+json` \
+    OpenApiService::new(
+        (
+            AuthApi,
+            MeApi,
+            FlagsApi,
+            TasksApi,
+            AttachmentsApi,
+            EventsApi,
+            AdminUsersApi,
+            AdminFlagsApi,
+            AdminJobsApi,
+            OpsApi,
+        ),
+        "Tasklane API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Task management over a durable job queue. Errors are `application/problem+json` \
              (RFC 9457). Every response carries `X-Request-Id`. To call authenticated \
              operations from this page: register or log in, copy `access_token`, press \
              Authorize and paste it. Besides the statuses each operation lists, any request \
              may get 404 (no such route), 405 (method not allowed) or 413 (body over the \
              limit), and any operation with a JSON body 400 (malformed JSON or a wrong field \
              type) or 415 (not `application/json`), all as problem+json.",
-        )
+    )
 }
 
 /// The document as committed in `openapi.json` (pretty JSON with a trailing newline).

@@ -61,8 +61,14 @@ impl OpsApi {
     async fn ready(&self, state: Data<&AppState>, request_id: Data<&RequestId>) -> ReadyResponse {
         let (postgres, redis) = tokio::join!(check_postgres(&state), check_redis(&state));
         let checks = vec![
-            HealthCheck { name: "postgres".into(), status: postgres.clone().err().unwrap_or_else(|| "ok".into()) },
-            HealthCheck { name: "redis".into(), status: redis.clone().err().unwrap_or_else(|| "ok".into()) },
+            HealthCheck {
+                name: "postgres".into(),
+                status: postgres.clone().err().unwrap_or_else(|| "ok".into()),
+            },
+            HealthCheck {
+                name: "redis".into(),
+                status: redis.clone().err().unwrap_or_else(|| "ok".into()),
+            },
         ];
         let down: Vec<String> = [("postgres", postgres), ("redis", redis)]
             .into_iter()
@@ -73,8 +79,9 @@ impl OpsApi {
         }
         let detail = format!("unavailable: {}", down.join(", "));
         tracing::warn!(%detail, "not ready");
-        let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", detail)
-            .with_request_id(&request_id.0.0);
+        let problem =
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", detail)
+                .with_request_id(&request_id.0.0);
         ReadyResponse::Unavailable(Json(problem), RETRY_AFTER_SECS)
     }
 

@@ -52,7 +52,11 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn new(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self { field: field.into(), code: code.into(), message: message.into() }
     }
 }
@@ -105,11 +109,14 @@ impl Problem {
         };
         let detail = if status.is_server_error() {
             tracing::error!(error = %err, ?status, "request failed");
-            "the server could not complete the request; quote the request id when reporting it".to_owned()
+            "the server could not complete the request; quote the request id when reporting it"
+                .to_owned()
         } else {
             match status {
                 StatusCode::NOT_FOUND => "no resource matches this path".to_owned(),
-                StatusCode::METHOD_NOT_ALLOWED => "this path does not support this method".to_owned(),
+                StatusCode::METHOD_NOT_ALLOWED => {
+                    "this path does not support this method".to_owned()
+                }
                 _ => err.to_string(),
             }
         };
@@ -131,10 +138,7 @@ impl poem_openapi::types::Example for Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        Response::builder()
-            .status(self.status_code())
-            .content_type(CONTENT_TYPE)
-            .body(body)
+        Response::builder().status(self.status_code()).content_type(CONTENT_TYPE).body(body)
     }
 }
 
@@ -176,9 +180,10 @@ impl ServerError {
 impl From<sqlx::Error> for ServerError {
     fn from(err: sqlx::Error) -> Self {
         match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
-                Self::unavailable("the database", err)
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolClosed => Self::unavailable("the database", err),
             other => Self::internal(other),
         }
     }

@@ -17,12 +17,20 @@ pub async fn run() -> anyhow::Result<()> {
     let mut settings = Settings::from_env()?;
     settings.api_addr = "127.0.0.1:0".parse()?;
     settings.redis_prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
-    let db = sqlx::postgres::PgPoolOptions::new().connect(secrecy::ExposeSecret::expose_secret(&settings.database_url)).await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .connect(secrecy::ExposeSecret::expose_secret(&settings.database_url))
+        .await?;
     tasklane_shared::db::migrate(&db).await?;
-    settings.database_url = SecretString::from(secrecy::ExposeSecret::expose_secret(&settings.database_url).to_owned());
+    settings.database_url =
+        SecretString::from(secrecy::ExposeSecret::expose_secret(&settings.database_url).to_owned());
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
-    println!("# auth benchmark ({cores} cores, argon2id m={} KiB t={} p={}, {}s per phase)",
-        settings.auth.argon2_memory_kib, settings.auth.argon2_iterations, settings.auth.argon2_parallelism, RUN.as_secs());
+    println!(
+        "# auth benchmark ({cores} cores, argon2id m={} KiB t={} p={}, {}s per phase)",
+        settings.auth.argon2_memory_kib,
+        settings.auth.argon2_iterations,
+        settings.auth.argon2_parallelism,
+        RUN.as_secs()
+    );
 
     // Baseline: raw argon2 verifications/s with the API's own hasher (same pool, same permits).
     let hasher = PasswordHasher::new(&settings.auth)?;
@@ -72,7 +80,8 @@ pub async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut load = Vec::new();
     for email in accounts {
-        let (client, base, logins, loading) = (client.clone(), base.clone(), logins.clone(), loading.clone());
+        let (client, base, logins, loading) =
+            (client.clone(), base.clone(), logins.clone(), loading.clone());
         load.push(tokio::spawn(async move {
             while loading.load(Ordering::Relaxed) {
                 let ok = client
@@ -99,13 +108,24 @@ pub async fn run() -> anyhow::Result<()> {
     println!("/health/live p99 idle:       {}", ms(p99_idle));
     println!("/health/live p99 under load: {}  ({} requests)", ms(p99_busy), busy.len());
     println!();
-    println!("ratio logins / argon2 verifications: {:.2}  (target >= 0.85)", login_rate / verify_rate);
-    println!("ratio health p99 loaded / idle:      {:.2}  (target <= 2)", p99_busy.as_secs_f64() / p99_idle.as_secs_f64());
+    println!(
+        "ratio logins / argon2 verifications: {:.2}  (target >= 0.85)",
+        login_rate / verify_rate
+    );
+    println!(
+        "ratio health p99 loaded / idle:      {:.2}  (target <= 2)",
+        p99_busy.as_secs_f64() / p99_idle.as_secs_f64()
+    );
     Ok(())
 }
 
 /// Sequential `/health/live` latencies: `count` requests, or as many as fit in `for_time`.
-async fn health_latencies(client: &reqwest::Client, base: &str, count: usize, for_time: Option<Duration>) -> anyhow::Result<Vec<Duration>> {
+async fn health_latencies(
+    client: &reqwest::Client,
+    base: &str,
+    count: usize,
+    for_time: Option<Duration>,
+) -> anyhow::Result<Vec<Duration>> {
     let started = Instant::now();
     let mut latencies = Vec::new();
     while latencies.len() < count && for_time.is_none_or(|t| started.elapsed() < t) {

@@ -21,16 +21,19 @@ const ROUNDS: usize = 20;
 pub async fn run() -> anyhow::Result<()> {
     let mut settings = Settings::from_env()?;
     settings.redis_prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
-    let db = sqlx::postgres::PgPoolOptions::new().connect(secrecy::ExposeSecret::expose_secret(&settings.database_url)).await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .connect(secrecy::ExposeSecret::expose_secret(&settings.database_url))
+        .await?;
     tasklane_shared::db::migrate(&db).await?;
     println!("# events benchmark ({CLIENTS} SSE clients on one API process, {ROUNDS} events each)");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut api = tokio::process::Command::new(std::env::current_exe()?.with_file_name("tasklane-api"))
-        .env("TASKLANE_REDIS_PREFIX", &settings.redis_prefix)
-        .env("TASKLANE_API_ADDR", format!("127.0.0.1:{port}"))
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut api =
+        tokio::process::Command::new(std::env::current_exe()?.with_file_name("tasklane-api"))
+            .env("TASKLANE_REDIS_PREFIX", &settings.redis_prefix)
+            .env("TASKLANE_API_ADDR", format!("127.0.0.1:{port}"))
+            .kill_on_drop(true)
+            .spawn()?;
     let pid = api.id().ok_or_else(|| anyhow::anyhow!("API exited"))?;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
@@ -56,7 +59,8 @@ pub async fn run() -> anyhow::Result<()> {
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(CLIENTS * ROUNDS)));
     let (connected_tx, mut connected_rx) = tokio::sync::mpsc::channel(CLIENTS);
     for (_, token) in &users {
-        let response = client.get(format!("{base}/api/v1/events")).bearer_auth(token).send().await?;
+        let response =
+            client.get(format!("{base}/api/v1/events")).bearer_auth(token).send().await?;
         anyhow::ensure!(response.status() == 200, "stream refused: {}", response.status());
         let (latencies, connected) = (latencies.clone(), connected_tx.clone());
         tokio::spawn(async move {
@@ -68,11 +72,25 @@ pub async fn run() -> anyhow::Result<()> {
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
                 while let Some(end) = buffer.find("\n\n") {
                     let block: String = buffer.drain(..end + 2).collect();
-                    let Some(data) = block.lines().find_map(|line| line.strip_prefix("data: ")) else { continue };
-                    let Ok(event) = serde_json::from_str::<serde_json::Value>(data) else { continue };
-                    let Some(at) = event["at"].as_str().and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok()) else { continue };
-                    let latency = (Utc::now() - at.with_timezone(&Utc)).to_std().unwrap_or_default();
-                    latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(latency);
+                    let Some(data) = block.lines().find_map(|line| line.strip_prefix("data: "))
+                    else {
+                        continue;
+                    };
+                    let Ok(event) = serde_json::from_str::<serde_json::Value>(data) else {
+                        continue;
+                    };
+                    let Some(at) = event["at"]
+                        .as_str()
+                        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                    else {
+                        continue;
+                    };
+                    let latency =
+                        (Utc::now() - at.with_timezone(&Utc)).to_std().unwrap_or_default();
+                    latencies
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(latency);
                     received += 1;
                     if received == ROUNDS {
                         return;
@@ -90,12 +108,19 @@ pub async fn run() -> anyhow::Result<()> {
     let keys = Keys::new(settings.redis_prefix.clone());
     for round in 0..ROUNDS {
         for (user, _) in &users {
-            let recorded = Recorded { user_id: *user, at: Utc::now(), data: serde_json::json!({ "task_id": round }) };
+            let recorded = Recorded {
+                user_id: *user,
+                at: Utc::now(),
+                data: serde_json::json!({ "task_id": round }),
+            };
             tasklane_shared::events::publish(&mut redis, &keys, "task.deleted", &recorded).await?;
         }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() < CLIENTS * ROUNDS && Instant::now() < deadline {
+    while latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        < CLIENTS * ROUNDS
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut all = latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -103,12 +128,26 @@ pub async fn run() -> anyhow::Result<()> {
     let peak_kib = rss_kib(pid)?;
     api.kill().await?;
 
-    println!("events received                                    {} of {}", all.len(), CLIENTS * ROUNDS);
+    println!(
+        "events received                                    {} of {}",
+        all.len(),
+        CLIENTS * ROUNDS
+    );
     println!("publish -> receive p50                             {}", ms(percentile(&all, 50.0)));
     println!("publish -> receive p99                             {}", ms(percentile(&all, 99.0)));
-    println!("API RSS before connections (baseline)              {:.1} MiB", idle_kib as f64 / 1024.0);
-    println!("API RSS with {CLIENTS} connections                     {:.1} MiB (after the events: {:.1} MiB)", connected_kib as f64 / 1024.0, peak_kib as f64 / 1024.0);
-    println!("memory per connection                              {:.1} KiB", (connected_kib.saturating_sub(idle_kib)) as f64 / CLIENTS as f64);
+    println!(
+        "API RSS before connections (baseline)              {:.1} MiB",
+        idle_kib as f64 / 1024.0
+    );
+    println!(
+        "API RSS with {CLIENTS} connections                     {:.1} MiB (after the events: {:.1} MiB)",
+        connected_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0
+    );
+    println!(
+        "memory per connection                              {:.1} KiB",
+        (connected_kib.saturating_sub(idle_kib)) as f64 / CLIENTS as f64
+    );
     Ok(())
 }
 

@@ -57,7 +57,10 @@ fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
 pub async fn run() -> anyhow::Result<()> {
     let settings = settings()?;
     let redis_url = url::Url::parse(settings.redis_url.expose_secret())?;
-    println!("# queue benchmark ({} no-op jobs per drain, {CONCURRENCY} concurrent per worker process)", drain_jobs());
+    println!(
+        "# queue benchmark ({} no-op jobs per drain, {CONCURRENCY} concurrent per worker process)",
+        drain_jobs()
+    );
 
     let lpush = redis_benchmark_lpush(&redis_url).await?;
     println!("redis-benchmark -t lpush:                {lpush:>10.0} ops/s  (baseline)");
@@ -81,7 +84,12 @@ pub async fn run() -> anyhow::Result<()> {
 
 async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64> {
     let output = tokio::process::Command::new("redis-benchmark")
-        .args(["-h", url.host_str().unwrap_or("127.0.0.1"), "-p", &url.port().unwrap_or(6379).to_string()])
+        .args([
+            "-h",
+            url.host_str().unwrap_or("127.0.0.1"),
+            "-p",
+            &url.port().unwrap_or(6379).to_string(),
+        ])
         .args(["-t", "lpush", "-n", "200000", "-q"])
         .output()
         .await?;
@@ -157,7 +165,15 @@ pub async fn drain_worker(args: &[String]) -> anyhow::Result<()> {
     let monitor = Monitor::new().register(move |_| {
         let blocking = tasklane_shared::redis::connect_blocking(&settings).expect("redis url");
         WorkerBuilder::new(name.clone())
-            .backend(RedisBackend::<Noop>::new(store.clone(), blocking, name.clone(), HeldClaims::default()).with_prefetch(CONCURRENCY))
+            .backend(
+                RedisBackend::<Noop>::new(
+                    store.clone(),
+                    blocking,
+                    name.clone(),
+                    HeldClaims::default(),
+                )
+                .with_prefetch(CONCURRENCY),
+            )
             .concurrency(CONCURRENCY)
             .build(noop)
     });
@@ -165,7 +181,11 @@ pub async fn drain_worker(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn record_start(job: Noop, latencies: Data<Arc<std::sync::Mutex<Vec<Duration>>>>, seen: Data<Arc<AtomicU64>>) -> Result<(), BoxDynError> {
+async fn record_start(
+    job: Noop,
+    latencies: Data<Arc<std::sync::Mutex<Vec<Duration>>>>,
+    seen: Data<Arc<AtomicU64>>,
+) -> Result<(), BoxDynError> {
     let now = chrono::Utc::now().timestamp_micros();
     let waited = Duration::from_micros(u64::try_from(now - job.enqueued_us).unwrap_or(0));
     latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(waited);
@@ -178,7 +198,10 @@ async fn record_start(job: Noop, latencies: Data<Arc<std::sync::Mutex<Vec<Durati
 async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let store = store(settings, &prefix)?;
-    let db = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(settings.database_url.expose_secret()).await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(settings.database_url.expose_secret())
+        .await?;
     tasklane_shared::db::migrate(&db).await?;
     let relay = Relay::new(db.clone(), store.clone(), Duration::from_secs(1));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -191,7 +214,12 @@ async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
     let monitor = Monitor::new().register(move |_| {
         let blocking = tasklane_shared::redis::connect_blocking(&set).expect("redis url");
         WorkerBuilder::new("bench-latency")
-            .backend(RedisBackend::<Noop>::new(st.clone(), blocking, "bench-latency".into(), HeldClaims::default()))
+            .backend(RedisBackend::<Noop>::new(
+                st.clone(),
+                blocking,
+                "bench-latency".into(),
+                HeldClaims::default(),
+            ))
             .data(l.clone())
             .data(s.clone())
             .build(record_start)
@@ -205,7 +233,12 @@ async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..LATENCY_JOBS {
         let mut tx = db.begin().await?;
-        outbox::enqueue(&mut tx, &Noop { enqueued_us: chrono::Utc::now().timestamp_micros() }, None).await?;
+        outbox::enqueue(
+            &mut tx,
+            &Noop { enqueued_us: chrono::Utc::now().timestamp_micros() },
+            None,
+        )
+        .await?;
         tx.commit().await?;
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
@@ -219,7 +252,11 @@ async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
     let _ = monitor_task.await;
     let mut sorted = latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     sorted.sort();
-    anyhow::ensure!(sorted.len() == LATENCY_JOBS, "only {} of {LATENCY_JOBS} jobs started", sorted.len());
+    anyhow::ensure!(
+        sorted.len() == LATENCY_JOBS,
+        "only {} of {LATENCY_JOBS} jobs started",
+        sorted.len()
+    );
     let _ = store;
     Ok((percentile(&sorted, 50.0), percentile(&sorted, 99.0)))
 }

@@ -19,12 +19,17 @@ pub async fn run() -> anyhow::Result<()> {
     settings.api_addr = "127.0.0.1:0".parse()?;
     settings.redis_prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     settings.tasks_daily_quota = u32::MAX / 2;
-    let db = sqlx::postgres::PgPoolOptions::new().connect(secrecy::ExposeSecret::expose_secret(&settings.database_url)).await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .connect(secrecy::ExposeSecret::expose_secret(&settings.database_url))
+        .await?;
     tasklane_shared::db::migrate(&db).await?;
     println!("# tasks benchmark ({CLIENTS} concurrent clients, {}s per phase)", RUN.as_secs());
 
     let hello = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
-    let hello_addr = hello.local_addr()[0].as_socket_addr().copied().ok_or_else(|| anyhow::anyhow!("no address"))?;
+    let hello_addr = hello.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no address"))?;
     let hello_app = poem::Route::new().at("/hello", poem::endpoint::make_sync(|_| "hello"));
     tokio::spawn(poem::Server::new_with_acceptor(hello).run(hello_app));
 
@@ -65,10 +70,13 @@ pub async fn run() -> anyhow::Result<()> {
     .await;
     println!("hello world (bare Poem):   {hello_rate:>9.0} req/s  (baseline)");
     let get_rate = load(CLIENTS, {
-        let (client, url, token) = (client.clone(), format!("{base}/api/v1/tasks/{task_id}"), writer.clone());
+        let (client, url, token) =
+            (client.clone(), format!("{base}/api/v1/tasks/{task_id}"), writer.clone());
         move || {
             let (client, url, token) = (client.clone(), url.clone(), token.clone());
-            async move { client.get(url).bearer_auth(token).send().await.is_ok_and(|r| r.status() == 200) }
+            async move {
+                client.get(url).bearer_auth(token).send().await.is_ok_and(|r| r.status() == 200)
+            }
         }
     })
     .await;
@@ -102,7 +110,12 @@ pub async fn run() -> anyhow::Result<()> {
                 serde_json::json!({ "title": format!("task {chunk}-{i}"), "priority": priority, "due_at": due })
             })
             .collect();
-        let resp = client.post(format!("{base}/api/v1/tasks/bulk")).bearer_auth(&lister).json(&serde_json::json!({ "tasks": tasks })).send().await?;
+        let resp = client
+            .post(format!("{base}/api/v1/tasks/bulk"))
+            .bearer_auth(&lister)
+            .json(&serde_json::json!({ "tasks": tasks }))
+            .send()
+            .await?;
         anyhow::ensure!(resp.status() == 201, "bulk failed: {}", resp.status());
     }
     let mut latencies = Vec::new();
@@ -114,13 +127,18 @@ pub async fn run() -> anyhow::Result<()> {
                 url.push_str(&format!("&cursor={c}"));
             }
             let started = Instant::now();
-            let page: serde_json::Value = client.get(url).bearer_auth(&lister).send().await?.json().await?;
+            let page: serde_json::Value =
+                client.get(url).bearer_auth(&lister).send().await?.json().await?;
             latencies.push(started.elapsed());
             cursor = page["next_cursor"].as_str().map(str::to_owned);
         }
     }
     latencies.sort();
-    println!("GET /tasks (10,000-task user, limit 50, 3 sorts, cache misses): p50 {} p99 {}", ms(percentile(&latencies, 50.0)), ms(percentile(&latencies, 99.0)));
+    println!(
+        "GET /tasks (10,000-task user, limit 50, 3 sorts, cache misses): p50 {} p99 {}",
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0))
+    );
     println!();
     println!("ratio GET /tasks/{{id}} / hello: {:.2}  (target >= 0.35)", get_rate / hello_rate);
     println!("ratio POST /tasks / hello:     {:.2}  (target >= 0.2)", post_rate / hello_rate);

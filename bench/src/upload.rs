@@ -16,10 +16,15 @@ pub async fn run() -> anyhow::Result<()> {
     let mut settings = Settings::from_env()?;
     settings.api_addr = "127.0.0.1:0".parse()?;
     settings.redis_prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
-    let db = sqlx::postgres::PgPoolOptions::new().connect(secrecy::ExposeSecret::expose_secret(&settings.database_url)).await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .connect(secrecy::ExposeSecret::expose_secret(&settings.database_url))
+        .await?;
     tasklane_shared::db::migrate(&db).await?;
     let png = noise_png(SIDE);
-    println!("# upload benchmark ({RUNS} runs of a {:.1} MiB {SIDE}x{SIDE} PNG)", png.len() as f64 / 1048576.0);
+    println!(
+        "# upload benchmark ({RUNS} runs of a {:.1} MiB {SIDE}x{SIDE} PNG)",
+        png.len() as f64 / 1048576.0
+    );
 
     let hashing = Instant::now();
     let digest = format!("{:x}", Sha256::digest(&png));
@@ -69,7 +74,8 @@ pub async fn run() -> anyhow::Result<()> {
             .json()
             .await?;
         let id = declared["attachment"]["id"].as_str().unwrap_or_default().to_owned();
-        let mut put = client.put(declared["upload"]["url"].as_str().unwrap_or_default()).body(png.clone());
+        let mut put =
+            client.put(declared["upload"]["url"].as_str().unwrap_or_default()).body(png.clone());
         for (name, value) in declared["upload"]["headers"].as_object().into_iter().flatten() {
             if name != "content-length" {
                 put = put.header(name, value.as_str().unwrap_or_default());
@@ -77,11 +83,20 @@ pub async fn run() -> anyhow::Result<()> {
         }
         anyhow::ensure!(put.send().await?.status().is_success(), "upload refused");
         let started = Instant::now();
-        let completed = client.post(format!("{base}/api/v1/tasks/{task}/attachments/{id}/complete")).bearer_auth(&token).send().await?;
+        let completed = client
+            .post(format!("{base}/api/v1/tasks/{task}/attachments/{id}/complete"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
         anyhow::ensure!(completed.status() == 202, "complete: {}", completed.status());
         loop {
-            let body: serde_json::Value =
-                client.get(format!("{base}/api/v1/tasks/{task}/attachments/{id}")).bearer_auth(&token).send().await?.json().await?;
+            let body: serde_json::Value = client
+                .get(format!("{base}/api/v1/tasks/{task}/attachments/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
             match body["status"].as_str() {
                 Some("ready") => {
                     anyhow::ensure!(body["sha256"] == digest.as_str(), "wrong digest");
@@ -99,11 +114,24 @@ pub async fn run() -> anyhow::Result<()> {
     times.sort();
     let median = times[times.len() / 2];
     println!("baseline: SHA-256 of the bytes in memory           {}", crate::ms(hash_time));
-    println!("complete -> ready (median of {RUNS})                 {}  (runs: {})", crate::ms(median), times.iter().map(|t| crate::ms(*t)).collect::<Vec<_>>().join(", "));
-    println!("ratio processing / in-memory hash                  {:.1}", median.as_secs_f64() / hash_time.as_secs_f64());
-    println!("worker peak RSS idle (baseline)                    {:.1} MiB", idle_peak as f64 / 1024.0);
+    println!(
+        "complete -> ready (median of {RUNS})                 {}  (runs: {})",
+        crate::ms(median),
+        times.iter().map(|t| crate::ms(*t)).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "ratio processing / in-memory hash                  {:.1}",
+        median.as_secs_f64() / hash_time.as_secs_f64()
+    );
+    println!(
+        "worker peak RSS idle (baseline)                    {:.1} MiB",
+        idle_peak as f64 / 1024.0
+    );
     println!("worker peak RSS after the uploads                  {:.1} MiB", peak as f64 / 1024.0);
-    println!("peak added by processing / file size               {:.2}", (peak - idle_peak) as f64 * 1024.0 / png.len() as f64);
+    println!(
+        "peak added by processing / file size               {:.2}",
+        (peak - idle_peak) as f64 * 1024.0 / png.len() as f64
+    );
     Ok(())
 }
 

@@ -171,9 +171,9 @@ impl Settings {
         let env = match reader.raw("TASKLANE_ENV") {
             None => Environment::Dev,
             Some(raw) => Environment::parse(&raw).unwrap_or_else(|| {
-                reader.problems.push(format!(
-                    "TASKLANE_ENV must be dev, test or prod (got {raw:?})"
-                ));
+                reader
+                    .problems
+                    .push(format!("TASKLANE_ENV must be dev, test or prod (got {raw:?})"));
                 Environment::Dev
             }),
         };
@@ -208,12 +208,16 @@ impl Settings {
             .collect();
         let max_body_bytes = r.parsed_any("TASKLANE_MAX_BODY_BYTES", "1048576");
         let log_filter = r.string_any("TASKLANE_LOG", "info");
-        let shutdown_grace = Duration::from_secs(r.parsed_any("TASKLANE_SHUTDOWN_GRACE_SECS", "25"));
-        let relay_poll_interval = Duration::from_millis(r.parsed_any("TASKLANE_RELAY_POLL_MS", "1000"));
+        let shutdown_grace =
+            Duration::from_secs(r.parsed_any("TASKLANE_SHUTDOWN_GRACE_SECS", "25"));
+        let relay_poll_interval =
+            Duration::from_millis(r.parsed_any("TASKLANE_RELAY_POLL_MS", "1000"));
 
         let job_lease = Duration::from_secs(r.parsed_any("TASKLANE_JOB_LEASE_SECS", "15"));
-        let job_retention = Duration::from_secs(r.parsed_any("TASKLANE_JOB_RETENTION_SECS", "86400"));
-        let dead_job_retention = Duration::from_secs(r.parsed_any("TASKLANE_DEAD_JOB_RETENTION_SECS", "604800"));
+        let job_retention =
+            Duration::from_secs(r.parsed_any("TASKLANE_JOB_RETENTION_SECS", "86400"));
+        let dead_job_retention =
+            Duration::from_secs(r.parsed_any("TASKLANE_DEAD_JOB_RETENTION_SECS", "604800"));
         let worker_concurrency = r.parsed_any("TASKLANE_WORKER_CONCURRENCY", "8");
         let cron = r
             .vars
@@ -234,7 +238,9 @@ impl Settings {
                     .parse::<ipnet::IpNet>()
                     .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
                 if parsed.is_err() {
-                    r.problems.push(format!("TASKLANE_TRUSTED_PROXIES: {entry:?} is not an IP address or CIDR"));
+                    r.problems.push(format!(
+                        "TASKLANE_TRUSTED_PROXIES: {entry:?} is not an IP address or CIDR"
+                    ));
                 }
                 parsed.ok()
             })
@@ -242,8 +248,12 @@ impl Settings {
         let auth = AuthSettings {
             jwt_issuer: r.string_any("TASKLANE_JWT_ISSUER", "tasklane"),
             jwt_audience: r.string_any("TASKLANE_JWT_AUDIENCE", "tasklane-api"),
-            access_token_ttl: Duration::from_secs(r.parsed_any("TASKLANE_ACCESS_TOKEN_TTL_SECS", "900")),
-            refresh_token_ttl: Duration::from_secs(r.parsed_any("TASKLANE_REFRESH_TOKEN_TTL_SECS", "2592000")),
+            access_token_ttl: Duration::from_secs(
+                r.parsed_any("TASKLANE_ACCESS_TOKEN_TTL_SECS", "900"),
+            ),
+            refresh_token_ttl: Duration::from_secs(
+                r.parsed_any("TASKLANE_REFRESH_TOKEN_TTL_SECS", "2592000"),
+            ),
             argon2_memory_kib: r.parsed_any("TASKLANE_ARGON2_MEMORY_KIB", "19456"),
             argon2_iterations: r.parsed_any("TASKLANE_ARGON2_ITERATIONS", "2"),
             argon2_parallelism: r.parsed_any("TASKLANE_ARGON2_PARALLELISM", "1"),
@@ -281,7 +291,9 @@ impl Settings {
             cron,
             auth,
             tasks_daily_quota: r.parsed_any("TASKLANE_TASKS_DAILY_QUOTA", "50"),
-            events_heartbeat: Duration::from_secs(r.parsed_any("TASKLANE_EVENTS_HEARTBEAT_SECS", "15")),
+            events_heartbeat: Duration::from_secs(
+                r.parsed_any("TASKLANE_EVENTS_HEARTBEAT_SECS", "15"),
+            ),
             attachments: AttachmentSettings {
                 max_bytes: r.parsed_any("TASKLANE_ATTACHMENT_MAX_BYTES", "26214400"),
                 allowed_types: r
@@ -290,23 +302,34 @@ impl Settings {
                     .map(|t| t.trim().to_ascii_lowercase())
                     .filter(|t| !t.is_empty())
                     .collect(),
-                upload_url_ttl: Duration::from_secs(r.parsed_any("TASKLANE_UPLOAD_URL_TTL_SECS", "600")),
-                download_url_ttl: Duration::from_secs(r.parsed_any("TASKLANE_DOWNLOAD_URL_TTL_SECS", "300")),
+                upload_url_ttl: Duration::from_secs(
+                    r.parsed_any("TASKLANE_UPLOAD_URL_TTL_SECS", "600"),
+                ),
+                download_url_ttl: Duration::from_secs(
+                    r.parsed_any("TASKLANE_DOWNLOAD_URL_TTL_SECS", "300"),
+                ),
             },
         };
         if env == Environment::Prod {
             settings.check_prod_secrets(&mut reader.problems);
         }
         if settings.job_lease < Duration::from_secs(3) {
-            reader.problems.push("TASKLANE_JOB_LEASE_SECS must be at least 3 (heartbeats renew it every third)".into());
+            reader.problems.push(
+                "TASKLANE_JOB_LEASE_SECS must be at least 3 (heartbeats renew it every third)"
+                    .into(),
+            );
         }
         let ttl = settings.attachments.upload_url_ttl;
         if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(900) {
-            reader.problems.push("TASKLANE_UPLOAD_URL_TTL_SECS must be between 60 and 900 (15 minutes)".into());
+            reader.problems.push(
+                "TASKLANE_UPLOAD_URL_TTL_SECS must be between 60 and 900 (15 minutes)".into(),
+            );
         }
         let ttl = settings.attachments.download_url_ttl;
         if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(3600) {
-            reader.problems.push("TASKLANE_DOWNLOAD_URL_TTL_SECS must be between 10 and 3600".into());
+            reader
+                .problems
+                .push("TASKLANE_DOWNLOAD_URL_TTL_SECS must be between 10 and 3600".into());
         }
         if settings.worker_concurrency == 0 {
             reader.problems.push("TASKLANE_WORKER_CONCURRENCY must be at least 1".into());
@@ -434,7 +457,9 @@ mod tests {
     fn prod_without_settings_lists_every_missing_one() {
         let err = Settings::from_vars(vars(&[("TASKLANE_ENV", "prod")])).expect_err("must fail");
         let text = err.to_string();
-        for key in ["DATABASE_URL", "REDIS_URL", "SMTP_URL", "JWT_SECRET", "S3_BUCKET", "PUBLIC_URL"] {
+        for key in
+            ["DATABASE_URL", "REDIS_URL", "SMTP_URL", "JWT_SECRET", "S3_BUCKET", "PUBLIC_URL"]
+        {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
     }
@@ -463,14 +488,16 @@ mod tests {
 
     #[test]
     fn a_malformed_value_is_named() {
-        let err = Settings::from_vars(vars(&[("TASKLANE_MAX_BODY_BYTES", "lots")])).expect_err("bad");
+        let err =
+            Settings::from_vars(vars(&[("TASKLANE_MAX_BODY_BYTES", "lots")])).expect_err("bad");
         assert!(err.to_string().contains("TASKLANE_MAX_BODY_BYTES=\"lots\" is invalid"));
     }
 
     #[test]
     fn secrets_are_not_printed_by_debug() {
-        let settings = Settings::from_vars(vars(&[("JWT_SECRET", "super-secret-value-0123456789abcdef")]))
-            .expect("valid");
+        let settings =
+            Settings::from_vars(vars(&[("JWT_SECRET", "super-secret-value-0123456789abcdef")]))
+                .expect("valid");
         assert!(!format!("{settings:?}").contains("super-secret-value"));
     }
 }

@@ -57,22 +57,30 @@ pub struct Recorded {
 }
 
 /// Records an event for `user` in the caller's transaction.
-pub async fn record(conn: &mut PgConnection, user: Uuid, event_type: &str, data: serde_json::Value) -> Result<(), sqlx::Error> {
+pub async fn record(
+    conn: &mut PgConnection,
+    user: Uuid,
+    event_type: &str,
+    data: serde_json::Value,
+) -> Result<(), sqlx::Error> {
     let payload = payload(user, data)?;
-    sqlx::query("insert into outbox (id, queue, kind, payload, max_attempts) values ($1, $2, $3, $4, 1)")
-        .bind(Uuid::now_v7())
-        .bind(OUTBOX_QUEUE)
-        .bind(event_type)
-        .bind(payload)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "insert into outbox (id, queue, kind, payload, max_attempts) values ($1, $2, $3, $4, 1)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(OUTBOX_QUEUE)
+    .bind(event_type)
+    .bind(payload)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// The outbox payload of an event for `user`, for statements that write event rows
 /// themselves (several at once); [`record`] writes one.
 pub fn payload(user: Uuid, data: serde_json::Value) -> Result<serde_json::Value, sqlx::Error> {
-    serde_json::to_value(Recorded { user_id: user, at: Utc::now(), data }).map_err(|err| sqlx::Error::Encode(Box::new(err)))
+    serde_json::to_value(Recorded { user_id: user, at: Utc::now(), data })
+        .map_err(|err| sqlx::Error::Encode(Box::new(err)))
 }
 
 /// A user's event stream.

@@ -294,7 +294,11 @@ mod tests {
     fn default_schedules_parse_and_unique_kinds_have_one() {
         for spec in ALL {
             if let Some(expression) = spec.schedule {
-                assert!(expression.parse::<cron::Schedule>().is_ok(), "{}: {expression}", spec.kind);
+                assert!(
+                    expression.parse::<cron::Schedule>().is_ok(),
+                    "{}: {expression}",
+                    spec.kind
+                );
                 assert!(spec.unique, "{} runs once per tick, so it must be unique", spec.kind);
             }
         }

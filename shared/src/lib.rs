@@ -14,10 +14,10 @@
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod jobs;
+pub mod outbox;
+pub mod queue;
 pub mod redis;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
-pub mod jobs;
-pub mod outbox;
-pub mod queue;

@@ -82,7 +82,13 @@ impl Relay {
         .bind(self.batch_size)
         // Rows of a queue this release does not know (written by a newer one) are left for
         // the release that does, without ever filling a batch.
-        .bind(Queue::ALL.map(Queue::as_str).into_iter().chain([crate::events::OUTBOX_QUEUE]).collect::<Vec<_>>())
+        .bind(
+            Queue::ALL
+                .map(Queue::as_str)
+                .into_iter()
+                .chain([crate::events::OUTBOX_QUEUE])
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -99,7 +105,9 @@ impl Relay {
                 let payload: String = row.try_get("payload")?;
                 match serde_json::from_str::<crate::events::Recorded>(&payload) {
                     Ok(recorded) => events.push((id, kind, recorded)),
-                    Err(err) => tracing::error!(%id, error = %err, "outbox event does not decode; dropped"),
+                    Err(err) => {
+                        tracing::error!(%id, error = %err, "outbox event does not decode; dropped")
+                    }
                 }
                 ids.push(id);
                 continue;
@@ -144,7 +152,9 @@ impl Relay {
         // transaction then fails to commit (at-least-once, like jobs).
         let mut conn = self.store.connection();
         for (id, kind, recorded) in &events {
-            if let Err(err) = crate::events::publish(&mut conn, self.store.keys(), kind, recorded).await {
+            if let Err(err) =
+                crate::events::publish(&mut conn, self.store.keys(), kind, recorded).await
+            {
                 drop(tx);
                 sqlx::query("update outbox set relay_attempts = relay_attempts + 1, last_error = $2 where id = $1")
                     .bind(id)
@@ -186,7 +196,8 @@ impl Relay {
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
-                    let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5));
+                    let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)))
+                        .min(Duration::from_secs(5));
                     tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "outbox relay failed");
                     Some(delay)
                 }
@@ -210,13 +221,15 @@ impl Relay {
                 tokio::time::sleep(backoff.unwrap_or(self.poll_interval)).await;
                 false
             }
-            (Some(listener), None) => match tokio::time::timeout(self.poll_interval, listener.recv()).await {
-                Ok(Ok(_)) | Err(_) => false,
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "outbox listener lost; polling until it is back");
-                    true
+            (Some(listener), None) => {
+                match tokio::time::timeout(self.poll_interval, listener.recv()).await {
+                    Ok(Ok(_)) | Err(_) => false,
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "outbox listener lost; polling until it is back");
+                        true
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -49,7 +49,9 @@ pub async fn check_eviction_policy(conn: &mut ConnectionManager) -> bool {
              pressure and they would be LOST. Set `maxmemory-policy noeviction`."
         ),
         Ok(_) => tracing::warn!("could not read Redis maxmemory-policy"),
-        Err(err) => tracing::warn!(error = %err, "could not read Redis maxmemory-policy (CONFIG may be disabled); make sure it is noeviction"),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read Redis maxmemory-policy (CONFIG may be disabled); make sure it is noeviction")
+        }
     }
     false
 }
@@ -87,7 +89,11 @@ impl Keys {
 }
 
 /// Makes every cached task list of these users stale (after a job changed their tasks).
-pub async fn invalidate_task_lists(conn: &mut ConnectionManager, keys: &Keys, users: &[uuid::Uuid]) -> redis::RedisResult<()> {
+pub async fn invalidate_task_lists(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    users: &[uuid::Uuid],
+) -> redis::RedisResult<()> {
     if users.is_empty() {
         return Ok(());
     }

@@ -9,7 +9,10 @@
 use std::time::Duration;
 
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    retry::RetryConfig,
+};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
@@ -22,8 +25,13 @@ use crate::config::S3Settings;
 /// cut off. Checksums are only sent when an operation requires them: a presigned upload must
 /// not carry a checksum of an empty body, and not every S3-compatible server returns them.
 pub fn client(s3: &S3Settings, endpoint: &str) -> aws_sdk_s3::Client {
-    let credentials =
-        Credentials::new(&s3.access_key_id, s3.secret_access_key.expose_secret(), None, None, "tasklane-settings");
+    let credentials = Credentials::new(
+        &s3.access_key_id,
+        s3.secret_access_key.expose_secret(),
+        None,
+        None,
+        "tasklane-settings",
+    );
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)

@@ -99,12 +99,14 @@ impl TestApp {
         if std::env::var_os("TASKLANE_LOG").is_some() {
             tasklane_shared::telemetry::init_tracing(&settings);
         }
-        let (db_name, admin_options, database_url) = create_database(&settings).await.expect("test database");
+        let (db_name, admin_options, database_url) =
+            create_database(&settings).await.expect("test database");
         settings.database_url = SecretString::from(database_url);
         settings.redis_prefix = unique("t");
         adjust(&mut settings);
 
-        let app = tasklane_api::app::Application::build(settings.clone()).await.expect("API builds");
+        let app =
+            tasklane_api::app::Application::build(settings.clone()).await.expect("API builds");
         let address = format!("http://{}", app.local_addr());
         let (shutdown, stopped) = oneshot::channel();
         let server = tokio::spawn(app.run_until_stopped(async {
@@ -117,7 +119,10 @@ impl TestApp {
             .expect("connect to the test database");
         Self {
             address,
-            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
             db,
             settings,
             db_name,
@@ -130,7 +135,8 @@ impl TestApp {
     /// Another API instance on this test's database and Redis prefix (as behind a load
     /// balancer); returns its base URL. It runs until the test ends.
     pub async fn spawn_instance(&self) -> String {
-        let instance = tasklane_api::app::Application::build(self.settings.clone()).await.expect("API builds");
+        let instance =
+            tasklane_api::app::Application::build(self.settings.clone()).await.expect("API builds");
         let url = format!("http://{}", instance.local_addr());
         tokio::spawn(instance.run_until_stopped(std::future::pending()));
         url
@@ -166,7 +172,10 @@ impl TestApp {
             .env("TASKLANE_WORKER_ADDR", "127.0.0.1:0")
             .env("TASKLANE_JOB_LEASE_SECS", self.settings.job_lease.as_secs().to_string())
             .env("TASKLANE_SHUTDOWN_GRACE_SECS", self.settings.shutdown_grace.as_secs().to_string())
-            .env("TASKLANE_RELAY_POLL_MS", self.settings.relay_poll_interval.as_millis().to_string())
+            .env(
+                "TASKLANE_RELAY_POLL_MS",
+                self.settings.relay_poll_interval.as_millis().to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -179,7 +188,12 @@ impl TestApp {
     }
 
     /// Waits until `count` emails to `to` were captured, and returns them.
-    pub async fn wait_for_emails(&self, to: &str, count: usize, deadline: Duration) -> Vec<serde_json::Value> {
+    pub async fn wait_for_emails(
+        &self,
+        to: &str,
+        count: usize,
+        deadline: Duration,
+    ) -> Vec<serde_json::Value> {
         wait_until(deadline, &format!("{count} email(s) to {to}"), || async {
             let emails = self.emails_to(to).await;
             (emails.len() >= count).then_some(emails)
@@ -217,7 +231,11 @@ impl Drop for TestApp {
             if let Ok(runtime) = runtime {
                 runtime.block_on(async move {
                     if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"drop database if exists "{name}" with (force)"#))).execute(&mut conn).await;
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            r#"drop database if exists "{name}" with (force)"#
+                        )))
+                        .execute(&mut conn)
+                        .await;
                     }
                 });
             }
@@ -284,7 +302,16 @@ impl TestRedis {
     /// (Re)starts the server on its port and waits until it answers.
     pub async fn start_again(&mut self) {
         let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -333,7 +360,9 @@ pub async fn emails_to(client: &reqwest::Client, to: &str) -> Vec<serde_json::Va
     all.into_iter()
         .filter(|mail| {
             mail["to"].as_array().is_some_and(|list| {
-                list.iter().any(|addr| addr["address"].as_str().is_some_and(|a| a.eq_ignore_ascii_case(to)))
+                list.iter().any(|addr| {
+                    addr["address"].as_str().is_some_and(|a| a.eq_ignore_ascii_case(to))
+                })
             })
         })
         .collect()
@@ -342,28 +371,47 @@ pub async fn emails_to(client: &reqwest::Client, to: &str) -> Vec<serde_json::Va
 /// Creates this test's database from the migrated template, creating the template first if
 /// this is the first test to need it (an advisory lock makes concurrent test processes
 /// build it once). Returns the database name, the admin options and its URL.
-async fn create_database(settings: &Settings) -> anyhow::Result<(String, PgConnectOptions, String)> {
-    let base: PgConnectOptions = settings.database_url.expose_secret().parse().context("DATABASE_URL")?;
+async fn create_database(
+    settings: &Settings,
+) -> anyhow::Result<(String, PgConnectOptions, String)> {
+    let base: PgConnectOptions =
+        settings.database_url.expose_secret().parse().context("DATABASE_URL")?;
     let admin = base.clone().database("postgres").disable_statement_logging();
     let mut conn = PgConnection::connect_with(&admin).await.context("connect to postgres")?;
     let template = template_name();
     sqlx::query("select pg_advisory_lock(727274)").execute(&mut conn).await?;
-    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-        .bind(&template)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let building = format!("{template}_building");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"drop database if exists "{building}""#))).execute(&mut conn).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"create database "{building}""#))).execute(&mut conn).await?;
-        let pool = PgPoolOptions::new().max_connections(1).connect_with(base.clone().database(&building)).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"drop database if exists "{building}""#)))
+            .execute(&mut conn)
+            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"create database "{building}""#)))
+            .execute(&mut conn)
+            .await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone().database(&building))
+            .await?;
         tasklane_shared::db::migrate(&pool).await?;
         pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"alter database "{building}" rename to "{template}""#))).execute(&mut conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            r#"alter database "{building}" rename to "{template}""#
+        )))
+        .execute(&mut conn)
+        .await?;
     }
     sqlx::query("select pg_advisory_unlock(727274)").execute(&mut conn).await?;
     let name = unique("test");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"create database "{name}" template "{template}""#))).execute(&mut conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"create database "{name}" template "{template}""#
+    )))
+    .execute(&mut conn)
+    .await?;
     let mut url = url::Url::parse(settings.database_url.expose_secret())?;
     url.set_path(&name);
     Ok((name, admin, url.to_string()))
@@ -422,7 +470,8 @@ impl TcpGate {
                             let _ = changes.changed().await;
                         }
                         GateMode::Forward => {
-                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
+                            {
                                 // Refusing also cuts open connections, as a server that
                                 // stops does: pooled HTTP connections must not outlive it.
                                 tokio::select! {
@@ -440,15 +489,19 @@ impl TcpGate {
 
     /// A gate in front of the test SMTP server (`SMTP_URL`).
     pub async fn smtp(mode: GateMode) -> Self {
-        let smtp = url::Url::parse(&std::env::var("SMTP_URL").expect("SMTP_URL")).expect("SMTP_URL is a URL");
-        let upstream = format!("{}:{}", smtp.host_str().unwrap_or("127.0.0.1"), smtp.port().unwrap_or(25));
+        let smtp = url::Url::parse(&std::env::var("SMTP_URL").expect("SMTP_URL"))
+            .expect("SMTP_URL is a URL");
+        let upstream =
+            format!("{}:{}", smtp.host_str().unwrap_or("127.0.0.1"), smtp.port().unwrap_or(25));
         Self::start(upstream.parse().expect("SMTP_URL host is an IP"), mode).await
     }
 
     /// A gate in front of the test S3 server (`S3_ENDPOINT`).
     pub async fn s3(mode: GateMode) -> Self {
-        let s3 = url::Url::parse(&std::env::var("S3_ENDPOINT").expect("S3_ENDPOINT")).expect("S3_ENDPOINT is a URL");
-        let upstream = format!("{}:{}", s3.host_str().unwrap_or("127.0.0.1"), s3.port().unwrap_or(80));
+        let s3 = url::Url::parse(&std::env::var("S3_ENDPOINT").expect("S3_ENDPOINT"))
+            .expect("S3_ENDPOINT is a URL");
+        let upstream =
+            format!("{}:{}", s3.host_str().unwrap_or("127.0.0.1"), s3.port().unwrap_or(80));
         Self::start(upstream.parse().expect("S3_ENDPOINT host is an IP"), mode).await
     }
 
@@ -487,7 +540,12 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 impl TestApp {
     /// `POST` a JSON body, optionally with a bearer token.
-    pub async fn post(&self, path: &str, body: &serde_json::Value, bearer: Option<&str>) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        bearer: Option<&str>,
+    ) -> reqwest::Response {
         let mut request = self.client.post(self.url(path)).json(body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
@@ -503,7 +561,11 @@ impl TestApp {
     /// Registers an account and returns its session (`user`, `access_token`, ...).
     pub async fn register(&self, email: &str) -> serde_json::Value {
         let resp = self
-            .post("/api/v1/auth/register", &serde_json::json!({ "email": email, "password": PASSWORD }), None)
+            .post(
+                "/api/v1/auth/register",
+                &serde_json::json!({ "email": email, "password": PASSWORD }),
+                None,
+            )
             .await;
         assert_eq!(resp.status(), 201, "register {email}");
         resp.json().await.expect("session JSON")
@@ -520,9 +582,17 @@ impl TestApp {
     pub async fn register_verified_existing(&self, email: &str) -> serde_json::Value {
         let mail = self.wait_for_emails(email, 1, Duration::from_secs(20)).await;
         let token = token_in(&mail[0]);
-        let resp = self.post("/api/v1/auth/verify-email", &serde_json::json!({ "token": token }), None).await;
+        let resp = self
+            .post("/api/v1/auth/verify-email", &serde_json::json!({ "token": token }), None)
+            .await;
         assert_eq!(resp.status(), 204, "verify {email}");
-        let resp = self.post("/api/v1/auth/login", &serde_json::json!({ "email": email, "password": PASSWORD }), None).await;
+        let resp = self
+            .post(
+                "/api/v1/auth/login",
+                &serde_json::json!({ "email": email, "password": PASSWORD }),
+                None,
+            )
+            .await;
         assert_eq!(resp.status(), 200, "login {email}");
         resp.json().await.expect("session JSON")
     }
@@ -532,7 +602,10 @@ impl TestApp {
 pub fn token_in(mail: &serde_json::Value) -> String {
     let text = mail["text"].as_str().expect("text part");
     let start = text.find("token=").expect("a link with a token") + "token=".len();
-    text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
 }
 
 /// A unique address for a test.

@@ -30,7 +30,14 @@ async fn admin(app: &TestApp) -> String {
 }
 
 async fn set(app: &TestApp, admin: &str, user: &str, change: Value) {
-    let resp = app.client.patch(app.url(&format!("/api/v1/admin/users/{user}"))).bearer_auth(admin).json(&change).send().await.unwrap();
+    let resp = app
+        .client
+        .patch(app.url(&format!("/api/v1/admin/users/{user}")))
+        .bearer_auth(admin)
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
@@ -40,25 +47,37 @@ async fn disabling_or_promoting_through_one_instance_takes_effect_on_another() {
     let other = app.spawn_instance().await;
     let admin = admin(&app).await;
     let session = app.register(&email_address()).await;
-    let (token, id) = (session["access_token"].as_str().unwrap(), session["user"]["id"].as_str().unwrap());
+    let (token, id) =
+        (session["access_token"].as_str().unwrap(), session["user"]["id"].as_str().unwrap());
 
     // Both instances have the account cached as an active user.
     for base in [&app.address, &other] {
         for _ in 0..2 {
             assert_eq!(status(&app, base, "/api/v1/me", token).await, StatusCode::OK);
-            assert_eq!(status(&app, base, "/api/v1/admin/users", token).await, StatusCode::FORBIDDEN);
+            assert_eq!(
+                status(&app, base, "/api/v1/admin/users", token).await,
+                StatusCode::FORBIDDEN
+            );
         }
     }
 
     set(&app, &admin, id, json!({ "role": "admin" })).await;
-    assert_eq!(status(&app, &app.address, "/api/v1/admin/users", token).await, StatusCode::OK, "at once where it was made");
+    assert_eq!(
+        status(&app, &app.address, "/api/v1/admin/users", token).await,
+        StatusCode::OK,
+        "at once where it was made"
+    );
     wait_until(HEARD, "the other instance to see the promotion", || async {
         (status(&app, &other, "/api/v1/admin/users", token).await == StatusCode::OK).then_some(())
     })
     .await;
 
     set(&app, &admin, id, json!({ "disabled": true })).await;
-    assert_eq!(status(&app, &app.address, "/api/v1/me", token).await, StatusCode::UNAUTHORIZED, "at once where it was made");
+    assert_eq!(
+        status(&app, &app.address, "/api/v1/me", token).await,
+        StatusCode::UNAUTHORIZED,
+        "at once where it was made"
+    );
     wait_until(HEARD, "the other instance to refuse the disabled account", || async {
         (status(&app, &other, "/api/v1/me", token).await == StatusCode::UNAUTHORIZED).then_some(())
     })
@@ -77,23 +96,41 @@ async fn without_its_subscription_an_instance_trusts_nothing_cached() {
     let url = redis.url();
     let app = TestApp::spawn_with(move |s| s.redis_url = url.into()).await;
     let session = app.register(&email_address()).await;
-    let (token, id) = (session["access_token"].as_str().unwrap(), session["user"]["id"].as_str().unwrap());
+    let (token, id) =
+        (session["access_token"].as_str().unwrap(), session["user"]["id"].as_str().unwrap());
     assert_eq!(status(&app, &app.address, "/api/v1/me", token).await, StatusCode::OK);
 
     // Redis goes away: an announcement made now would be lost. A change straight in the
     // database stands for one, and the instance must see it without being told.
     redis.stop().await;
-    sqlx::query("update users set disabled = true where id = $1::uuid").bind(id).execute(&app.db).await.unwrap();
-    wait_until(HEARD, "the disabled account refused while announcements cannot be heard", || async {
-        (status(&app, &app.address, "/api/v1/me", token).await == StatusCode::UNAUTHORIZED).then_some(())
-    })
+    sqlx::query("update users set disabled = true where id = $1::uuid")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    wait_until(
+        HEARD,
+        "the disabled account refused while announcements cannot be heard",
+        || async {
+            (status(&app, &app.address, "/api/v1/me", token).await == StatusCode::UNAUTHORIZED)
+                .then_some(())
+        },
+    )
     .await;
 
     // Back: the subscription resumes and reads start afresh.
     redis.start_again().await;
-    sqlx::query("update users set disabled = false where id = $1::uuid").bind(id).execute(&app.db).await.unwrap();
-    wait_until(Duration::from_secs(10), "the account accepted again after Redis returned", || async {
-        (status(&app, &app.address, "/api/v1/me", token).await == StatusCode::OK).then_some(())
-    })
+    sqlx::query("update users set disabled = false where id = $1::uuid")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the account accepted again after Redis returned",
+        || async {
+            (status(&app, &app.address, "/api/v1/me", token).await == StatusCode::OK).then_some(())
+        },
+    )
     .await;
 }

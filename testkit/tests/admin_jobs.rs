@@ -63,18 +63,29 @@ async fn admins_see_dead_jobs_with_their_errors_and_can_retry_them() {
     assert_eq!(job["kind"], "send_email");
     assert_eq!(job["attempts"], 1, "an invalid address is permanent: no retries");
     assert_eq!(job["request_id"], "req-dead");
-    assert!(job["history"][0]["error"].as_str().unwrap().contains("permanent failure: recipient"), "{job}");
+    assert!(
+        job["history"][0]["error"].as_str().unwrap().contains("permanent failure: recipient"),
+        "{job}"
+    );
     assert!(job["history"][0]["worker"].is_string());
 
-    let listed = get(&app, "/api/v1/admin/jobs?queue=emails&state=dead&kind=send_email", &token).await;
+    let listed =
+        get(&app, "/api/v1/admin/jobs?queue=emails&state=dead&kind=send_email", &token).await;
     assert!(listed["data"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()));
     let overview = get(&app, "/api/v1/admin/queues", &token).await;
-    let emails = overview["queues"].as_array().unwrap().iter().find(|q| q["queue"] == "emails").unwrap().clone();
+    let emails = overview["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "emails")
+        .unwrap()
+        .clone();
     assert_eq!(emails["dead"], 1);
     assert!(emails["failed_last_hour"].as_u64().unwrap() >= 1);
     assert_eq!(overview["queues"].as_array().unwrap().len(), 3);
 
-    let retried = app.post(&format!("/api/v1/admin/jobs/{id}/retry"), &json!({}), Some(&token)).await;
+    let retried =
+        app.post(&format!("/api/v1/admin/jobs/{id}/retry"), &json!({}), Some(&token)).await;
     assert_eq!(retried.status(), StatusCode::ACCEPTED);
     wait_until(DEADLINE, "the retried job to run (and die) again", || async {
         let job = get(&app, &format!("/api/v1/admin/jobs/{id}"), &token).await;
@@ -82,7 +93,13 @@ async fn admins_see_dead_jobs_with_their_errors_and_can_retry_them() {
     })
     .await;
 
-    let unknown = app.post(&format!("/api/v1/admin/jobs/{}/retry", uuid::Uuid::now_v7()), &json!({}), Some(&token)).await;
+    let unknown = app
+        .post(
+            &format!("/api/v1/admin/jobs/{}/retry", uuid::Uuid::now_v7()),
+            &json!({}),
+            Some(&token),
+        )
+        .await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 }
 
@@ -91,13 +108,18 @@ async fn only_dead_jobs_can_be_retried() {
     let (app, token) = admin_app().await;
     let _worker = app.spawn_worker().await;
     let to = email_address();
-    let job = SendEmail { idempotency_key: tasklane_testkit::unique("k"), to: to.clone(), message: EmailMessage::PasswordChanged { display_name: None } };
+    let job = SendEmail {
+        idempotency_key: tasklane_testkit::unique("k"),
+        to: to.clone(),
+        message: EmailMessage::PasswordChanged { display_name: None },
+    };
     let mut tx = app.db.begin().await.unwrap();
     let id = outbox::enqueue(&mut tx, &job, None).await.unwrap();
     tx.commit().await.unwrap();
     app.wait_for_emails(&to, 1, DEADLINE).await;
     wait_until(DEADLINE, "the job done", || async {
-        (get(&app, &format!("/api/v1/admin/jobs/{id}"), &token).await["state"] == "done").then_some(())
+        (get(&app, &format!("/api/v1/admin/jobs/{id}"), &token).await["state"] == "done")
+            .then_some(())
     })
     .await;
     let resp = app.post(&format!("/api/v1/admin/jobs/{id}/retry"), &json!({}), Some(&token)).await;
@@ -134,7 +156,8 @@ async fn job_payloads_hide_tokens_and_carry_the_request_id() {
 async fn schedules_show_the_effective_cron_and_the_next_run() {
     let (app, token) = admin_app().await;
     let schedules = get(&app, "/api/v1/admin/schedules", &token).await;
-    let prune = schedules.as_array().unwrap().iter().find(|s| s["kind"] == "prune_sent_emails").unwrap();
+    let prune =
+        schedules.as_array().unwrap().iter().find(|s| s["kind"] == "prune_sent_emails").unwrap();
     assert_eq!(prune["cron"], "0 */10 * * * *", "the override, not the default");
     assert_eq!(prune["queue"], "maintenance");
     let next = chrono::DateTime::parse_from_rfc3339(prune["next_run"].as_str().unwrap()).unwrap();
@@ -146,9 +169,18 @@ async fn the_job_api_is_for_admins_only() {
     let app = TestApp::spawn().await;
     let user = app.register(&email_address()).await;
     let token = user["access_token"].as_str().unwrap();
-    for path in ["/api/v1/admin/queues", "/api/v1/admin/jobs", "/api/v1/admin/schedules", "/api/v1/admin/jobs/x"] {
+    for path in [
+        "/api/v1/admin/queues",
+        "/api/v1/admin/jobs",
+        "/api/v1/admin/schedules",
+        "/api/v1/admin/jobs/x",
+    ] {
         assert_eq!(app.get_as(path, token).await.status(), StatusCode::FORBIDDEN, "{path}");
-        assert_eq!(app.client.get(app.url(path)).send().await.unwrap().status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            app.client.get(app.url(path)).send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
     }
     let resp = app.post("/api/v1/admin/jobs/x/retry", &json!({}), Some(token)).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);

@@ -88,7 +88,8 @@ async fn wrong_method_is_a_problem_405() {
 #[tokio::test]
 async fn oversized_body_is_a_problem_413_by_length_and_when_streamed() {
     let app = TestApp::spawn_with(|s| s.max_body_bytes = 1024).await;
-    let resp = app.client.post(app.url("/health/live")).body(vec![b'x'; 2048]).send().await.unwrap();
+    let resp =
+        app.client.post(app.url("/health/live")).body(vec![b'x'; 2048]).send().await.unwrap();
     let body = problem(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert!(body["detail"].as_str().unwrap().contains("1024"));
 
@@ -107,10 +108,22 @@ async fn oversized_body_is_a_problem_413_by_length_and_when_streamed() {
 #[tokio::test]
 async fn request_id_is_echoed_when_plain_and_replaced_otherwise() {
     let app = TestApp::spawn().await;
-    let resp = app.client.get(app.url("/health/live")).header("x-request-id", "abc-123").send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
 
-    let resp = app.client.get(app.url("/health/live")).header("x-request-id", "bad id\twith spaces").send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-request-id", "bad id\twith spaces")
+        .send()
+        .await
+        .unwrap();
     let generated = resp.headers()["x-request-id"].to_str().unwrap();
     assert_ne!(generated, "bad id\twith spaces");
     assert!(uuid::Uuid::parse_str(generated).is_ok());
@@ -122,12 +135,24 @@ async fn request_id_is_echoed_when_plain_and_replaced_otherwise() {
 #[tokio::test]
 async fn cors_echoes_an_allowed_origin_and_ignores_others() {
     let app = TestApp::spawn_with(|s| s.cors_origins = vec!["https://app.example".into()]).await;
-    let resp = app.client.get(app.url("/health/live")).header("origin", "https://app.example").send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/health/live"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example");
     assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
     assert!(resp.headers().get_all("vary").iter().any(|v| v.to_str().unwrap().contains("Origin")));
 
-    let resp = app.client.get(app.url("/health/live")).header("origin", "https://evil.example").send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/health/live"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "same request, just no CORS grant");
     assert!(!resp.headers().contains_key("access-control-allow-origin"));
     assert!(resp.headers().get_all("vary").iter().any(|v| v.to_str().unwrap().contains("Origin")));
@@ -154,7 +179,9 @@ async fn metrics_count_requests_by_route_and_status() {
     app.client.get(app.url("/health/live")).send().await.unwrap();
     let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("http_requests_total{") && l.contains(r#"route="/health/live""#) && l.contains(r#"status="200""#)),
+        text.lines().any(|l| l.starts_with("http_requests_total{")
+            && l.contains(r#"route="/health/live""#)
+            && l.contains(r#"status="200""#)),
         "{text}"
     );
     assert!(text.contains("http_request_duration_seconds_bucket{"), "latency is a histogram");
@@ -173,9 +200,11 @@ async fn docs_serve_swagger_ui_with_its_own_csp() {
 #[tokio::test]
 async fn served_spec_equals_the_committed_openapi_json() {
     let app = TestApp::spawn().await;
-    let served = app.client.get(app.url("/api/openapi.json")).send().await.unwrap().text().await.unwrap();
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json"))
-        .expect("openapi.json at the repository root");
+    let served =
+        app.client.get(app.url("/api/openapi.json")).send().await.unwrap().text().await.unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json"))
+            .expect("openapi.json at the repository root");
     assert_eq!(
         served, committed,
         "openapi.json is stale: run `cargo run -p tasklane-api -- openapi > openapi.json` \

@@ -29,7 +29,10 @@ impl<'a> User<'a> {
     }
 
     async fn task(&self) -> String {
-        let resp = self.app.post("/api/v1/tasks", &json!({ "title": "with files" }), Some(&self.token)).await;
+        let resp = self
+            .app
+            .post("/api/v1/tasks", &json!({ "title": "with files" }), Some(&self.token))
+            .await;
         assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
         resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
     }
@@ -39,17 +42,30 @@ impl<'a> User<'a> {
     }
 
     async fn declared(&self, task: &str, filename: &str, content_type: &str, size: usize) -> Value {
-        let resp = self.declare(task, json!({ "filename": filename, "content_type": content_type, "size_bytes": size })).await;
+        let resp = self
+            .declare(
+                task,
+                json!({ "filename": filename, "content_type": content_type, "size_bytes": size }),
+            )
+            .await;
         assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
         resp.json().await.unwrap()
     }
 
     async fn complete(&self, task: &str, attachment: &str) -> reqwest::Response {
-        self.app.post(&format!("/api/v1/tasks/{task}/attachments/{attachment}/complete"), &json!({}), Some(&self.token)).await
+        self.app
+            .post(
+                &format!("/api/v1/tasks/{task}/attachments/{attachment}/complete"),
+                &json!({}),
+                Some(&self.token),
+            )
+            .await
     }
 
     async fn attachment(&self, task: &str, attachment: &str) -> reqwest::Response {
-        self.app.get_as(&format!("/api/v1/tasks/{task}/attachments/{attachment}"), &self.token).await
+        self.app
+            .get_as(&format!("/api/v1/tasks/{task}/attachments/{attachment}"), &self.token)
+            .await
     }
 
     async fn delete(&self, path: &str) -> reqwest::Response {
@@ -68,7 +84,9 @@ impl<'a> User<'a> {
 
 /// A real PNG: a gradient, so it compresses like a picture, not like a blank.
 fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8]));
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
@@ -112,7 +130,14 @@ fn key_of(url: &str, bucket: &str) -> String {
 
 /// Every object under `prefix`.
 async fn objects(app: &TestApp, prefix: &str) -> Vec<String> {
-    let listed = app.s3().list_objects_v2().bucket(&app.settings.s3.bucket).prefix(prefix).send().await.unwrap();
+    let listed = app
+        .s3()
+        .list_objects_v2()
+        .bucket(&app.settings.s3.bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
     listed.contents().iter().filter_map(|object| object.key().map(str::to_owned)).collect()
 }
 
@@ -163,11 +188,13 @@ async fn a_png_goes_from_presigned_upload_to_ready_and_downloads_under_its_name(
     assert!(headers["content-disposition"].as_str().unwrap().starts_with("attachment;"));
     let url = url::Url::parse(instructions["url"].as_str().unwrap()).unwrap();
     assert_eq!(url.origin(), url::Url::parse(&app.settings.s3.public_endpoint).unwrap().origin());
-    let signed: String = url.query_pairs().find(|(k, _)| k == "X-Amz-SignedHeaders").unwrap().1.into_owned();
+    let signed: String =
+        url.query_pairs().find(|(k, _)| k == "X-Amz-SignedHeaders").unwrap().1.into_owned();
     for header in ["content-disposition", "content-length", "content-type", "host"] {
         assert!(signed.split(';').any(|h| h == header), "{header} is not signed: {signed}");
     }
-    let expires: i64 = url.query_pairs().find(|(k, _)| k == "X-Amz-Expires").unwrap().1.parse().unwrap();
+    let expires: i64 =
+        url.query_pairs().find(|(k, _)| k == "X-Amz-Expires").unwrap().1.parse().unwrap();
     assert!(expires <= 900, "an upload URL lives at most 15 minutes, not {expires} s");
     let upload_key = key_of(instructions["url"].as_str().unwrap(), &app.settings.s3.bucket);
     assert!(upload_key.starts_with(&format!("users/{}/tasks/{task}/", user.id)), "{upload_key}");
@@ -194,9 +221,13 @@ async fn a_png_goes_from_presigned_upload_to_ready_and_downloads_under_its_name(
     assert_eq!(download.status(), StatusCode::OK);
     let disposition = download.headers()["content-disposition"].to_str().unwrap().to_owned();
     assert!(disposition.starts_with("attachment;"), "{disposition}");
-    assert!(disposition.contains("filename*=UTF-8''Plan%20%C3%A9t%C3%A9%20%22v2%22.png"), "{disposition}");
+    assert!(
+        disposition.contains("filename*=UTF-8''Plan%20%C3%A9t%C3%A9%20%22v2%22.png"),
+        "{disposition}"
+    );
     assert_eq!(download.bytes().await.unwrap().as_ref(), bytes.as_slice());
-    let thumbnail = app.client.get(ready["thumbnail"]["url"].as_str().unwrap()).send().await.unwrap();
+    let thumbnail =
+        app.client.get(ready["thumbnail"]["url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(thumbnail.status(), StatusCode::OK);
     let thumbnail = image::load_from_memory(&thumbnail.bytes().await.unwrap()).unwrap();
     assert_eq!((thumbnail.width(), thumbnail.height()), (256, 192));
@@ -205,7 +236,12 @@ async fn a_png_goes_from_presigned_upload_to_ready_and_downloads_under_its_name(
     let prefix = format!("users/{}/tasks/{task}/", user.id);
     assert!(!exists(&app, &upload_key).await);
     assert_eq!(objects(&app, &prefix).await.len(), 2);
-    let list: Value = app.get_as(&format!("/api/v1/tasks/{task}/attachments"), &user.token).await.json().await.unwrap();
+    let list: Value = app
+        .get_as(&format!("/api/v1/tasks/{task}/attachments"), &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     assert_eq!(list["data"][0]["id"], id.as_str());
 
@@ -312,20 +348,53 @@ async fn oversized_or_disallowed_declarations_are_refused_before_signing() {
     let user = User::new(&app).await;
     let task = user.task().await;
     let cases = [
-        (json!({ "filename": "big.png", "content_type": "image/png", "size_bytes": 25 * 1024 * 1024 + 1 }), "size_bytes", "too_large"),
-        (json!({ "filename": "x.png", "content_type": "image/png", "size_bytes": 0 }), "size_bytes", "out_of_range"),
-        (json!({ "filename": "page.html", "content_type": "text/html", "size_bytes": 10 }), "content_type", "type_not_allowed"),
-        (json!({ "filename": "logo.svg", "content_type": "image/svg+xml", "size_bytes": 10 }), "content_type", "type_not_allowed"),
-        (json!({ "filename": "setup.exe", "content_type": "application/x-msdownload", "size_bytes": 10 }), "content_type", "type_not_allowed"),
-        (json!({ "filename": " / ", "content_type": "image/png", "size_bytes": 10 }), "filename", "required"),
-        (json!({ "filename": "a.png", "content_type": "image/png", "size_bytes": 10, "object_key": "users/x" }), "object_key", "unknown_field"),
+        (
+            json!({ "filename": "big.png", "content_type": "image/png", "size_bytes": 25 * 1024 * 1024 + 1 }),
+            "size_bytes",
+            "too_large",
+        ),
+        (
+            json!({ "filename": "x.png", "content_type": "image/png", "size_bytes": 0 }),
+            "size_bytes",
+            "out_of_range",
+        ),
+        (
+            json!({ "filename": "page.html", "content_type": "text/html", "size_bytes": 10 }),
+            "content_type",
+            "type_not_allowed",
+        ),
+        (
+            json!({ "filename": "logo.svg", "content_type": "image/svg+xml", "size_bytes": 10 }),
+            "content_type",
+            "type_not_allowed",
+        ),
+        (
+            json!({ "filename": "setup.exe", "content_type": "application/x-msdownload", "size_bytes": 10 }),
+            "content_type",
+            "type_not_allowed",
+        ),
+        (
+            json!({ "filename": " / ", "content_type": "image/png", "size_bytes": 10 }),
+            "filename",
+            "required",
+        ),
+        (
+            json!({ "filename": "a.png", "content_type": "image/png", "size_bytes": 10, "object_key": "users/x" }),
+            "object_key",
+            "unknown_field",
+        ),
     ];
     for (body, field, code) in cases {
         let resp = user.declare(&task, body.clone()).await;
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         let problem: Value = resp.json().await.unwrap();
-        let error = problem["errors"].as_array().unwrap().iter().find(|e| e["field"] == field).unwrap_or_else(|| panic!("{problem}"));
+        let error = problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["field"] == field)
+            .unwrap_or_else(|| panic!("{problem}"));
         assert_eq!(error["code"], code, "{problem}");
     }
     let malformed = app
@@ -340,7 +409,8 @@ async fn oversized_or_disallowed_declarations_are_refused_before_signing() {
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     // Exactly the limit is fine.
     user.declared(&task, "max.png", "image/png", 25 * 1024 * 1024).await;
-    let rows: i64 = sqlx::query_scalar("select count(*) from attachments").fetch_one(&app.db).await.unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from attachments").fetch_one(&app.db).await.unwrap();
     assert_eq!(rows, 1, "refused declarations leave nothing behind");
 }
 
@@ -361,7 +431,13 @@ async fn another_user_and_a_trashed_task_get_404_everywhere() {
             app.get_as(&base, token).await.status(),
             app.get_as(&format!("{base}/{id}"), token).await.status(),
             app.post(&format!("{base}/{id}/complete"), &json!({}), Some(token)).await.status(),
-            app.client.delete(app.url(&format!("{base}/{id}"))).bearer_auth(token).send().await.unwrap().status(),
+            app.client
+                .delete(app.url(&format!("{base}/{id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
         ];
         assert_eq!(statuses, [StatusCode::NOT_FOUND; 5]);
     };
@@ -369,9 +445,13 @@ async fn another_user_and_a_trashed_task_get_404_everywhere() {
     assert_eq!(owner.attachment(&task, &id).await.status(), StatusCode::OK);
 
     // In the trash, a task's files are out of reach too (they come back with a restore).
-    assert_eq!(owner.delete(&format!("/api/v1/tasks/{task}")).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        owner.delete(&format!("/api/v1/tasks/{task}")).await.status(),
+        StatusCode::NO_CONTENT
+    );
     check(&owner.token).await;
-    let restored = app.post(&format!("/api/v1/tasks/{task}/restore"), &json!({}), Some(&owner.token)).await;
+    let restored =
+        app.post(&format!("/api/v1/tasks/{task}/restore"), &json!({}), Some(&owner.token)).await;
     assert_eq!(restored.status(), StatusCode::OK);
     assert_eq!(owner.attachment(&task, &id).await.status(), StatusCode::OK);
 }
@@ -390,8 +470,10 @@ async fn processing_waits_out_a_store_outage_and_is_ready_once_it_is_back() {
     assert_eq!(user.complete(&task, &id).await.status(), StatusCode::ACCEPTED);
 
     // The store is down for the worker: attempts fail and are retried, never ready.
-    wait_until(Duration::from_secs(30), "a retried process_upload", || async { (upload_attempts(&app).await >= 2).then_some(()) })
-        .await;
+    wait_until(Duration::from_secs(30), "a retried process_upload", || async {
+        (upload_attempts(&app).await >= 2).then_some(())
+    })
+    .await;
     let during: Value = user.attachment(&task, &id).await.json().await.unwrap();
     assert_eq!(during["status"], "processing");
 
@@ -430,8 +512,14 @@ async fn purging_a_task_removes_its_attachments_objects() {
     assert_eq!(upload(&app, &declared, b"hello".to_vec()).await.status(), StatusCode::OK);
     let prefix = format!("users/{}/tasks/{task}/", user.id);
     assert_eq!(objects(&app, &prefix).await.len(), 1);
-    assert_eq!(user.delete(&format!("/api/v1/tasks/{task}")).await.status(), StatusCode::NO_CONTENT);
-    sqlx::query("update tasks set deleted_at = now() - interval '31 days'").execute(&app.db).await.unwrap();
+    assert_eq!(
+        user.delete(&format!("/api/v1/tasks/{task}")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    sqlx::query("update tasks set deleted_at = now() - interval '31 days'")
+        .execute(&app.db)
+        .await
+        .unwrap();
 
     let mut settings = app.worker_settings();
     settings.cron.insert("purge_deleted".into(), "* * * * * *".into());
@@ -440,7 +528,8 @@ async fn purging_a_task_removes_its_attachments_objects() {
         objects(&app, &prefix).await.is_empty().then_some(())
     })
     .await;
-    let rows: i64 = sqlx::query_scalar("select count(*) from attachments").fetch_one(&app.db).await.unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from attachments").fetch_one(&app.db).await.unwrap();
     assert_eq!(rows, 0);
 }
 
@@ -451,17 +540,20 @@ async fn abandoned_uploads_are_forgotten_and_stuck_processing_is_rejected() {
     let task = user.task().await;
     let abandoned = user.declared(&task, "a.txt", "text/plain", 5).await;
     let abandoned_id = abandoned["attachment"]["id"].as_str().unwrap().to_owned();
-    let abandoned_key = key_of(abandoned["upload"]["url"].as_str().unwrap(), &app.settings.s3.bucket);
+    let abandoned_key =
+        key_of(abandoned["upload"]["url"].as_str().unwrap(), &app.settings.s3.bucket);
     assert_eq!(upload(&app, &abandoned, b"hello".to_vec()).await.status(), StatusCode::OK);
     let fresh = user.declared(&task, "b.txt", "text/plain", 5).await;
     let fresh_id = fresh["attachment"]["id"].as_str().unwrap().to_owned();
     let stuck = user.declared(&task, "c.txt", "text/plain", 5).await;
     let stuck_id = stuck["attachment"]["id"].as_str().unwrap().to_owned();
-    sqlx::query("update attachments set created_at = now() - interval '3 hours' where id = $1::uuid")
-        .bind(&abandoned_id)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "update attachments set created_at = now() - interval '3 hours' where id = $1::uuid",
+    )
+    .bind(&abandoned_id)
+    .execute(&app.db)
+    .await
+    .unwrap();
     // As if its last attempt died with its worker an hour and more ago.
     sqlx::query("update attachments set status = 'processing', updated_at = now() - interval '2 hours' where id = $1::uuid")
         .bind(&stuck_id)
@@ -479,7 +571,10 @@ async fn abandoned_uploads_are_forgotten_and_stuck_processing_is_rejected() {
         (gone && !exists(&app, &abandoned_key).await).then_some(())
     })
     .await;
-    assert_eq!(user.attachment(&task, &fresh_id).await.json::<Value>().await.unwrap()["status"], "pending");
+    assert_eq!(
+        user.attachment(&task, &fresh_id).await.json::<Value>().await.unwrap()["status"],
+        "pending"
+    );
 }
 
 #[tokio::test]
@@ -500,10 +595,15 @@ async fn the_list_pages_newest_first_with_an_opaque_cursor() {
             None => format!("{base}?limit=2"),
         };
         let page: Value = app.get_as(&path, &user.token).await.json().await.unwrap();
-        seen.extend(page["data"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["data"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(next) => {
-                assert!(next.parse::<uuid::Uuid>().is_err(), "the cursor is opaque, not a raw id: {next}");
+                assert!(
+                    next.parse::<uuid::Uuid>().is_err(),
+                    "the cursor is opaque, not a raw id: {next}"
+                );
                 cursor = Some(next.to_owned());
             }
             None => break,

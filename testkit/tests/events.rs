@@ -32,7 +32,9 @@ impl Sse {
     async fn open(app_url: &str, auth: Auth<'_>, last_event_id: Option<&str>) -> reqwest::Response {
         let client = reqwest::Client::new();
         let mut request = match auth {
-            Auth::Bearer(token) => client.get(format!("{app_url}/api/v1/events")).bearer_auth(token),
+            Auth::Bearer(token) => {
+                client.get(format!("{app_url}/api/v1/events")).bearer_auth(token)
+            }
             Auth::Ticket(ticket) => client.get(format!("{app_url}/api/v1/events?ticket={ticket}")),
         };
         if let Some(id) = last_event_id {
@@ -54,7 +56,8 @@ impl Sse {
             loop {
                 if let Some(end) = self.buffer.find("\n\n") {
                     let block: String = self.buffer.drain(..end + 2).collect();
-                    let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+                    let (mut id, mut event, mut data) =
+                        (String::new(), String::new(), String::new());
                     for line in block.lines() {
                         if let Some(v) = line.strip_prefix("id:") {
                             id = v.trim().to_owned();
@@ -67,10 +70,16 @@ impl Sse {
                     if data.is_empty() {
                         continue;
                     }
-                    return Some(SseEvent { id, event, data: serde_json::from_str(&data).unwrap() });
+                    return Some(SseEvent {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).unwrap(),
+                    });
                 }
                 match self.body.next().await {
-                    Some(chunk) => self.buffer.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
+                    Some(chunk) => {
+                        self.buffer.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap())
+                    }
                     None => return None,
                 }
             }
@@ -144,12 +153,22 @@ async fn last_event_id_replays_exactly_the_missed_events_in_order() {
 
     // Missed while disconnected: a create, a delete and a restore.
     let second = create(&app, &token, "two").await;
-    let deleted = app.client.delete(app.url(&format!("/api/v1/tasks/{first}"))).bearer_auth(&token).send().await.unwrap();
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{first}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    let restored = app.post(&format!("/api/v1/tasks/{first}/restore"), &json!({}), Some(&token)).await;
+    let restored =
+        app.post(&format!("/api/v1/tasks/{first}/restore"), &json!({}), Some(&token)).await;
     assert_eq!(restored.status(), StatusCode::OK);
     // Published (the outbox is empty) before reconnecting.
-    wait_until(WAIT, "the events to be published", || async { (app.outbox_len().await == 0).then_some(()) }).await;
+    wait_until(WAIT, "the events to be published", || async {
+        (app.outbox_len().await == 0).then_some(())
+    })
+    .await;
 
     let mut resumed = Sse::connect(&app.address, Auth::Bearer(&token), Some(&seen.id)).await;
     let replayed = [resumed.expect().await, resumed.expect().await, resumed.expect().await];
@@ -157,7 +176,11 @@ async fn last_event_id_replays_exactly_the_missed_events_in_order() {
     assert_eq!(kinds, ["task.created", "task.deleted", "task.restored"]);
     assert_eq!(replayed[0].data["data"]["task"]["id"], second.as_str());
     assert_eq!(replayed[1].data["data"]["task_id"], first.as_str());
-    assert!(replayed.windows(2).all(|pair| pair[0].id < pair[1].id || pair[0].id.len() < pair[1].id.len()));
+    assert!(
+        replayed
+            .windows(2)
+            .all(|pair| pair[0].id < pair[1].id || pair[0].id.len() < pair[1].id.len())
+    );
     // Then live again, with nothing replayed twice.
     let third = create(&app, &token, "three").await;
     let live = resumed.expect().await;
@@ -213,7 +236,8 @@ async fn a_ticket_works_once_and_not_after_it_expires() {
 
     // A ticket lives 30 s in Redis; make this one expire now.
     let expired = issue().await;
-    let hash: String = Sha256::digest(expired.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let hash: String =
+        Sha256::digest(expired.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
     let key = format!("{}:events:ticket:{hash}", app.settings.redis_prefix);
     let mut redis = tasklane_shared::redis::connect(&app.settings).unwrap();
     let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await.unwrap();
@@ -221,11 +245,20 @@ async fn a_ticket_works_once_and_not_after_it_expires() {
     let _: () = redis::cmd("PEXPIRE").arg(&key).arg(1).query_async(&mut redis).await.unwrap();
     wait_until(WAIT, "the ticket to expire", || {
         let (mut redis, key) = (redis.clone(), key.clone());
-        async move { (!redis::cmd("EXISTS").arg(&key).query_async::<bool>(&mut redis).await.unwrap()).then_some(()) }
+        async move {
+            (!redis::cmd("EXISTS").arg(&key).query_async::<bool>(&mut redis).await.unwrap())
+                .then_some(())
+        }
     })
     .await;
-    assert_eq!(Sse::open(&app.address, Auth::Ticket(&expired), None).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(Sse::open(&app.address, Auth::Ticket("made-up"), None).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        Sse::open(&app.address, Auth::Ticket(&expired), None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        Sse::open(&app.address, Auth::Ticket("made-up"), None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -238,10 +271,24 @@ async fn a_rolled_back_change_emits_nothing() {
     let mut events = Sse::connect(&app.address, Auth::Bearer(&token), None).await;
 
     let mut tx = app.db.begin().await.unwrap();
-    tasklane_shared::events::record(&mut tx, user, "task.deleted", json!({ "task_id": "rolled-back" })).await.unwrap();
+    tasklane_shared::events::record(
+        &mut tx,
+        user,
+        "task.deleted",
+        json!({ "task_id": "rolled-back" }),
+    )
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
     let mut tx = app.db.begin().await.unwrap();
-    tasklane_shared::events::record(&mut tx, user, "task.deleted", json!({ "task_id": "committed" })).await.unwrap();
+    tasklane_shared::events::record(
+        &mut tx,
+        user,
+        "task.deleted",
+        json!({ "task_id": "committed" }),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     let event = events.expect().await;
@@ -255,20 +302,32 @@ async fn jobs_publish_overdue_events_and_the_websocket_carries_the_same_stream()
     settings.cron.insert("mark_overdue".into(), "* * * * * *".into());
     let _worker = tasklane_testkit::TestWorker::spawn(settings).await;
     let token = token(&app).await;
-    let ticket = app.post("/api/v1/events/ticket", &json!({}), Some(&token)).await.json::<Value>().await.unwrap()["ticket"]
+    let ticket = app
+        .post("/api/v1/events/ticket", &json!({}), Some(&token))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
     let ws_url = format!("{}/api/v1/ws?ticket={ticket}", app.address.replacen("http", "ws", 1));
     let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
 
-    let resp = app.post("/api/v1/tasks", &json!({ "title": "late", "due_at": "2020-01-01T00:00:00Z" }), Some(&token)).await;
+    let resp = app
+        .post(
+            "/api/v1/tasks",
+            &json!({ "title": "late", "due_at": "2020-01-01T00:00:00Z" }),
+            Some(&token),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
-        let message = tokio::time::timeout(WAIT, socket.next()).await.expect("a message").unwrap().unwrap();
+        let message =
+            tokio::time::timeout(WAIT, socket.next()).await.expect("a message").unwrap().unwrap();
         if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
             let event: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(event["data"]["task"]["id"], id.as_str());
@@ -295,7 +354,11 @@ async fn shutting_down_ends_open_streams_with_a_closing_event() {
     assert_eq!(closing.data["data"]["reason"], "closing");
     assert!(events.next().await.is_none(), "the stream ends");
     // Well within the 25 s grace: streams do not hold up the drain.
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -316,11 +379,23 @@ async fn a_client_that_stops_reading_is_disconnected_as_a_slow_consumer() {
         let app = &app;
         async move {
             for _ in 0..500 {
-                let recorded = tasklane_shared::events::Recorded { user_id: user, at: chrono::Utc::now(), data: json!({ "task_id": padding }) };
-                tasklane_shared::events::publish(&mut redis, &keys, "task.deleted", &recorded).await.unwrap();
+                let recorded = tasklane_shared::events::Recorded {
+                    user_id: user,
+                    at: chrono::Utc::now(),
+                    data: json!({ "task_id": padding }),
+                };
+                tasklane_shared::events::publish(&mut redis, &keys, "task.deleted", &recorded)
+                    .await
+                    .unwrap();
             }
-            let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-            metrics.lines().any(|line| line.starts_with("events_slow_consumers_total") && !line.ends_with(" 0")).then_some(())
+            let metrics =
+                app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            metrics
+                .lines()
+                .any(|line| {
+                    line.starts_with("events_slow_consumers_total") && !line.ends_with(" 0")
+                })
+                .then_some(())
         }
     })
     .await;

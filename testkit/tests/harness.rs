@@ -15,7 +15,13 @@ async fn the_s3_server_stores_and_returns_an_object() {
     let s3 = app.s3();
     let key = format!("harness/{}.txt", unique("obj"));
     let bucket = &app.settings.s3.bucket;
-    s3.put_object().bucket(bucket).key(&key).body(ByteStream::from_static(b"tasklane")).send().await.unwrap();
+    s3.put_object()
+        .bucket(bucket)
+        .key(&key)
+        .body(ByteStream::from_static(b"tasklane"))
+        .send()
+        .await
+        .unwrap();
     let got = s3.get_object().bucket(bucket).key(&key).send().await.unwrap();
     assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), b"tasklane");
     s3.delete_object().bucket(bucket).key(&key).send().await.unwrap();
@@ -35,8 +41,9 @@ async fn the_s3_server_rejects_a_bad_signature() {
 /// Every variable a binary needs outside dev must be set on the api and worker services.
 #[test]
 fn compose_sets_every_required_variable_on_api_and_worker() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml"))
-        .expect("docker-compose.yml at the repository root");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml"))
+            .expect("docker-compose.yml at the repository root");
     let compose: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
     let required = [
         "DATABASE_URL",
@@ -55,7 +62,9 @@ fn compose_sets_every_required_variable_on_api_and_worker() {
     for (service, addr_var) in [("api", "TASKLANE_API_ADDR"), ("worker", "TASKLANE_WORKER_ADDR")] {
         let env = &compose["services"][service]["environment"];
         let set: BTreeSet<String> = match env {
-            serde_yaml::Value::Mapping(map) => map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect(),
+            serde_yaml::Value::Mapping(map) => {
+                map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect()
+            }
             serde_yaml::Value::Sequence(list) => list
                 .iter()
                 .filter_map(|item| item.as_str()?.split('=').next().map(str::to_owned))
@@ -66,5 +75,8 @@ fn compose_sets_every_required_variable_on_api_and_worker() {
             assert!(set.contains(*var), "services.{service}.environment lacks {var}");
         }
     }
-    assert!(compose["services"]["worker"]["deploy"]["replicas"].as_u64().unwrap_or(1) >= 2, "workers run as a fleet");
+    assert!(
+        compose["services"]["worker"]["deploy"]["replicas"].as_u64().unwrap_or(1) >= 2,
+        "workers run as a fleet"
+    );
 }

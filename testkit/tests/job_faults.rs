@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
-use tasklane_shared::jobs::{Backoff, EmailMessage, Job, JobSpec, PermanentError, Queue, SendEmail};
+use tasklane_shared::jobs::{
+    Backoff, EmailMessage, Job, JobSpec, PermanentError, Queue, SendEmail,
+};
 use tasklane_shared::outbox;
-use tasklane_shared::queue::{HeldClaims, NewJob, Outcome, QueueSettings, QueueStore, RedisBackend};
+use tasklane_shared::queue::{
+    HeldClaims, NewJob, Outcome, QueueSettings, QueueStore, RedisBackend,
+};
 use tasklane_shared::redis::Keys;
 use tasklane_testkit::{GateMode, TcpGate, TestApp, TestRedis, signal, unique, wait_until};
 
@@ -40,7 +44,13 @@ fn store(app: &TestApp, settings: QueueSettings) -> QueueStore {
     QueueStore::new(conn, Keys::new(app.settings.redis_prefix.clone()), settings)
 }
 
-async fn wait_for_state(store: &QueueStore, queue: Queue, id: &str, state: &str, deadline: Duration) {
+async fn wait_for_state(
+    store: &QueueStore,
+    queue: Queue,
+    id: &str,
+    state: &str,
+    deadline: Duration,
+) {
     wait_until(deadline, &format!("job {id} {state}"), || async {
         let job = store.job(queue, id).await.unwrap()?;
         (job.state == state).then_some(())
@@ -69,7 +79,11 @@ async fn a_job_held_by_a_killed_worker_is_finished_by_another_and_sends_once() {
     wait_for_state(&store, Queue::Emails, &id, "done", Duration::from_secs(10)).await;
     let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
     assert_eq!(job.attempts, 2, "the killed attempt counts");
-    assert!(job.history[0].error.as_deref().unwrap().contains("lease expired"), "{:?}", job.history);
+    assert!(
+        job.history[0].error.as_deref().unwrap().contains("lease expired"),
+        "{:?}",
+        job.history
+    );
     assert_eq!(job.history[1].error, None);
     assert_eq!(app.emails_to(&to).await.len(), 1, "sent exactly once");
 }
@@ -93,7 +107,11 @@ async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
     // A "worker" that claims and dies each time: it never reports an outcome.
     for attempt in 1..=2 {
         let claim = wait_until(Duration::from_secs(10), "a claim", || async {
-            store.claim(Queue::Emails, "send_email", &format!("crasher-{attempt}"), 1).await.unwrap().pop()
+            store
+                .claim(Queue::Emails, "send_email", &format!("crasher-{attempt}"), 1)
+                .await
+                .unwrap()
+                .pop()
         })
         .await;
         assert_eq!(claim.attempt, attempt);
@@ -113,7 +131,10 @@ async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
 #[tokio::test]
 async fn a_late_result_from_an_expired_claim_is_refused() {
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings { lease: Duration::from_millis(200), ..QueueSettings::default() });
+    let store = store(
+        &app,
+        QueueSettings { lease: Duration::from_millis(200), ..QueueSettings::default() },
+    );
     let job = NewJob {
         id: uuid::Uuid::now_v7(),
         kind: "send_email".into(),
@@ -153,7 +174,10 @@ async fn sigterm_mid_job_hands_the_job_back_and_nothing_is_lost() {
     wait_for_state(&store, Queue::Emails, &id, "running", Duration::from_secs(20)).await;
 
     signal(&stopping, "TERM");
-    let exit = tokio::time::timeout(Duration::from_secs(15), stopping.wait()).await.expect("exits").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), stopping.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
     // Handed back at once, not after the 60 s lease; and not counted as an attempt.
     let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
@@ -193,7 +217,11 @@ async fn smtp_down_for_a_while_means_retries_with_growing_backoff_then_one_email
     for (i, attempt) in failed.iter().enumerate() {
         let n = u32::try_from(i + 1).unwrap();
         let delay = Duration::from_millis(u64::try_from(attempt.retry_in_ms.unwrap()).unwrap());
-        assert!(delay <= backoff.ceiling(n), "attempt {n}: {delay:?} over {:?}", backoff.ceiling(n));
+        assert!(
+            delay <= backoff.ceiling(n),
+            "attempt {n}: {delay:?} over {:?}",
+            backoff.ceiling(n)
+        );
         if n > 1 {
             assert!(backoff.ceiling(n) > backoff.ceiling(n - 1), "the ceiling grows");
         }
@@ -250,7 +278,12 @@ async fn a_job_that_always_fails_is_dead_after_its_attempts_and_the_worker_carri
     let backend_store = store.clone();
     let monitor = Monitor::new().register(move |_| {
         WorkerBuilder::new("flaky-worker")
-            .backend(RedisBackend::<Flaky>::new(backend_store.clone(), blocking.clone(), "flaky-worker".into(), HeldClaims::default()))
+            .backend(RedisBackend::<Flaky>::new(
+                backend_store.clone(),
+                blocking.clone(),
+                "flaky-worker".into(),
+                HeldClaims::default(),
+            ))
             .build(flaky)
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -268,7 +301,11 @@ async fn a_job_that_always_fails_is_dead_after_its_attempts_and_the_worker_carri
     let dead = store.job(Queue::Maintenance, &doomed).await.unwrap().unwrap();
     assert_eq!(dead.attempts, 3, "{dead:?}");
     assert_eq!(dead.history.len(), 3);
-    assert!(dead.history.iter().all(|a| a.error.as_deref() == Some("always fails") && a.worker.is_some()));
+    assert!(
+        dead.history
+            .iter()
+            .all(|a| a.error.as_deref() == Some("always fails") && a.worker.is_some())
+    );
     let skipped = store.job(Queue::Maintenance, &hopeless).await.unwrap().unwrap();
     assert_eq!(skipped.attempts, 1, "a permanent error skips the retries");
 
@@ -314,7 +351,12 @@ async fn three_worker_processes_run_each_tick_of_a_two_second_schedule_once() {
     let app = TestApp::spawn().await;
     let store = store(&app, QueueSettings::default());
     let mut workers: Vec<_> = (0..3)
-        .map(|_| app.worker_process().env("TASKLANE_CRON_PRUNE_SENT_EMAILS", "*/2 * * * * *").spawn().unwrap())
+        .map(|_| {
+            app.worker_process()
+                .env("TASKLANE_CRON_PRUNE_SENT_EMAILS", "*/2 * * * * *")
+                .spawn()
+                .unwrap()
+        })
         .collect();
 
     let first = wait_until(Duration::from_secs(20), "the first tick", || async {
@@ -341,7 +383,8 @@ async fn three_worker_processes_run_each_tick_of_a_two_second_schedule_once() {
                 continue; // other schedules (mark_overdue…) may tick during the minute
             }
             let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap();
-            let tick = chrono::DateTime::parse_from_rfc3339(payload["tick"].as_str().unwrap()).unwrap();
+            let tick =
+                chrono::DateTime::parse_from_rfc3339(payload["tick"].as_str().unwrap()).unwrap();
             *runs.entry(tick.timestamp()).or_default() += 1;
             assert!(job.attempts <= 1, "a tick's job ran at most once: {job:?}");
         }
@@ -385,7 +428,9 @@ async fn after_all_workers_were_down_only_the_latest_missed_tick_runs() {
                 continue;
             }
             let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap();
-            ticks.push(chrono::DateTime::parse_from_rfc3339(payload["tick"].as_str().unwrap()).unwrap());
+            ticks.push(
+                chrono::DateTime::parse_from_rfc3339(payload["tick"].as_str().unwrap()).unwrap(),
+            );
         }
     }
     let missed: Vec<_> = ticks.iter().filter(|t| **t <= started).collect();
@@ -403,7 +448,8 @@ async fn finished_jobs_expire_and_the_key_count_returns_to_its_baseline() {
         let mut conn = conn.clone();
         let pattern = pattern.clone();
         async move {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
             keys.len()
         }
     };
@@ -430,7 +476,19 @@ async fn the_worker_reports_an_eviction_policy_that_can_lose_jobs() {
     let redis = TestRedis::start().await;
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    assert!(tasklane_shared::redis::check_eviction_policy(&mut conn).await, "noeviction is accepted");
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-lru").query_async(&mut conn).await.unwrap();
-    assert!(!tasklane_shared::redis::check_eviction_policy(&mut conn).await, "allkeys-lru is reported");
+    assert!(
+        tasklane_shared::redis::check_eviction_policy(&mut conn).await,
+        "noeviction is accepted"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !tasklane_shared::redis::check_eviction_policy(&mut conn).await,
+        "allkeys-lru is reported"
+    );
 }

@@ -6,11 +6,13 @@
 
 #[test]
 fn committed_openapi_json_matches_the_code() {
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json"))
-        .expect("openapi.json at the repository root");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json"))
+            .expect("openapi.json at the repository root");
     let generated = tasklane_api::openapi::spec_json();
     if std::env::var_os("TASKLANE_UPDATE_OPENAPI").is_some() && committed != generated {
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json"), &generated).expect("write openapi.json");
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json"), &generated)
+            .expect("write openapi.json");
         return;
     }
     assert!(

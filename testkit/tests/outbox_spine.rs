@@ -46,7 +46,10 @@ async fn a_job_from_a_committed_transaction_reaches_a_worker() {
 
     let emails = app.wait_for_emails(&to, 1, DEADLINE).await;
     assert!(emails[0]["text"].as_str().unwrap().contains("password of your Tasklane account"));
-    wait_until(DEADLINE, "outbox drained", || async { (app.outbox_len().await == 0).then_some(()) }).await;
+    wait_until(DEADLINE, "outbox drained", || async {
+        (app.outbox_len().await == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -79,11 +82,13 @@ async fn a_job_written_while_redis_is_down_arrives_after_redis_returns() {
     enqueue_committed(&app, &email(&to, &unique("k"))).await;
     // The relay tried and failed: the row is still there and says why.
     let error: String = wait_until(DEADLINE, "a failed relay attempt", || async {
-        sqlx::query_scalar::<_, Option<String>>("select last_error from outbox where relay_attempts > 0")
-            .fetch_optional(&app.db)
-            .await
-            .unwrap()
-            .flatten()
+        sqlx::query_scalar::<_, Option<String>>(
+            "select last_error from outbox where relay_attempts > 0",
+        )
+        .fetch_optional(&app.db)
+        .await
+        .unwrap()
+        .flatten()
     })
     .await;
     assert!(!error.is_empty());
@@ -100,7 +105,9 @@ async fn two_relays_never_deliver_a_row_twice() {
     let app = TestApp::spawn().await;
     let mut tx = app.db.begin().await.unwrap();
     for i in 0..ROWS {
-        outbox::enqueue(&mut tx, &email("nobody@example.test", &format!("k{i}")), None).await.unwrap();
+        outbox::enqueue(&mut tx, &email("nobody@example.test", &format!("k{i}")), None)
+            .await
+            .unwrap();
     }
     tx.commit().await.unwrap();
 
@@ -172,7 +179,8 @@ async fn the_worker_serves_health_and_queue_metrics() {
     assert_eq!(live.status(), 200);
     let ready = app.client.get(format!("{base}/health/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    let metrics = app.client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        app.client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"queue_jobs{queue="emails",state="pending"}"#), "{metrics}");
     assert!(metrics.contains("outbox_backlog"), "{metrics}");
     worker.stop().await.unwrap();
@@ -187,9 +195,13 @@ async fn a_worker_process_stops_on_sigterm_and_leaves_nothing_held() {
     app.wait_for_emails(&to, 1, DEADLINE).await;
 
     let pid = child.id().unwrap();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status =
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits within the grace").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits within the grace")
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
     let depth = store_for(&app).depth(Queue::Emails).await.unwrap();
     assert_eq!((depth.running, depth.pending), (0, 0));

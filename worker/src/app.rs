@@ -10,11 +10,11 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Server};
 use sqlx::PgPool;
 use tasklane_shared::config::{AttachmentSettings, Settings};
-use tasklane_shared::storage::Bucket;
 use tasklane_shared::jobs::Job;
 use tasklane_shared::outbox::Relay;
 use tasklane_shared::queue::{HeldClaims, QueueSettings, QueueStore, RedisBackend};
 use tasklane_shared::redis::Keys;
+use tasklane_shared::storage::Bucket;
 use tokio::sync::watch;
 
 use crate::health;
@@ -31,7 +31,10 @@ pub struct TaskLists {
 
 impl TaskLists {
     pub async fn invalidate(&self, users: &[uuid::Uuid]) {
-        if let Err(err) = tasklane_shared::redis::invalidate_task_lists(&mut self.conn.clone(), &self.keys, users).await {
+        if let Err(err) =
+            tasklane_shared::redis::invalidate_task_lists(&mut self.conn.clone(), &self.keys, users)
+                .await
+        {
             // Cached pages live 30 s at most: the damage is bounded.
             tracing::warn!(error = %err, "cannot invalidate cached task lists");
         }
@@ -72,8 +75,13 @@ impl WorkerContext {
     pub fn backend<J: Job>(&self, concurrency: usize) -> RedisBackend<J> {
         let blocking = tasklane_shared::redis::connect_blocking(&self.settings)
             .expect("REDIS_URL was validated when the worker started");
-        RedisBackend::new(self.store.clone(), blocking, self.worker_name(J::SPEC.kind), self.held.clone())
-            .with_prefetch(concurrency)
+        RedisBackend::new(
+            self.store.clone(),
+            blocking,
+            self.worker_name(J::SPEC.kind),
+            self.held.clone(),
+        )
+        .with_prefetch(concurrency)
     }
 }
 
@@ -92,8 +100,12 @@ impl WorkerApp {
         // Every send_email attempt holds a connection across its SMTP send; the relay's
         // listener holds one for good; the relay, each maintenance kind and readiness need
         // theirs. A pool smaller than that would fail jobs whenever SMTP is slow.
-        let needed = u32::try_from(settings.worker_concurrency).unwrap_or(u32::MAX).saturating_add(8);
-        let db = tasklane_shared::db::connect_sized(&settings, settings.database_max_connections.max(needed))?;
+        let needed =
+            u32::try_from(settings.worker_concurrency).unwrap_or(u32::MAX).saturating_add(8);
+        let db = tasklane_shared::db::connect_sized(
+            &settings,
+            settings.database_max_connections.max(needed),
+        )?;
         let redis = tasklane_shared::redis::connect(&settings)?;
         let _ = tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
         let queue_settings = QueueSettings {
@@ -112,7 +124,10 @@ impl WorkerApp {
             mailer: Mailer::new(&settings)?,
             templates: Templates::new(settings.public_url.clone())?,
             task_lists,
-            bucket: Bucket { client: tasklane_shared::storage::internal_client(&settings.s3), name: settings.s3.bucket.clone() },
+            bucket: Bucket {
+                client: tasklane_shared::storage::internal_client(&settings.s3),
+                name: settings.s3.bucket.clone(),
+            },
             attachments: settings.attachments.clone(),
             held: HeldClaims::default(),
             name: format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..]),
@@ -139,7 +154,10 @@ impl WorkerApp {
 
     /// Runs until `shutdown` resolves. Then the relay and fetching stop, running jobs get
     /// the grace period to finish, and whatever is still held is handed back to its queue.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let until_stopped = move || {
             let mut stopped = stopped.clone();
@@ -155,16 +173,16 @@ impl WorkerApp {
 
         let ctx = self.ctx;
         tracing::info!(worker = %ctx.name, addr = %self.local_addr, "worker starting");
-        let relay = Relay::new(ctx.db.clone(), ctx.store.clone(), self.settings.relay_poll_interval);
+        let relay =
+            Relay::new(ctx.db.clone(), ctx.store.clone(), self.settings.relay_poll_interval);
         let relay = tokio::spawn(relay.run(until_stopped()));
         let routes = health::routes().data(ctx.clone());
-        let http = tokio::spawn(
-            Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
+        let http =
+            tokio::spawn(Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
                 routes,
                 until_stopped(),
                 Some(std::time::Duration::from_secs(1)),
-            ),
-        );
+            ));
 
         if let Err(err) = jobs::catch_up(&ctx).await {
             tracing::warn!(error = %err, "could not catch up missed schedule ticks");
@@ -177,11 +195,12 @@ impl WorkerApp {
         });
         let monitor = jobs::register(monitor, &ctx)?.shutdown_timeout(self.settings.shutdown_grace);
         let signal = until_stopped();
-        let result = monitor.run_with_signal(async move {
-            signal.await;
-            Ok(())
-        })
-        .await;
+        let result = monitor
+            .run_with_signal(async move {
+                signal.await;
+                Ok(())
+            })
+            .await;
         if !ctx.held.is_empty() {
             ctx.held.release_all(&ctx.store).await;
         }

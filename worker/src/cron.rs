@@ -39,7 +39,10 @@ const TICK_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
 const TICK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3a52_8d0e_4b7a_9f21_5e0c_7d43_a9b1);
 
 /// The effective schedule of a kind: its `TASKLANE_CRON_<KIND>` override or its default.
-pub fn schedule_of(spec: &JobSpec, settings: &Settings) -> anyhow::Result<Option<(String, cron::Schedule)>> {
+pub fn schedule_of(
+    spec: &JobSpec,
+    settings: &Settings,
+) -> anyhow::Result<Option<(String, cron::Schedule)>> {
     let Some(default) = spec.schedule else {
         return Ok(None);
     };
@@ -58,7 +61,11 @@ pub fn schedule_of(spec: &JobSpec, settings: &Settings) -> anyhow::Result<Option
 pub fn validate(settings: &Settings) -> anyhow::Result<()> {
     for kind in settings.cron.keys() {
         let spec = tasklane_shared::jobs::spec(kind).filter(|spec| spec.schedule.is_some());
-        anyhow::ensure!(spec.is_some(), "TASKLANE_CRON_{} does not name a scheduled job", kind.to_ascii_uppercase());
+        anyhow::ensure!(
+            spec.is_some(),
+            "TASKLANE_CRON_{} does not name a scheduled job",
+            kind.to_ascii_uppercase()
+        );
     }
     for spec in tasklane_shared::jobs::ALL {
         schedule_of(spec, settings)?;
@@ -67,7 +74,10 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// Enqueues `J` for the tick at `at`; `false` when another worker already did.
-pub async fn enqueue_tick_at<J: CronJob>(store: &QueueStore, at: DateTime<Utc>) -> anyhow::Result<bool> {
+pub async fn enqueue_tick_at<J: CronJob>(
+    store: &QueueStore,
+    at: DateTime<Utc>,
+) -> anyhow::Result<bool> {
     let kind = J::SPEC.kind;
     let seconds = at.timestamp();
     let job = NewJob {
@@ -98,12 +108,16 @@ pub async fn on_tick<J: CronJob>(tick: Tick, store: Data<QueueStore>) -> Result<
 
 /// At start-up: if the schedule ran before and a tick was missed since, enqueue the latest
 /// missed one (once across the fleet).
-pub async fn catch_up<J: CronJob>(store: &QueueStore, schedule: &cron::Schedule) -> anyhow::Result<()> {
+pub async fn catch_up<J: CronJob>(
+    store: &QueueStore,
+    schedule: &cron::Schedule,
+) -> anyhow::Result<()> {
     let Some(last_ms) = store.last_tick(J::SPEC.kind).await? else {
         return Ok(());
     };
     let now = Utc::now();
-    let Some(latest) = schedule.after(&(now + chrono::Duration::milliseconds(1))).next_back() else {
+    let Some(latest) = schedule.after(&(now + chrono::Duration::milliseconds(1))).next_back()
+    else {
         return Ok(());
     };
     if latest.timestamp_millis() > last_ms && latest <= now {
@@ -130,14 +144,26 @@ impl Backend for TickSource {
     type Task = Task<Tick>;
     type Error = apalis_cron::Error;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx, worker)
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Option<Result<Task<Tick>, Self::Error>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Task<Tick>, Self::Error>>> {
         match self.inner.poll_next(cx, worker) {
             Poll::Ready(Some(Err(apalis_cron::Error::OutOfRange { tick, duration }))) => {
-                tracing::warn!(tick, late_ms = duration.as_millis() as u64, "tick fired late; enqueuing it now");
+                tracing::warn!(
+                    tick,
+                    late_ms = duration.as_millis() as u64,
+                    "tick fired late; enqueuing it now"
+                );
                 // A fresh scheduler computes the next tick from now.
                 self.inner = self.template.clone();
                 Poll::Ready(Some(Ok(TaskBuilder::new(Tick::new(tick)).build())))
@@ -146,7 +172,11 @@ impl Backend for TickSource {
         }
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         Pin::new(&mut self.inner).get_mut().poll_close(cx, worker)
     }
 }

@@ -57,13 +57,20 @@ async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
         match ctx.store.depth(queue).await {
             Ok(depth) => {
                 let q = queue.as_str();
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "pending").set(depth.pending as f64);
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "running").set(depth.running as f64);
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "scheduled").set(depth.scheduled as f64);
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "dead").set(depth.dead as f64);
-                metrics::gauge!("queue_oldest_pending_age_seconds", "queue" => q).set(depth.oldest_pending_age.as_secs_f64());
+                metrics::gauge!("queue_jobs", "queue" => q, "state" => "pending")
+                    .set(depth.pending as f64);
+                metrics::gauge!("queue_jobs", "queue" => q, "state" => "running")
+                    .set(depth.running as f64);
+                metrics::gauge!("queue_jobs", "queue" => q, "state" => "scheduled")
+                    .set(depth.scheduled as f64);
+                metrics::gauge!("queue_jobs", "queue" => q, "state" => "dead")
+                    .set(depth.dead as f64);
+                metrics::gauge!("queue_oldest_pending_age_seconds", "queue" => q)
+                    .set(depth.oldest_pending_age.as_secs_f64());
             }
-            Err(err) => tracing::warn!(queue = queue.as_str(), error = %err, "cannot read queue depth"),
+            Err(err) => {
+                tracing::warn!(queue = queue.as_str(), error = %err, "cannot read queue depth")
+            }
         }
     }
     match tasklane_shared::outbox::backlog(&ctx.db).await {

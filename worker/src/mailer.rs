@@ -32,17 +32,24 @@ pub enum MailError {
 
 impl Mailer {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.smtp_url.expose_secret())?
-            .timeout(Some(std::time::Duration::from_secs(10)))
-            .build();
+        let transport =
+            AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.smtp_url.expose_secret())?
+                .timeout(Some(std::time::Duration::from_secs(10)))
+                .build();
         Ok(Self { transport, from: settings.mail_from.parse()? })
     }
 
     pub async fn send(&self, email: &Email<'_>) -> Result<(), MailError> {
-        let to: Mailbox = email.to.parse().map_err(|err| MailError::Invalid(format!("recipient {:?}: {err}", email.to)))?;
+        let to: Mailbox = email
+            .to
+            .parse()
+            .map_err(|err| MailError::Invalid(format!("recipient {:?}: {err}", email.to)))?;
         let builder = Message::builder().from(self.from.clone()).to(to).subject(email.subject);
         let message = match email.html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(email.text.to_owned(), html.to_owned())),
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+                email.text.to_owned(),
+                html.to_owned(),
+            )),
             None => builder.body(email.text.to_owned()),
         }
         .map_err(|err| MailError::Invalid(err.to_string()))?;

@@ -59,7 +59,11 @@ impl Templates {
         let render = |part: &str| -> anyhow::Result<String> {
             Ok(self.env.get_template(&format!("{name}/{part}"))?.render(&ctx)?)
         };
-        Ok(Rendered { subject: render("subject.txt")?.trim().to_owned(), text: render("text.txt")?, html: render("html.html")? })
+        Ok(Rendered {
+            subject: render("subject.txt")?.trim().to_owned(),
+            text: render("text.txt")?,
+            html: render("html.html")?,
+        })
     }
 
     /// `<PUBLIC_URL>/<page>?token=<token>`, the page of the web app that completes the flow.
@@ -75,7 +79,8 @@ mod tests {
     use super::*;
 
     fn templates() -> Templates {
-        Templates::new("https://tasklane.example/".parse().expect("url")).expect("templates compile")
+        Templates::new("https://tasklane.example/".parse().expect("url"))
+            .expect("templates compile")
     }
 
     #[test]
@@ -87,9 +92,15 @@ mod tests {
             EmailMessage::DailyDigest {
                 display_name: Some("Ada".into()),
                 date: "2026-11-21".into(),
-                open: vec![tasklane_shared::jobs::DigestItem { title: "Write <it>".into(), due: None }],
+                open: vec![tasklane_shared::jobs::DigestItem {
+                    title: "Write <it>".into(),
+                    due: None,
+                }],
                 due_soon: vec![],
-                overdue: vec![tasklane_shared::jobs::DigestItem { title: "Pay rent".into(), due: Some("2026-11-20 09:00".into()) }],
+                overdue: vec![tasklane_shared::jobs::DigestItem {
+                    title: "Pay rent".into(),
+                    due: Some("2026-11-20 09:00".into()),
+                }],
             },
         ];
         for message in &messages {
@@ -103,15 +114,22 @@ mod tests {
     #[test]
     fn links_come_from_public_url() {
         let rendered = templates()
-            .render(&EmailMessage::ResetPassword { display_name: None, token: "abc_DEF-123".into() })
+            .render(&EmailMessage::ResetPassword {
+                display_name: None,
+                token: "abc_DEF-123".into(),
+            })
             .expect("renders");
-        assert!(rendered.text.contains("https://tasklane.example/reset-password?token=abc_DEF-123"));
+        assert!(
+            rendered.text.contains("https://tasklane.example/reset-password?token=abc_DEF-123")
+        );
     }
 
     #[test]
     fn html_escapes_what_users_typed() {
         let rendered = templates()
-            .render(&EmailMessage::PasswordChanged { display_name: Some("<script>x</script>".into()) })
+            .render(&EmailMessage::PasswordChanged {
+                display_name: Some("<script>x</script>".into()),
+            })
             .expect("renders");
         assert!(!rendered.html.contains("<script>"));
         assert!(rendered.html.contains("&lt;script&gt;"));

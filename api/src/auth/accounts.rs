@@ -65,7 +65,13 @@ pub fn channel(keys: &Keys) -> String {
 
 impl AccountCache {
     pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
-        Self { entries: quick_cache::sync::Cache::new(CAPACITY), epoch: AtomicU64::new(0), live: AtomicBool::new(false), redis, keys }
+        Self {
+            entries: quick_cache::sync::Cache::new(CAPACITY),
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            redis,
+            keys,
+        }
     }
 
     /// The active account `user`, or `None` when it is gone or disabled.
@@ -81,10 +87,14 @@ impl AccountCache {
         }
         let read_at = Instant::now();
         let row: Option<(String, String, bool)> =
-            sqlx::query_as("select email, role, disabled from users where id = $1").bind(user).fetch_optional(db).await?;
-        let account = row
-            .filter(|(_, _, disabled)| !disabled)
-            .map(|(email, role, _)| Account { email, role: Role::parse(&role).unwrap_or(Role::User) });
+            sqlx::query_as("select email, role, disabled from users where id = $1")
+                .bind(user)
+                .fetch_optional(db)
+                .await?;
+        let account = row.filter(|(_, _, disabled)| !disabled).map(|(email, role, _)| Account {
+            email,
+            role: Role::parse(&role).unwrap_or(Role::User),
+        });
         // Nothing changed since the read began, and announcements are being heard.
         if live && self.epoch.load(Ordering::SeqCst) == epoch {
             self.entries.insert(user, Entry { account: account.clone(), epoch, read_at });
@@ -115,11 +125,19 @@ impl AccountCache {
         let announce = tokio::spawn(async move {
             let mut delay = Duration::from_millis(50);
             for attempt in 1..=3 {
-                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&channel).arg(user.to_string()).query_async(&mut conn).await;
+                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(user.to_string())
+                    .query_async(&mut conn)
+                    .await;
                 match published {
                     Ok(_) => return,
-                    Err(err) if attempt == 3 => tracing::error!(error = %err, %user, "cannot announce an account change; other instances may trust the old state for up to 30 s"),
-                    Err(err) => tracing::warn!(error = %err, %user, attempt, "cannot announce an account change; retrying"),
+                    Err(err) if attempt == 3 => {
+                        tracing::error!(error = %err, %user, "cannot announce an account change; other instances may trust the old state for up to 30 s")
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, %user, attempt, "cannot announce an account change; retrying")
+                    }
                 }
                 tokio::time::sleep(delay).await;
                 delay *= 4;

@@ -9,7 +9,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-pub fn client_ip(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[IpNet]) -> Option<IpAddr> {
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer = peer?;
     if !is_trusted(&peer) {
@@ -40,13 +44,19 @@ mod tests {
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_the_header_says() {
         let trusted = ["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(client_ip(Some(ip("203.0.113.9")), Some("1.2.3.4"), &trusted), Some(ip("203.0.113.9")));
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.9")), Some("1.2.3.4"), &trusted),
+            Some(ip("203.0.113.9"))
+        );
     }
 
     #[test]
     fn behind_a_trusted_proxy_the_rightmost_untrusted_entry_is_the_client() {
         let trusted = ["10.0.0.0/8".parse().unwrap()];
         let header = "6.6.6.6, 198.51.100.7, 10.0.0.3";
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), Some(header), &trusted), Some(ip("198.51.100.7")));
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some(header), &trusted),
+            Some(ip("198.51.100.7"))
+        );
     }
 }

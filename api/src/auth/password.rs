@@ -23,8 +23,17 @@ pub const MIN_CHARS: usize = 12;
 pub const MAX_CHARS: usize = 128;
 
 /// Checks a new password; the error names the field it was given as.
-pub fn check_policy(field: &str, password: &str, email: &str, display_name: Option<&str>) -> Result<(), FieldError> {
-    let error = |code: &str, message: String| FieldError { field: field.to_owned(), code: code.to_owned(), message };
+pub fn check_policy(
+    field: &str,
+    password: &str,
+    email: &str,
+    display_name: Option<&str>,
+) -> Result<(), FieldError> {
+    let error = |code: &str, message: String| FieldError {
+        field: field.to_owned(),
+        code: code.to_owned(),
+        message,
+    };
     let chars = password.chars().count();
     if chars < MIN_CHARS {
         return Err(error("too_short", format!("must be at least {MIN_CHARS} characters")));
@@ -44,7 +53,12 @@ pub fn check_policy(field: &str, password: &str, email: &str, display_name: Opti
             .feedback()
             .and_then(|feedback| feedback.warning().map(|w| w.to_string()))
             .unwrap_or_else(|| "it is too easy to guess".into());
-        return Err(error("too_weak", format!("is too easy to guess ({hint}); use a longer passphrase or add unrelated words")));
+        return Err(error(
+            "too_weak",
+            format!(
+                "is too easy to guess ({hint}); use a longer passphrase or add unrelated words"
+            ),
+        ));
     }
     Ok(())
 }
@@ -66,7 +80,8 @@ impl HashPool {
                 lower_priority();
                 loop {
                     // The lock is held only to take a job, never while hashing.
-                    let job = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                    let job =
+                        queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
                     match job {
                         Ok(job) => job(),
                         // The hasher is gone: so is the pool.
@@ -78,7 +93,10 @@ impl HashPool {
         Ok(Self { jobs: Mutex::new(jobs) })
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         let (done, result) = oneshot::channel();
         self.jobs
             .lock()
@@ -99,11 +117,19 @@ fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         use thread_priority::unix::{
-            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
         };
         let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if let Err(err) = set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle) {
-            tracing::warn!(?err, "cannot lower the priority of a hashing thread; hashing will compete with requests");
+        if let Err(err) = set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            idle,
+        ) {
+            tracing::warn!(
+                ?err,
+                "cannot lower the priority of a hashing thread; hashing will compete with requests"
+            );
         }
     }
 }
@@ -118,8 +144,13 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
-        let params = Params::new(settings.argon2_memory_kib, settings.argon2_iterations, settings.argon2_parallelism, None)
-            .map_err(|err| anyhow::anyhow!("invalid TASKLANE_ARGON2_* settings: {err}"))?;
+        let params = Params::new(
+            settings.argon2_memory_kib,
+            settings.argon2_iterations,
+            settings.argon2_parallelism,
+            None,
+        )
+        .map_err(|err| anyhow::anyhow!("invalid TASKLANE_ARGON2_* settings: {err}"))?;
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let dummy = argon2
@@ -138,7 +169,10 @@ impl PasswordHasher {
         let argon2 = self.argon2();
         self.pool
             .run(move || {
-                argon2.hash_password(password.as_bytes()).map(|hash| hash.to_string()).map_err(|err| anyhow::anyhow!("cannot hash: {err}"))
+                argon2
+                    .hash_password(password.as_bytes())
+                    .map(|hash| hash.to_string())
+                    .map_err(|err| anyhow::anyhow!("cannot hash: {err}"))
             })
             .await?
     }
@@ -149,7 +183,10 @@ impl PasswordHasher {
         let argon2 = self.argon2();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
-        let matches = self.pool.run(move || argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok()).await?;
+        let matches = self
+            .pool
+            .run(move || argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok())
+            .await?;
         Ok(known && matches)
     }
 }
@@ -160,20 +197,38 @@ mod tests {
 
     #[test]
     fn length_is_checked_in_characters() {
-        assert_eq!(check_policy("password", "short", "a@b.co", None).unwrap_err().code, "too_short");
+        assert_eq!(
+            check_policy("password", "short", "a@b.co", None).unwrap_err().code,
+            "too_short"
+        );
         let long = "é".repeat(MAX_CHARS + 1);
         assert_eq!(check_policy("password", &long, "a@b.co", None).unwrap_err().code, "too_long");
     }
 
     #[test]
     fn common_and_personal_passwords_are_refused() {
-        assert_eq!(check_policy("password", "password1234", "a@b.co", None).unwrap_err().code, "too_weak");
-        assert_eq!(check_policy("password", "ada.lovelace@example.com", "ada.lovelace@example.com", None).unwrap_err().code, "same_as_email");
-        assert_eq!(check_policy("password", "adalovelace1815", "adalovelace1815@example.com", None).unwrap_err().code, "too_weak");
+        assert_eq!(
+            check_policy("password", "password1234", "a@b.co", None).unwrap_err().code,
+            "too_weak"
+        );
+        assert_eq!(
+            check_policy("password", "ada.lovelace@example.com", "ada.lovelace@example.com", None)
+                .unwrap_err()
+                .code,
+            "same_as_email"
+        );
+        assert_eq!(
+            check_policy("password", "adalovelace1815", "adalovelace1815@example.com", None)
+                .unwrap_err()
+                .code,
+            "too_weak"
+        );
     }
 
     fn hasher() -> PasswordHasher {
-        let mut settings = tasklane_shared::config::Settings::from_vars(Default::default()).expect("dev settings").auth;
+        let mut settings = tasklane_shared::config::Settings::from_vars(Default::default())
+            .expect("dev settings")
+            .auth;
         settings.argon2_memory_kib = 64;
         settings.argon2_iterations = 1;
         PasswordHasher::new(&settings).expect("valid params")
@@ -184,7 +239,9 @@ mod tests {
         let hasher = hasher();
         let hash = hasher.hash("correct horse battery staple".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$"));
-        assert!(hasher.verify("correct horse battery staple".into(), Some(hash.clone())).await.unwrap());
+        assert!(
+            hasher.verify("correct horse battery staple".into(), Some(hash.clone())).await.unwrap()
+        );
         assert!(!hasher.verify("wrong horse battery staple".into(), Some(hash)).await.unwrap());
         assert!(!hasher.verify("correct horse battery staple".into(), None).await.unwrap());
     }
@@ -193,14 +250,21 @@ mod tests {
     async fn hashing_runs_on_idle_priority_threads_off_the_runtime() {
         let (name, policy) = hasher()
             .pool
-            .run(|| (std::thread::current().name().map(str::to_owned), thread_priority::unix::thread_schedule_policy()))
+            .run(|| {
+                (
+                    std::thread::current().name().map(str::to_owned),
+                    thread_priority::unix::thread_schedule_policy(),
+                )
+            })
             .await
             .unwrap();
         assert!(name.unwrap_or_default().starts_with("argon2-"));
         #[cfg(target_os = "linux")]
         assert_eq!(
             policy.unwrap(),
-            thread_priority::unix::ThreadSchedulePolicy::Normal(thread_priority::unix::NormalThreadSchedulePolicy::Idle)
+            thread_priority::unix::ThreadSchedulePolicy::Normal(
+                thread_priority::unix::NormalThreadSchedulePolicy::Idle
+            )
         );
     }
 

@@ -43,14 +43,34 @@ impl BearerAuth {
 }
 
 async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<CurrentUser> {
-    let unauthorized = || poem::Error::from_string("the access token is missing, invalid or expired", StatusCode::UNAUTHORIZED);
-    let state = req.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let unauthorized = || {
+        poem::Error::from_string(
+            "the access token is missing, invalid or expired",
+            StatusCode::UNAUTHORIZED,
+        )
+    };
+    let state = req
+        .data::<AppState>()
+        .ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
     let claims = state.tokens.verify(&bearer.token).map_err(|_| unauthorized())?;
     authenticate_user(state, claims.sub, claims.sid).await?.ok_or_else(unauthorized)
 }
 
 /// The account behind a verified credential, unless it is gone or disabled.
-pub async fn authenticate_user(state: &AppState, user: Uuid, session: Uuid) -> poem::Result<Option<CurrentUser>> {
-    let account = state.accounts.get(&state.db, user).await.map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
-    Ok(account.map(|account| CurrentUser { id: user, email: account.email, role: account.role, session }))
+pub async fn authenticate_user(
+    state: &AppState,
+    user: Uuid,
+    session: Uuid,
+) -> poem::Result<Option<CurrentUser>> {
+    let account = state
+        .accounts
+        .get(&state.db, user)
+        .await
+        .map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
+    Ok(account.map(|account| CurrentUser {
+        id: user,
+        email: account.email,
+        role: account.role,
+        session,
+    }))
 }

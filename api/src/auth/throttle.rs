@@ -47,7 +47,11 @@ impl LoginThrottle {
 
     /// Counts an attempt; `Some(seconds to wait)` when it is over the limit (and may not
     /// proceed). The window starts with the first attempt.
-    pub async fn attempt(&self, email: &str, ip: Option<IpAddr>) -> redis::RedisResult<Option<u64>> {
+    pub async fn attempt(
+        &self,
+        email: &str,
+        ip: Option<IpAddr>,
+    ) -> redis::RedisResult<Option<u64>> {
         let ttl: i64 = ATTEMPT
             .key(self.key(email, ip))
             .arg(MAX_FAILURES)

@@ -179,14 +179,22 @@ pub enum SchedulesResponse {
 }
 
 fn not_found() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such job (done jobs are kept 24 h, dead ones 7 days)")
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such job (done jobs are kept 24 h, dead ones 7 days)",
+    )
 }
 
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
 impl AdminJobsApi {
     /// Queue overview: per queue, jobs by state and the age of the oldest pending job.
     #[oai(path = "/queues", method = "get")]
-    async fn queues(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<OverviewResponse, AuthedError> {
+    async fn queues(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+    ) -> Result<OverviewResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(OverviewResponse::Forbidden(Json(problem)));
         }
@@ -233,7 +241,11 @@ impl AdminJobsApi {
             Some(name) => match Queue::ALL.into_iter().find(|q| q.as_str() == name) {
                 Some(queue) => vec![queue],
                 None => {
-                    errors.push(FieldError::new("queue", "unknown", "must be emails, uploads or maintenance"));
+                    errors.push(FieldError::new(
+                        "queue",
+                        "unknown",
+                        "must be emails, uploads or maintenance",
+                    ));
                     Vec::new()
                 }
             },
@@ -241,7 +253,11 @@ impl AdminJobsApi {
         if let Some(kind) = kind.0.as_deref()
             && jobs::spec(kind).is_none()
         {
-            errors.push(FieldError::new("kind", "unknown", format!("no job kind is called {kind:?}")));
+            errors.push(FieldError::new(
+                "kind",
+                "unknown",
+                format!("no job kind is called {kind:?}"),
+            ));
         }
         let limit = limit.0.unwrap_or(20);
         if !(1..=100).contains(&limit) {
@@ -276,14 +292,20 @@ impl AdminJobsApi {
             }
         }
         let more = matched.len() > skip + limit;
-        let data: Vec<JobView> = matched.into_iter().skip(skip).take(limit).map(JobView::from).collect();
+        let data: Vec<JobView> =
+            matched.into_iter().skip(skip).take(limit).map(JobView::from).collect();
         let next_cursor = more.then(|| (skip + limit).to_string());
         Ok(JobsResponse::Ok(Json(JobPage { data, next_cursor })))
     }
 
     /// One job: payload summary, every attempt with its error, timestamps.
     #[oai(path = "/jobs/:id", method = "get")]
-    async fn job(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<JobResponse, AuthedError> {
+    async fn job(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<JobResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(JobResponse::Forbidden(Json(problem)));
         }
@@ -295,7 +317,12 @@ impl AdminJobsApi {
 
     /// Retry a dead job: back to its queue with a fresh set of attempts, history kept.
     #[oai(path = "/jobs/:id/retry", method = "post")]
-    async fn retry(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<String>) -> Result<RetryResponse, AuthedError> {
+    async fn retry(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<RetryResponse, AuthedError> {
         let admin = match auth.require_admin() {
             Ok(admin) => admin.id,
             Err(problem) => return Ok(RetryResponse::Forbidden(Json(problem))),
@@ -304,27 +331,47 @@ impl AdminJobsApi {
             return Ok(RetryResponse::NotFound(Json(not_found())));
         };
         if !state.queue.retry_dead(job.queue, &id.0).await? {
-            let problem = Problem::new(StatusCode::CONFLICT, "not_dead", format!("the job is {}; only dead jobs can be retried", job.state));
+            let problem = Problem::new(
+                StatusCode::CONFLICT,
+                "not_dead",
+                format!("the job is {}; only dead jobs can be retried", job.state),
+            );
             return Ok(RetryResponse::Conflict(Json(problem)));
         }
         tracing::info!(%admin, job = %id.0, kind = %job.kind, "dead job retried by an admin");
-        let job = state.queue.job(job.queue, &id.0).await?.ok_or_else(|| ServerError::internal("the job vanished"))?;
+        let job = state
+            .queue
+            .job(job.queue, &id.0)
+            .await?
+            .ok_or_else(|| ServerError::internal("the job vanished"))?;
         Ok(RetryResponse::Accepted(Json(job.into())))
     }
 
     /// The schedules the workers run: cron, last and next run.
     #[oai(path = "/schedules", method = "get")]
-    async fn schedules(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<SchedulesResponse, AuthedError> {
+    async fn schedules(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+    ) -> Result<SchedulesResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(SchedulesResponse::Forbidden(Json(problem)));
         }
         let mut schedules = Vec::new();
         for spec in jobs::ALL {
             let Some(default) = spec.schedule else { continue };
-            let cron = state.settings.cron.get(spec.kind).cloned().unwrap_or_else(|| default.to_owned());
+            let cron =
+                state.settings.cron.get(spec.kind).cloned().unwrap_or_else(|| default.to_owned());
             let next_run = cron.parse::<cron::Schedule>().ok().and_then(|s| s.upcoming(Utc).next());
-            let last_run = state.queue.last_tick(spec.kind).await?.and_then(DateTime::from_timestamp_millis);
-            schedules.push(ScheduleView { kind: spec.kind.into(), queue: spec.queue.as_str().into(), cron, last_run, next_run });
+            let last_run =
+                state.queue.last_tick(spec.kind).await?.and_then(DateTime::from_timestamp_millis);
+            schedules.push(ScheduleView {
+                kind: spec.kind.into(),
+                queue: spec.queue.as_str().into(),
+                cron,
+                last_run,
+                next_run,
+            });
         }
         Ok(SchedulesResponse::Ok(Json(schedules)))
     }
@@ -369,13 +416,16 @@ fn redact(value: Value) -> Value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
-                    let secret = SECRET.iter().any(|s| k.to_ascii_lowercase().contains(s)) && k != "idempotency_key";
+                    let secret = SECRET.iter().any(|s| k.to_ascii_lowercase().contains(s))
+                        && k != "idempotency_key";
                     (k, if secret { Value::String("[redacted]".into()) } else { redact(v) })
                 })
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
-        Value::String(s) if s.chars().count() > 200 => Value::String(format!("{}…", s.chars().take(200).collect::<String>())),
+        Value::String(s) if s.chars().count() > 200 => {
+            Value::String(format!("{}…", s.chars().take(200).collect::<String>()))
+        }
         other => other,
     }
 }

@@ -109,12 +109,15 @@ impl AdminUsersApi {
         let limit = i64::from(limit);
         // Ids are UUIDv7, so id order is creation order and a stable keyset.
         let (rows, page_info): (Vec<UserRow>, _) = if let Some(page) = page.0 {
-            let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!("select {USER_COLUMNS} from users order by id limit $1 offset $2")))
-                .bind(limit + 1)
-                .bind((i64::from(page) - 1) * limit)
-                .fetch_all(&state.db)
-                .await?;
-            let total: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(&state.db).await?;
+            let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select {USER_COLUMNS} from users order by id limit $1 offset $2"
+            )))
+            .bind(limit + 1)
+            .bind((i64::from(page) - 1) * limit)
+            .fetch_all(&state.db)
+            .await?;
+            let total: i64 =
+                sqlx::query_scalar("select count(*) from users").fetch_one(&state.db).await?;
             (rows, Some((page, total)))
         } else {
             let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -127,7 +130,8 @@ impl AdminUsersApi {
             (rows, None)
         };
         let more = rows.len() as i64 > limit;
-        let rows: Vec<UserRow> = rows.into_iter().take(usize::try_from(limit).unwrap_or(20)).collect();
+        let rows: Vec<UserRow> =
+            rows.into_iter().take(usize::try_from(limit).unwrap_or(20)).collect();
         let next_cursor = match (&page_info, more, rows.last()) {
             (None, true, Some(last)) => Some(super::id_cursor::encode(last.id)),
             _ => None,
@@ -155,18 +159,28 @@ impl AdminUsersApi {
             Err(problem) => return Ok(UpdateResponse::Forbidden(Json(problem))),
         };
         if id.0 == admin.id && (body.role == Some(Role::User) || body.disabled == Some(true)) {
-            let problem = Problem::new(StatusCode::CONFLICT, "self_demotion", "admins cannot demote or disable themselves");
+            let problem = Problem::new(
+                StatusCode::CONFLICT,
+                "self_demotion",
+                "admins cannot demote or disable themselves",
+            );
             return Ok(UpdateResponse::Conflict(Json(problem)));
         }
         let mut tx = state.db.begin().await?;
         // Someone must stay in charge: with the active admins locked, refuse a change that
         // would leave none (two admins demoting each other at once cannot both succeed).
         if body.role == Some(Role::User) || body.disabled == Some(true) {
-            let admins: Vec<Uuid> = sqlx::query_scalar("select id from users where role = 'admin' and not disabled for update")
-                .fetch_all(&mut *tx)
-                .await?;
+            let admins: Vec<Uuid> = sqlx::query_scalar(
+                "select id from users where role = 'admin' and not disabled for update",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
             if admins.contains(&id.0) && admins.len() == 1 {
-                let problem = Problem::new(StatusCode::CONFLICT, "last_admin", "this is the last active admin");
+                let problem = Problem::new(
+                    StatusCode::CONFLICT,
+                    "last_admin",
+                    "this is the last active admin",
+                );
                 return Ok(UpdateResponse::Conflict(Json(problem)));
             }
         }
@@ -180,7 +194,11 @@ impl AdminUsersApi {
         .await?
         .rows_affected();
         if updated == 0 {
-            return Ok(UpdateResponse::NotFound(Json(Problem::new(StatusCode::NOT_FOUND, "not_found", "no such account"))));
+            return Ok(UpdateResponse::NotFound(Json(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such account",
+            ))));
         }
         if body.disabled == Some(true) {
             users::revoke_sessions(&mut *tx, id.0, None).await?;
@@ -191,7 +209,11 @@ impl AdminUsersApi {
         tracing::info!(admin = %admin.id, user = %id.0, role = ?body.role, disabled = ?body.disabled, "account updated by an admin");
         match user {
             Some(user) => Ok(UpdateResponse::Ok(Json(user.into()))),
-            None => Ok(UpdateResponse::NotFound(Json(Problem::new(StatusCode::NOT_FOUND, "not_found", "no such account")))),
+            None => Ok(UpdateResponse::NotFound(Json(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such account",
+            )))),
         }
     }
 }

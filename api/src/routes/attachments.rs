@@ -254,12 +254,18 @@ fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not_found", "no such attachment")
 }
 
-async fn owns_live_task(conn: &mut PgConnection, task: Uuid, owner: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("select exists(select 1 from tasks where id = $1 and owner_id = $2 and deleted_at is null)")
-        .bind(task)
-        .bind(owner)
-        .fetch_one(conn)
-        .await
+async fn owns_live_task(
+    conn: &mut PgConnection,
+    task: Uuid,
+    owner: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists(select 1 from tasks where id = $1 and owner_id = $2 and deleted_at is null)",
+    )
+    .bind(task)
+    .bind(owner)
+    .fetch_one(conn)
+    .await
 }
 
 /// The attachment, if it belongs to a live task of `owner`.
@@ -364,20 +370,31 @@ impl AttachmentsApi {
         if filename.is_empty() {
             errors.push(FieldError::new("filename", "required", "must name the file"));
         } else if filename.chars().count() > MAX_FILENAME_CHARS {
-            errors.push(FieldError::new("filename", "too_long", format!("must be at most {MAX_FILENAME_CHARS} characters")));
+            errors.push(FieldError::new(
+                "filename",
+                "too_long",
+                format!("must be at most {MAX_FILENAME_CHARS} characters"),
+            ));
         }
         let content_type = storage::normalize_media_type(&body.content_type);
         if !limits.allowed_types.contains(&content_type) {
             errors.push(FieldError::new(
                 "content_type",
                 "type_not_allowed",
-                format!("{content_type:?} is not allowed; allowed: {}", limits.allowed_types.join(", ")),
+                format!(
+                    "{content_type:?} is not allowed; allowed: {}",
+                    limits.allowed_types.join(", ")
+                ),
             ));
         }
         if body.size_bytes == 0 {
             errors.push(FieldError::new("size_bytes", "out_of_range", "must be at least 1"));
         } else if body.size_bytes > limits.max_bytes {
-            errors.push(FieldError::new("size_bytes", "too_large", format!("must be at most {} bytes", limits.max_bytes)));
+            errors.push(FieldError::new(
+                "size_bytes",
+                "too_large",
+                format!("must be at most {} bytes", limits.max_bytes),
+            ));
         }
         if !errors.is_empty() {
             return Ok(CreateResponse::Invalid(Json(Problem::validation(errors))));
@@ -404,7 +421,8 @@ impl AttachmentsApi {
             .presigned(presigning(ttl)?)
             .await
             .map_err(ServerError::internal)?;
-        let headers = presigned.headers().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
+        let headers =
+            presigned.headers().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
         let row: AttachmentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "insert into attachments as a (id, task_id, owner_id, filename, content_type, declared_size, upload_key, object_key)
              values ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -426,7 +444,10 @@ impl AttachmentsApi {
             headers,
             expires_at,
         };
-        Ok(CreateResponse::Created(Json(Box::new(CreatedAttachment { attachment: row.into(), upload }))))
+        Ok(CreateResponse::Created(Json(Box::new(CreatedAttachment {
+            attachment: row.into(),
+            upload,
+        }))))
     }
 
     /// A task's attachments, newest first.
@@ -450,7 +471,11 @@ impl AttachmentsApi {
             None => None,
             Some(Some(before)) => Some(before),
             Some(None) => {
-                errors.push(FieldError::new("cursor", "invalid", "is not a cursor from next_cursor"));
+                errors.push(FieldError::new(
+                    "cursor",
+                    "invalid",
+                    "is not a cursor from next_cursor",
+                ));
                 None
             }
         };
@@ -473,26 +498,39 @@ impl AttachmentsApi {
         .await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|row| super::id_cursor::encode(row.id)) } else { None };
-        Ok(ListResponse::Ok(Json(AttachmentList { data: rows.into_iter().map(AttachmentView::from).collect(), next_cursor })))
+        let next_cursor =
+            if more { rows.last().map(|row| super::id_cursor::encode(row.id)) } else { None };
+        Ok(ListResponse::Ok(Json(AttachmentList {
+            data: rows.into_iter().map(AttachmentView::from).collect(),
+            next_cursor,
+        })))
     }
 
     /// One attachment; when `ready`, with short-lived download and thumbnail links.
     #[oai(path = "/:id/attachments/:aid", method = "get")]
-    async fn get(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<Uuid>, aid: Path<Uuid>) -> Result<GetResponse, AuthedError> {
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+        aid: Path<Uuid>,
+    ) -> Result<GetResponse, AuthedError> {
         let mut conn = state.db.acquire().await?;
         let Some(row) = find(&mut conn, id.0, aid.0, auth.0.id, false).await? else {
             return Ok(GetResponse::NotFound(Json(not_found())));
         };
         drop(conn);
         let ready = row.status == "ready";
-        let (key, thumbnail_key, disposition) = (row.object_key.clone(), row.thumbnail_key.clone(), content_disposition(&row.filename));
+        let (key, thumbnail_key, disposition) =
+            (row.object_key.clone(), row.thumbnail_key.clone(), content_disposition(&row.filename));
         let detected = row.detected_type.clone();
         let mut view = AttachmentView::from(row);
         if ready {
-            view.download = Some(download_link(&state, &key, Some(disposition), detected.as_deref()).await?);
+            view.download =
+                Some(download_link(&state, &key, Some(disposition), detected.as_deref()).await?);
             if let Some(thumbnail) = thumbnail_key {
-                view.thumbnail = Some(download_link(&state, &thumbnail, None, Some("image/png")).await?);
+                view.thumbnail =
+                    Some(download_link(&state, &thumbnail, None, Some("image/png")).await?);
             }
         }
         Ok(GetResponse::Ok(Json(view)))
@@ -520,7 +558,11 @@ impl AttachmentsApi {
             "pending" => {}
             "processing" => return Ok(CompleteResponse::Accepted(Json(row.into()))),
             done => {
-                let problem = Problem::new(StatusCode::CONFLICT, "already_processed", format!("the attachment is already {done}"));
+                let problem = Problem::new(
+                    StatusCode::CONFLICT,
+                    "already_processed",
+                    format!("the attachment is already {done}"),
+                );
                 return Ok(CompleteResponse::Conflict(Json(problem)));
             }
         }
@@ -530,7 +572,12 @@ impl AttachmentsApi {
         .bind(row.id)
         .fetch_one(&mut *tx)
         .await?;
-        tasklane_shared::outbox::enqueue(&mut tx, &ProcessUpload { attachment_id: row.id }, Some(&request_id.0.0)).await?;
+        tasklane_shared::outbox::enqueue(
+            &mut tx,
+            &ProcessUpload { attachment_id: row.id },
+            Some(&request_id.0.0),
+        )
+        .await?;
         tx.commit().await?;
         Ok(CompleteResponse::Accepted(Json(row.into())))
     }
@@ -554,7 +601,8 @@ impl AttachmentsApi {
         // the object's, so it goes even if processing writes it after this commit (processing
         // also cleans up after itself then).
         let keys = storage::attachment_objects(&row.upload_key, &row.object_key).to_vec();
-        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys }, Some(&request_id.0.0)).await?;
+        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys }, Some(&request_id.0.0))
+            .await?;
         tx.commit().await?;
         Ok(DeleteResponse::NoContent)
     }
@@ -577,6 +625,9 @@ mod tests {
             content_disposition("plan \"v2\".png"),
             "attachment; filename=\"plan _v2_.png\"; filename*=UTF-8''plan%20%22v2%22.png"
         );
-        assert_eq!(content_disposition("été.txt"), "attachment; filename=\"_t_.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt");
+        assert_eq!(
+            content_disposition("été.txt"),
+            "attachment; filename=\"_t_.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt"
+        );
     }
 }

@@ -184,7 +184,11 @@ pub enum VerifyEmailResponse {
 }
 
 fn invalid_token() -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "invalid_token", "the token is invalid, expired or already used")
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_token",
+        "the token is invalid, expired or already used",
+    )
 }
 
 #[OpenApi(prefix_path = "/api/v1/auth", tag = "ApiTags::Auth")]
@@ -208,9 +212,18 @@ impl AuthApi {
         }
         let display_name = body.display_name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
         if display_name.as_ref().is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME) {
-            errors.push(FieldError::new("display_name", "too_long", format!("must be at most {MAX_DISPLAY_NAME} characters")));
+            errors.push(FieldError::new(
+                "display_name",
+                "too_long",
+                format!("must be at most {MAX_DISPLAY_NAME} characters"),
+            ));
         }
-        if let Err(error) = password::check_policy("password", &body.password, email.as_deref().unwrap_or(""), display_name.as_deref()) {
+        if let Err(error) = password::check_policy(
+            "password",
+            &body.password,
+            email.as_deref().unwrap_or(""),
+            display_name.as_deref(),
+        ) {
             errors.push(error);
         }
         let Some(email) = email.filter(|_| errors.is_empty()) else {
@@ -239,8 +252,11 @@ impl AuthApi {
             ))));
         }
         send_verification(&mut tx, id, &email, display_name.clone(), &request_id.0.0).await?;
-        let (family, refresh_token) = users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
-        let user = users::find(&mut *tx, id).await?.ok_or_else(|| ServerError::internal("the new user vanished"))?;
+        let (family, refresh_token) =
+            users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
+        let user = users::find(&mut *tx, id)
+            .await?
+            .ok_or_else(|| ServerError::internal("the new user vanished"))?;
         tx.commit().await?;
         tracing::info!(user = %id, "account registered");
         Ok(RegisterResponse::Created(Json(session(&state, user, family, refresh_token)?)))
@@ -251,44 +267,76 @@ impl AuthApi {
     /// One answer (401, same body) for an unknown email, a wrong password and a disabled
     /// account. After 5 failures for an email from one address within 15 minutes: 429.
     #[oai(path = "/login", method = "post")]
-    async fn login(&self, state: Data<&AppState>, req: &Request, body: Json<LoginRequest>) -> Result<LoginResponse, ServerError> {
-        let email = normalize_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
+    async fn login(
+        &self,
+        state: Data<&AppState>,
+        req: &Request,
+        body: Json<LoginRequest>,
+    ) -> Result<LoginResponse, ServerError> {
+        let email =
+            normalize_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
         let peer = req.remote_addr().as_socket_addr().map(|addr| addr.ip());
         // Every X-Forwarded-For line, in order: a proxy may add its own line rather than
         // append to the client's.
-        let forwarded: Vec<&str> = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
-        let ip = client_ip::client_ip(peer, forwarded.as_deref(), &state.settings.auth.trusted_proxies);
+        let ip =
+            client_ip::client_ip(peer, forwarded.as_deref(), &state.settings.auth.trusted_proxies);
         match state.throttle.attempt(&email, ip).await {
             Ok(Some(retry_after)) => {
-                let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many failed sign-ins; try again later");
+                let problem = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    "too many failed sign-ins; try again later",
+                );
                 return Ok(LoginResponse::TooManyRequests(Json(problem), retry_after));
             }
             Ok(None) => {}
             Err(err) => {
                 tracing::error!(error = %err, "cannot check the login limit");
-                let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", "sign-in is unavailable for a moment");
+                let problem = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "dependency_unavailable",
+                    "sign-in is unavailable for a moment",
+                );
                 return Ok(LoginResponse::Unavailable(Json(problem), 5));
             }
         }
 
         let row: Option<(Uuid, String, bool)> =
-            sqlx::query_as("select id, password_hash, disabled from users where email = $1").bind(&email).fetch_optional(&state.db).await?;
+            sqlx::query_as("select id, password_hash, disabled from users where email = $1")
+                .bind(&email)
+                .fetch_optional(&state.db)
+                .await?;
         let (id, hash, disabled) = match row {
             Some((id, hash, disabled)) => (Some(id), Some(hash), disabled),
             None => (None, None, false),
         };
         let matches = state.hasher.verify(body.0.password, hash).await?;
         let Some(id) = id.filter(|_| matches && !disabled) else {
-            return Ok(LoginResponse::Unauthorized(Json(Problem::new(StatusCode::UNAUTHORIZED, "invalid_credentials", INVALID_LOGIN))));
+            return Ok(LoginResponse::Unauthorized(Json(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                INVALID_LOGIN,
+            ))));
         };
         if let Err(err) = state.throttle.clear(&email, ip).await {
             tracing::warn!(error = %err, "cannot reset the login counter");
         }
         let mut tx = state.db.begin().await?;
-        let promoted = users::promote_configured_admin(&mut *tx, id, &state.settings.auth.admin_emails).await?;
-        let (family, refresh_token) = users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
-        let user = users::find(&mut *tx, id).await?.ok_or_else(|| ServerError::internal("the user vanished"))?;
+        let promoted =
+            users::promote_configured_admin(&mut *tx, id, &state.settings.auth.admin_emails)
+                .await?;
+        let (family, refresh_token) =
+            users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
+        let user = users::find(&mut *tx, id)
+            .await?
+            .ok_or_else(|| ServerError::internal("the user vanished"))?;
         tx.commit().await?;
         if promoted {
             state.accounts.changed(id).await;
@@ -301,8 +349,18 @@ impl AuthApi {
     /// Each refresh token works once. Presenting one that was already exchanged means it was
     /// copied: every token of that login is revoked, the newer ones included.
     #[oai(path = "/refresh", method = "post")]
-    async fn refresh(&self, state: Data<&AppState>, body: Json<RefreshRequest>) -> Result<RefreshResponse, ServerError> {
-        let unauthorized = |detail: &str| RefreshResponse::Unauthorized(Json(Problem::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", detail)));
+    async fn refresh(
+        &self,
+        state: Data<&AppState>,
+        body: Json<RefreshRequest>,
+    ) -> Result<RefreshResponse, ServerError> {
+        let unauthorized = |detail: &str| {
+            RefreshResponse::Unauthorized(Json(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                detail,
+            )))
+        };
         let mut tx = state.db.begin().await?;
         let row = sqlx::query(
             "select t.id, t.user_id, t.family_id, t.rotated_at is not null as rotated,
@@ -317,7 +375,8 @@ impl AuthApi {
         let Some(row) = row else {
             return Ok(unauthorized("the refresh token is not valid"));
         };
-        let (token_id, user_id, family): (Uuid, Uuid, Uuid) = (row.try_get("id")?, row.try_get("user_id")?, row.try_get("family_id")?);
+        let (token_id, user_id, family): (Uuid, Uuid, Uuid) =
+            (row.try_get("id")?, row.try_get("user_id")?, row.try_get("family_id")?);
         if row.try_get::<bool, _>("rotated")? {
             let revoked = sqlx::query("update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null")
                 .bind(family)
@@ -326,21 +385,33 @@ impl AuthApi {
                 .rows_affected();
             tx.commit().await?;
             tracing::warn!(user = %user_id, %family, revoked, "refresh token reused; the login's tokens are revoked");
-            return Ok(unauthorized("this refresh token was already used; the session has been revoked"));
+            return Ok(unauthorized(
+                "this refresh token was already used; the session has been revoked",
+            ));
         }
         if row.try_get::<bool, _>("dead")? || row.try_get::<bool, _>("disabled")? {
             return Ok(unauthorized("the refresh token is not valid"));
         }
-        sqlx::query("update refresh_tokens set rotated_at = now() where id = $1").bind(token_id).execute(&mut *tx).await?;
-        let refresh_token = users::issue_refresh(&mut *tx, user_id, family, state.tokens.refresh_ttl).await?;
-        let user = users::find(&mut *tx, user_id).await?.ok_or_else(|| ServerError::internal("the user vanished"))?;
+        sqlx::query("update refresh_tokens set rotated_at = now() where id = $1")
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+        let refresh_token =
+            users::issue_refresh(&mut *tx, user_id, family, state.tokens.refresh_ttl).await?;
+        let user = users::find(&mut *tx, user_id)
+            .await?
+            .ok_or_else(|| ServerError::internal("the user vanished"))?;
         tx.commit().await?;
         Ok(RefreshResponse::Ok(Json(session(&state, user, family, refresh_token)?)))
     }
 
     /// Sign out: revokes the login the refresh token belongs to. Always 204.
     #[oai(path = "/logout", method = "post")]
-    async fn logout(&self, state: Data<&AppState>, body: Json<RefreshRequest>) -> Result<NoContentResponse, ServerError> {
+    async fn logout(
+        &self,
+        state: Data<&AppState>,
+        body: Json<RefreshRequest>,
+    ) -> Result<NoContentResponse, ServerError> {
         sqlx::query(
             "update refresh_tokens set revoked_at = now()
              where revoked_at is null
@@ -372,11 +443,12 @@ impl AuthApi {
         };
         let mut tx = state.db.begin().await?;
         // Locking the user serialises concurrent requests, so the hourly limit holds.
-        let user: Option<(Uuid, Option<String>)> =
-            sqlx::query_as("select id, display_name from users where email = $1 and not disabled for update")
-                .bind(&email)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let user: Option<(Uuid, Option<String>)> = sqlx::query_as(
+            "select id, display_name from users where email = $1 and not disabled for update",
+        )
+        .bind(&email)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some((user_id, display_name)) = user else {
             return Ok(accepted);
         };
@@ -395,7 +467,8 @@ impl AuthApi {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        let (token_id, token) = create_email_token(&mut tx, user_id, "reset_password", RESET_TTL).await?;
+        let (token_id, token) =
+            create_email_token(&mut tx, user_id, "reset_password", RESET_TTL).await?;
         let email_job = SendEmail {
             idempotency_key: format!("reset_password:{token_id}"),
             to: email,
@@ -429,7 +502,12 @@ impl AuthApi {
         let Some((user_id, email, display_name)) = target else {
             return Ok(TokenActionResponse::InvalidToken(Json(invalid_token())));
         };
-        if let Err(error) = password::check_policy("new_password", &body.new_password, &email, display_name.as_deref()) {
+        if let Err(error) = password::check_policy(
+            "new_password",
+            &body.new_password,
+            &email,
+            display_name.as_deref(),
+        ) {
             return Ok(TokenActionResponse::Invalid(Json(Problem::validation(vec![error]))));
         }
         let hash = state.hasher.hash(body.new_password).await?;
@@ -447,7 +525,8 @@ impl AuthApi {
         if used != 1 {
             return Ok(TokenActionResponse::InvalidToken(Json(invalid_token())));
         }
-        change_password(&mut tx, user_id, &email, display_name, &hash, None, &request_id.0.0).await?;
+        change_password(&mut tx, user_id, &email, display_name, &hash, None, &request_id.0.0)
+            .await?;
         tx.commit().await?;
         tracing::info!(user = %user_id, "password reset");
         Ok(TokenActionResponse::NoContent)
@@ -457,7 +536,11 @@ impl AuthApi {
     ///
     /// An address listed in `TASKLANE_ADMIN_EMAILS` becomes an admin when it is verified.
     #[oai(path = "/verify-email", method = "post")]
-    async fn verify_email(&self, state: Data<&AppState>, body: Json<TokenRequest>) -> Result<VerifyEmailResponse, ServerError> {
+    async fn verify_email(
+        &self,
+        state: Data<&AppState>,
+        body: Json<TokenRequest>,
+    ) -> Result<VerifyEmailResponse, ServerError> {
         let mut tx = state.db.begin().await?;
         let user: Option<Uuid> = sqlx::query_scalar(
             "update email_tokens set used_at = now()
@@ -474,7 +557,9 @@ impl AuthApi {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        let promoted = users::promote_configured_admin(&mut *tx, user_id, &state.settings.auth.admin_emails).await?;
+        let promoted =
+            users::promote_configured_admin(&mut *tx, user_id, &state.settings.auth.admin_emails)
+                .await?;
         tx.commit().await?;
         if promoted {
             tracing::info!(user = %user_id, "verified address is a configured admin; promoted");
@@ -533,7 +618,12 @@ pub async fn send_verification(
 }
 
 /// Stores a new single-use token (hashed) and returns its id and the token.
-async fn create_email_token(tx: &mut PgConnection, user: Uuid, purpose: &str, ttl: Duration) -> Result<(Uuid, String), sqlx::Error> {
+async fn create_email_token(
+    tx: &mut PgConnection,
+    user: Uuid,
+    purpose: &str,
+    ttl: Duration,
+) -> Result<(Uuid, String), sqlx::Error> {
     let id = Uuid::now_v7();
     let token = new_opaque_token();
     sqlx::query(
@@ -550,7 +640,12 @@ async fn create_email_token(tx: &mut PgConnection, user: Uuid, purpose: &str, tt
     Ok((id, token))
 }
 
-fn session(state: &AppState, user: UserRow, family: Uuid, refresh_token: String) -> Result<Session, ServerError> {
+fn session(
+    state: &AppState,
+    user: UserRow,
+    family: Uuid,
+    refresh_token: String,
+) -> Result<Session, ServerError> {
     let role = Role::parse(&user.role).unwrap_or(Role::User);
     let access_token = state.tokens.issue(user.id, role, family)?;
     Ok(Session {
@@ -561,4 +656,3 @@ fn session(state: &AppState, user: UserRow, family: Uuid, refresh_token: String)
         expires_in: state.tokens.access_ttl.as_secs(),
     })
 }
-

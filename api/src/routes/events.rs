@@ -58,8 +58,15 @@ fn ticket_hash(ticket: &str) -> String {
 
 /// Takes the ticket (it works once), then checks the account as a bearer token would be.
 async fn redeem(req: &Request, key: ApiKey) -> poem::Result<CurrentUser> {
-    let unauthorized = || poem::Error::from_string("the ticket is unknown, expired or already used", StatusCode::UNAUTHORIZED);
-    let state = req.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let unauthorized = || {
+        poem::Error::from_string(
+            "the ticket is unknown, expired or already used",
+            StatusCode::UNAUTHORIZED,
+        )
+    };
+    let state = req
+        .data::<AppState>()
+        .ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
     let user: Option<String> = redis::cmd("GETDEL")
         .arg(tasklane_shared::events::ticket_key(&state.keys, &ticket_hash(&key.key)))
         .query_async(&mut state.redis.clone())
@@ -119,9 +126,13 @@ impl From<AuthedError> for WsError {
 fn parse_last(raw: Option<&str>, field: &str) -> Result<Option<EventId>, Problem> {
     match raw.map(str::trim).filter(|raw| !raw.is_empty()) {
         None => Ok(None),
-        Some(raw) => EventId::parse(raw)
-            .map(Some)
-            .ok_or_else(|| Problem::validation(vec![FieldError::new(field, "invalid", "is not an event id from this stream")])),
+        Some(raw) => EventId::parse(raw).map(Some).ok_or_else(|| {
+            Problem::validation(vec![FieldError::new(
+                field,
+                "invalid",
+                "is not an event id from this stream",
+            )])
+        }),
     }
 }
 
@@ -132,7 +143,11 @@ impl EventsApi {
     /// Browsers' `EventSource` and `WebSocket` cannot send an `Authorization` header: get a
     /// ticket with your token, then open `/api/v1/events?ticket=...`.
     #[oai(path = "/events/ticket", method = "post")]
-    async fn ticket(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<TicketResponse, AuthedError> {
+    async fn ticket(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+    ) -> Result<TicketResponse, AuthedError> {
         let ticket = crate::auth::tokens::new_opaque_token();
         let expires_at = Utc::now() + TICKET_TTL;
         let _: () = redis::cmd("SET")
@@ -168,7 +183,8 @@ impl EventsApi {
         let stream = state.hub.connect(auth.user().id, last).await?;
         Ok(EventsResponse::Stream(
             EventStream::new(stream.boxed()).keep_alive(state.hub.heartbeat()).to_event(|event| {
-                let sse = Event::message(event.to_json_string()).event_type(event.event_type.as_str());
+                let sse =
+                    Event::message(event.to_json_string()).event_type(event.event_type.as_str());
                 if event.id.is_empty() { sse } else { sse.id(event.id) }
             }),
         ))
@@ -188,7 +204,8 @@ impl EventsApi {
         last_event_id: Query<Option<String>>,
         websocket: WebSocket,
     ) -> Result<BoxWebSocketUpgraded, WsError> {
-        let last = parse_last(last_event_id.0.as_deref(), "last_event_id").map_err(|problem| WsError::Invalid(Json(problem)))?;
+        let last = parse_last(last_event_id.0.as_deref(), "last_event_id")
+            .map_err(|problem| WsError::Invalid(Json(problem)))?;
         let (hub, user) = (state.hub.clone(), auth.user().id);
         let heartbeat = hub.heartbeat();
         Ok(websocket

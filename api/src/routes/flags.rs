@@ -60,7 +60,10 @@ pub struct EvaluatedFlags {
 pub fn evaluate(flag: Option<&Flag>, key: &str, user: Uuid) -> bool {
     match flag {
         None => DEFAULTS.iter().find(|(k, _)| *k == key).is_some_and(|(_, on)| *on),
-        Some(flag) => flag.enabled && (flag.allow_users.contains(&user) || bucket(key, user) < flag.rollout_percent),
+        Some(flag) => {
+            flag.enabled
+                && (flag.allow_users.contains(&user) || bucket(key, user) < flag.rollout_percent)
+        }
     }
 }
 
@@ -71,10 +74,12 @@ fn bucket(key: &str, user: Uuid) -> i16 {
 }
 
 pub async fn find(db: impl PgExecutor<'_>, key: &str) -> Result<Option<Flag>, sqlx::Error> {
-    sqlx::query_as("select key, enabled, rollout_percent, allow_users from feature_flags where key = $1")
-        .bind(key)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "select key, enabled, rollout_percent, allow_users from feature_flags where key = $1",
+    )
+    .bind(key)
+    .fetch_optional(db)
+    .await
 }
 
 /// Whether `key` is on for `user`, reading the flag.
@@ -125,7 +130,8 @@ pub enum FlagDeleteResponse {
 }
 
 fn valid_key(key: &str) -> bool {
-    (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    (1..=64).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn not_found() -> Problem {
@@ -136,9 +142,17 @@ fn not_found() -> Problem {
 impl FlagsApi {
     /// The feature flags as they apply to you.
     #[oai(path = "/", method = "get")]
-    async fn evaluated(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<EvaluatedResponse, AuthedError> {
-        let set: Vec<Flag> = sqlx::query_as("select key, enabled, rollout_percent, allow_users from feature_flags").fetch_all(&state.db).await?;
-        let mut flags: BTreeMap<String, bool> = DEFAULTS.iter().map(|(k, on)| ((*k).to_owned(), *on)).collect();
+    async fn evaluated(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+    ) -> Result<EvaluatedResponse, AuthedError> {
+        let set: Vec<Flag> =
+            sqlx::query_as("select key, enabled, rollout_percent, allow_users from feature_flags")
+                .fetch_all(&state.db)
+                .await?;
+        let mut flags: BTreeMap<String, bool> =
+            DEFAULTS.iter().map(|(k, on)| ((*k).to_owned(), *on)).collect();
         for flag in &set {
             flags.insert(flag.key.clone(), evaluate(Some(flag), &flag.key, auth.0.id));
         }
@@ -150,17 +164,30 @@ impl FlagsApi {
 impl AdminFlagsApi {
     /// Every flag an admin has set.
     #[oai(path = "/", method = "get")]
-    async fn list(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<FlagListResponse, AuthedError> {
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+    ) -> Result<FlagListResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(FlagListResponse::Forbidden(Json(problem)));
         }
-        let flags = sqlx::query_as("select key, enabled, rollout_percent, allow_users from feature_flags order by key").fetch_all(&state.db).await?;
+        let flags = sqlx::query_as(
+            "select key, enabled, rollout_percent, allow_users from feature_flags order by key",
+        )
+        .fetch_all(&state.db)
+        .await?;
         Ok(FlagListResponse::Ok(Json(flags)))
     }
 
     /// One flag.
     #[oai(path = "/:key", method = "get")]
-    async fn get(&self, auth: BearerAuth, state: Data<&AppState>, key: Path<String>) -> Result<FlagResponse, AuthedError> {
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        key: Path<String>,
+    ) -> Result<FlagResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(FlagResponse::Forbidden(Json(problem)));
         }
@@ -172,17 +199,31 @@ impl AdminFlagsApi {
 
     /// Create or replace a flag.
     #[oai(path = "/:key", method = "put")]
-    async fn put(&self, auth: BearerAuth, state: Data<&AppState>, key: Path<String>, body: Json<FlagSettings>) -> Result<FlagResponse, AuthedError> {
+    async fn put(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        key: Path<String>,
+        body: Json<FlagSettings>,
+    ) -> Result<FlagResponse, AuthedError> {
         let admin = match auth.require_admin() {
             Ok(admin) => admin.id,
             Err(problem) => return Ok(FlagResponse::Forbidden(Json(problem))),
         };
         let mut errors = Vec::new();
         if !valid_key(&key.0) {
-            errors.push(FieldError::new("key", "invalid", "must be 1-64 characters of a-z, 0-9 and _"));
+            errors.push(FieldError::new(
+                "key",
+                "invalid",
+                "must be 1-64 characters of a-z, 0-9 and _",
+            ));
         }
         if !(0..=100).contains(&body.rollout_percent) {
-            errors.push(FieldError::new("rollout_percent", "out_of_range", "must be between 0 and 100"));
+            errors.push(FieldError::new(
+                "rollout_percent",
+                "out_of_range",
+                "must be between 0 and 100",
+            ));
         }
         if !errors.is_empty() {
             return Ok(FlagResponse::Invalid(Json(Problem::validation(errors))));
@@ -204,11 +245,20 @@ impl AdminFlagsApi {
 
     /// Remove a flag (it returns to its built-in default).
     #[oai(path = "/:key", method = "delete")]
-    async fn delete(&self, auth: BearerAuth, state: Data<&AppState>, key: Path<String>) -> Result<FlagDeleteResponse, AuthedError> {
+    async fn delete(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        key: Path<String>,
+    ) -> Result<FlagDeleteResponse, AuthedError> {
         if let Err(problem) = auth.require_admin() {
             return Ok(FlagDeleteResponse::Forbidden(Json(problem)));
         }
-        let deleted = sqlx::query("delete from feature_flags where key = $1").bind(&key.0).execute(&state.db).await?.rows_affected();
+        let deleted = sqlx::query("delete from feature_flags where key = $1")
+            .bind(&key.0)
+            .execute(&state.db)
+            .await?
+            .rows_affected();
         if deleted == 0 {
             return Ok(FlagDeleteResponse::NotFound(Json(not_found())));
         }
@@ -227,12 +277,15 @@ mod tests {
     #[test]
     fn rollout_is_stable_and_close_to_its_percentage() {
         let users: Vec<Uuid> = (0..2000).map(|_| Uuid::now_v7()).collect();
-        let on = |rollout| users.iter().filter(|u| evaluate(Some(&flag(true, rollout, vec![])), "f", **u)).count();
+        let on = |rollout| {
+            users.iter().filter(|u| evaluate(Some(&flag(true, rollout, vec![])), "f", **u)).count()
+        };
         let (ten, fifty) = (on(10), on(50));
         assert!((100..=300).contains(&ten), "{ten}");
         assert!((850..=1150).contains(&fifty), "{fifty}");
         // Growing the rollout only adds users.
-        assert!(users.iter().all(|u| !evaluate(Some(&flag(true, 10, vec![])), "f", *u) || evaluate(Some(&flag(true, 50, vec![])), "f", *u)));
+        assert!(users.iter().all(|u| !evaluate(Some(&flag(true, 10, vec![])), "f", *u)
+            || evaluate(Some(&flag(true, 50, vec![])), "f", *u)));
     }
 
     #[test]

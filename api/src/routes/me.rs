@@ -1,6 +1,5 @@
 //! `/api/v1/me`: the caller's own account.
 
-
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -85,14 +84,25 @@ pub enum ChangePasswordResponse {
 impl MeApi {
     /// Your account.
     #[oai(path = "/", method = "get")]
-    async fn get(&self, auth: BearerAuth, state: Data<&AppState>) -> Result<GetMeResponse, AuthedError> {
-        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| ServerError::internal("the caller vanished"))?;
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+    ) -> Result<GetMeResponse, AuthedError> {
+        let user = users::find(&state.db, auth.0.id)
+            .await?
+            .ok_or_else(|| ServerError::internal("the caller vanished"))?;
         Ok(GetMeResponse::Ok(Json(user.into())))
     }
 
     /// Update your profile and digest preferences.
     #[oai(path = "/", method = "patch")]
-    async fn update(&self, auth: BearerAuth, state: Data<&AppState>, body: Json<UpdateMeRequest>) -> Result<MeResponse, AuthedError> {
+    async fn update(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        body: Json<UpdateMeRequest>,
+    ) -> Result<MeResponse, AuthedError> {
         let body = body.0;
         let mut errors = Vec::new();
         let display_name = match &body.display_name {
@@ -101,7 +111,11 @@ impl MeApi {
             MaybeUndefined::Value(name) => {
                 let name = name.trim().to_owned();
                 if name.is_empty() || name.chars().count() > 100 {
-                    errors.push(FieldError::new("display_name", "invalid_length", "must be 1 to 100 characters, or null"));
+                    errors.push(FieldError::new(
+                        "display_name",
+                        "invalid_length",
+                        "must be 1 to 100 characters, or null",
+                    ));
                 }
                 Some(Some(name))
             }
@@ -109,7 +123,11 @@ impl MeApi {
         if let Some(zone) = &body.timezone
             && zone.parse::<chrono_tz::Tz>().is_err()
         {
-            errors.push(FieldError::new("timezone", "unknown_timezone", "is not an IANA time zone such as Europe/Paris"));
+            errors.push(FieldError::new(
+                "timezone",
+                "unknown_timezone",
+                "is not an IANA time zone such as Europe/Paris",
+            ));
         }
         if body.digest_hour.is_some_and(|hour| hour > 23) {
             errors.push(FieldError::new("digest_hour", "out_of_range", "must be between 0 and 23"));
@@ -134,7 +152,9 @@ impl MeApi {
         .bind(body.digest_hour.map(i16::from))
         .execute(&state.db)
         .await?;
-        let user = users::find(&state.db, auth.0.id).await?.ok_or_else(|| ServerError::internal("the caller vanished"))?;
+        let user = users::find(&state.db, auth.0.id)
+            .await?
+            .ok_or_else(|| ServerError::internal("the caller vanished"))?;
         Ok(MeResponse::Ok(Json(user.into())))
     }
 
@@ -154,7 +174,11 @@ impl MeApi {
                 .fetch_one(&mut *tx)
                 .await?;
         if verified {
-            let problem = Problem::new(StatusCode::CONFLICT, "already_verified", "this address is already verified");
+            let problem = Problem::new(
+                StatusCode::CONFLICT,
+                "already_verified",
+                "this address is already verified",
+            );
             return Ok(ResendVerificationResponse::AlreadyVerified(Json(problem)));
         }
         let recent: i64 = sqlx::query_scalar(
@@ -165,10 +189,21 @@ impl MeApi {
         .fetch_one(&mut *tx)
         .await?;
         if recent >= VERIFICATIONS_PER_HOUR {
-            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_emails", "at most 3 verification emails an hour");
+            let problem = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_emails",
+                "at most 3 verification emails an hour",
+            );
             return Ok(ResendVerificationResponse::TooManyRequests(Json(problem), 3600));
         }
-        crate::routes::auth::send_verification(&mut tx, auth.0.id, &auth.0.email, display_name, &request_id.0.0).await?;
+        crate::routes::auth::send_verification(
+            &mut tx,
+            auth.0.id,
+            &auth.0.email,
+            display_name,
+            &request_id.0.0,
+        )
+        .await?;
         tx.commit().await?;
         Ok(ResendVerificationResponse::Accepted)
     }
@@ -186,19 +221,32 @@ impl MeApi {
     ) -> Result<ChangePasswordResponse, AuthedError> {
         let body = body.0;
         let (hash, display_name): (String, Option<String>) =
-            sqlx::query_as("select password_hash, display_name from users where id = $1").bind(auth.0.id).fetch_one(&state.db).await?;
+            sqlx::query_as("select password_hash, display_name from users where id = $1")
+                .bind(auth.0.id)
+                .fetch_one(&state.db)
+                .await?;
         // The same limit as sign-in: a stolen access token must not buy unlimited guesses
         // at the password that would let it take the account over.
         let throttle_key = format!("user:{}", auth.0.id);
         if let Some(retry_after) = state.throttle.attempt(&throttle_key, None).await? {
-            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many wrong passwords; try again later");
+            let problem = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many wrong passwords; try again later",
+            );
             return Ok(ChangePasswordResponse::TooManyRequests(Json(problem), retry_after));
         }
         if !state.hasher.verify(body.current_password, Some(hash)).await? {
-            let error = FieldError::new("current_password", "incorrect", "is not your current password");
+            let error =
+                FieldError::new("current_password", "incorrect", "is not your current password");
             return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
         }
-        if let Err(error) = password::check_policy("new_password", &body.new_password, &auth.0.email, display_name.as_deref()) {
+        if let Err(error) = password::check_policy(
+            "new_password",
+            &body.new_password,
+            &auth.0.email,
+            display_name.as_deref(),
+        ) {
             return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
         }
         if let Err(err) = state.throttle.clear(&throttle_key, None).await {
@@ -206,9 +254,17 @@ impl MeApi {
         }
         let hash = state.hasher.hash(body.new_password).await?;
         let mut tx = state.db.begin().await?;
-        change_password(&mut tx, auth.0.id, &auth.0.email, display_name, &hash, Some(auth.0.session), &request_id.0.0).await?;
+        change_password(
+            &mut tx,
+            auth.0.id,
+            &auth.0.email,
+            display_name,
+            &hash,
+            Some(auth.0.session),
+            &request_id.0.0,
+        )
+        .await?;
         tx.commit().await?;
         Ok(ChangePasswordResponse::NoContent)
     }
 }
-

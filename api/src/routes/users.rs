@@ -42,8 +42,7 @@ pub struct UserRow {
     pub created_at: DateTime<Utc>,
 }
 
-pub const USER_COLUMNS: &str =
-    "id, email, display_name, role, disabled, email_verified_at, timezone, digest_enabled, digest_hour, created_at";
+pub const USER_COLUMNS: &str = "id, email, display_name, role, disabled, email_verified_at, timezone, digest_enabled, digest_hour, created_at";
 
 impl From<UserRow> for UserView {
     fn from(row: UserRow) -> Self {
@@ -70,7 +69,11 @@ pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<UserRow>, 
 }
 
 /// Revokes every live refresh token of a user, optionally sparing one session.
-pub async fn revoke_sessions(db: impl PgExecutor<'_>, user: Uuid, except: Option<Uuid>) -> Result<u64, sqlx::Error> {
+pub async fn revoke_sessions(
+    db: impl PgExecutor<'_>,
+    user: Uuid,
+    except: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "update refresh_tokens set revoked_at = now()
          where user_id = $1 and revoked_at is null and ($2::uuid is null or family_id <> $2)",
@@ -84,7 +87,11 @@ pub async fn revoke_sessions(db: impl PgExecutor<'_>, user: Uuid, except: Option
 
 /// Makes a verified address from `TASKLANE_ADMIN_EMAILS` an admin (SPEC section 4: the first
 /// admins come from configuration, never from the public API).
-pub async fn promote_configured_admin(db: impl PgExecutor<'_>, id: Uuid, admin_emails: &[String]) -> Result<bool, sqlx::Error> {
+pub async fn promote_configured_admin(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    admin_emails: &[String],
+) -> Result<bool, sqlx::Error> {
     if admin_emails.is_empty() {
         return Ok(false);
     }

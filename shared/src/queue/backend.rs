@@ -87,9 +87,13 @@ impl HeldClaims {
         for queue in Queue::ALL {
             let claims = self.of_queue(queue);
             match store.release(queue, &claims).await {
-                Ok(released) if released > 0 => tracing::warn!(queue = queue.as_str(), released, "handed back unfinished jobs"),
+                Ok(released) if released > 0 => {
+                    tracing::warn!(queue = queue.as_str(), released, "handed back unfinished jobs")
+                }
                 Ok(_) => {}
-                Err(err) => tracing::error!(queue = queue.as_str(), error = %err, "could not hand back jobs; their leases will expire"),
+                Err(err) => {
+                    tracing::error!(queue = queue.as_str(), error = %err, "could not hand back jobs; their leases will expire")
+                }
             }
             let mut held = self.lock();
             for (id, token) in claims {
@@ -121,7 +125,12 @@ pub struct RedisBackend<J> {
 
 impl<J: Job> RedisBackend<J> {
     /// `worker` must be unique per process start: it names the claims this worker holds.
-    pub fn new(store: QueueStore, blocking: ConnectionManager, worker: String, held: HeldClaims) -> Self {
+    pub fn new(
+        store: QueueStore,
+        blocking: ConnectionManager,
+        worker: String,
+        held: HeldClaims,
+    ) -> Self {
         Self {
             store,
             blocking,
@@ -163,7 +172,8 @@ impl<J: Job> RedisBackend<J> {
                     Ok(()) => failures = 0,
                     Err(err) => {
                         failures = failures.saturating_add(1);
-                        let delay = Duration::from_millis(100 * 2u64.pow(failures.min(5))).min(Duration::from_secs(3));
+                        let delay = Duration::from_millis(100 * 2u64.pow(failures.min(5)))
+                            .min(Duration::from_secs(3));
                         tracing::warn!(queue = queue.as_str(), error = %err, "cannot fetch jobs; retrying");
                         tokio::time::sleep(delay).await;
                     }
@@ -200,7 +210,9 @@ impl<J: Job> RedisBackend<J> {
                 self.held.remove(&claim);
                 let store = self.store.clone();
                 tokio::spawn(async move {
-                    let outcome = Outcome::Dead { error: format!("payload does not decode as {}: {err}", claim.kind) };
+                    let outcome = Outcome::Dead {
+                        error: format!("payload does not decode as {}: {err}", claim.kind),
+                    };
                     if let Err(err) = store.finish(&claim, &outcome, Duration::ZERO).await {
                         tracing::error!(id = %claim.id, error = %err, "cannot bury an undecodable job");
                     }
@@ -223,12 +235,20 @@ impl<J: Job> Backend for RedisBackend<J> {
     type Task = Task<J>;
     type Error = redis::RedisError;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         self.start_heartbeat();
         Poll::Ready(Ok(()))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Option<Result<Task<J>, Self::Error>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Task<J>, Self::Error>>> {
         loop {
             if let Some(claim) = self.buffer.pop_front() {
                 match self.make_task(claim) {
@@ -256,7 +276,11 @@ impl<J: Job> Backend for RedisBackend<J> {
     /// Stops claiming, lets a fetch in flight finish (an idle one returns within
     /// `IDLE_WAIT`) so whatever it claimed is held, then hands every claim that never
     /// started straight back to the queue. [`HeldClaims::release_all`] is the backstop.
-    fn poll_close(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(fetching) = self.fetching.as_mut() {
             let Poll::Ready(claims) = fetching.as_mut().poll(cx) else {
@@ -273,10 +297,13 @@ impl<J: Job> Backend for RedisBackend<J> {
             let (store, held) = (self.store.clone(), self.held.clone());
             tokio::spawn(async move {
                 let queue = unstarted[0].queue;
-                let pairs: Vec<(String, String)> = unstarted.iter().map(|c| (c.id.clone(), c.token.clone())).collect();
+                let pairs: Vec<(String, String)> =
+                    unstarted.iter().map(|c| (c.id.clone(), c.token.clone())).collect();
                 match store.release(queue, &pairs).await {
                     Ok(_) => unstarted.iter().for_each(|claim| held.remove(claim)),
-                    Err(err) => tracing::warn!(error = %err, "cannot hand back unstarted jobs yet; the worker retries as it stops"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot hand back unstarted jobs yet; the worker retries as it stops")
+                    }
                 }
             });
         }
@@ -441,7 +468,8 @@ async fn record(store: &QueueStore, batch: &[Ack]) {
     let Some(queue) = batch.first().map(|ack| ack.claim.queue) else {
         return;
     };
-    let outcomes: Vec<(&Claim, &Outcome, Duration)> = batch.iter().map(|ack| (&ack.claim, &ack.outcome, ack.took)).collect();
+    let outcomes: Vec<(&Claim, &Outcome, Duration)> =
+        batch.iter().map(|ack| (&ack.claim, &ack.outcome, ack.took)).collect();
     for attempt in 1..=5u32 {
         match store.finish_many(queue, &outcomes).await {
             Ok(recorded) => {
@@ -458,5 +486,8 @@ async fn record(store: &QueueStore, batch: &[Ack]) {
             }
         }
     }
-    tracing::error!(jobs = batch.len(), "gave up recording job outcomes; their leases will expire and they will run again");
+    tracing::error!(
+        jobs = batch.len(),
+        "gave up recording job outcomes; their leases will expire and they will run again"
+    );
 }

@@ -94,9 +94,14 @@ pub struct Claim {
 pub enum Outcome {
     Succeeded,
     /// Failed; run again after the delay.
-    Retry { error: String, delay: Duration },
+    Retry {
+        error: String,
+        delay: Duration,
+    },
     /// Failed for good (last attempt, or a permanent error).
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 /// Client of the store; cheap to clone.
@@ -154,7 +159,13 @@ impl QueueStore {
 
     /// Claims up to `n` jobs of `kind` for `worker`, after moving due retries and expired
     /// leases back to pending.
-    pub async fn claim(&self, queue: Queue, kind: &str, worker: &str, n: usize) -> redis::RedisResult<Vec<Claim>> {
+    pub async fn claim(
+        &self,
+        queue: Queue,
+        kind: &str,
+        worker: &str,
+        n: usize,
+    ) -> redis::RedisResult<Vec<Claim>> {
         type Row = (String, String, String, u32, u32, String, String);
         let rows: Vec<Row> = FETCH
             .key(self.key(queue, "running"))
@@ -185,14 +196,23 @@ impl QueueStore {
     }
 
     /// Records an attempt's outcome; `false` when the claim was no longer this worker's.
-    pub async fn finish(&self, claim: &Claim, outcome: &Outcome, took: Duration) -> redis::RedisResult<bool> {
+    pub async fn finish(
+        &self,
+        claim: &Claim,
+        outcome: &Outcome,
+        took: Duration,
+    ) -> redis::RedisResult<bool> {
         let recorded = self.finish_many(claim.queue, &[(claim, outcome, took)]).await?;
         Ok(recorded.first().copied().unwrap_or(false))
     }
 
     /// Records the outcomes of several attempts on one queue in one call; per attempt,
     /// whether it was accepted.
-    pub async fn finish_many(&self, queue: Queue, outcomes: &[(&Claim, &Outcome, Duration)]) -> redis::RedisResult<Vec<bool>> {
+    pub async fn finish_many(
+        &self,
+        queue: Queue,
+        outcomes: &[(&Claim, &Outcome, Duration)],
+    ) -> redis::RedisResult<Vec<bool>> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
@@ -208,20 +228,34 @@ impl QueueStore {
                 Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
                 Outcome::Dead { error } => ("dead", error.as_str(), Duration::ZERO),
             };
-            invocation.arg(&claim.id).arg(&claim.token).arg(name).arg(millis(*took)).arg(error).arg(millis(delay));
+            invocation
+                .arg(&claim.id)
+                .arg(&claim.token)
+                .arg(name)
+                .arg(millis(*took))
+                .arg(error)
+                .arg(millis(delay));
         }
         let recorded: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(recorded.into_iter().map(|r| r == 1).collect())
     }
 
     /// Extends the leases of claims still held (a worker's heartbeat).
-    pub async fn renew(&self, queue: Queue, claims: &[(String, String)]) -> redis::RedisResult<usize> {
+    pub async fn renew(
+        &self,
+        queue: Queue,
+        claims: &[(String, String)],
+    ) -> redis::RedisResult<usize> {
         self.renew_or_release(queue, "renew", claims).await
     }
 
     /// Hands claims back to the front of their queue without counting the attempt
     /// (graceful shutdown).
-    pub async fn release(&self, queue: Queue, claims: &[(String, String)]) -> redis::RedisResult<usize> {
+    pub async fn release(
+        &self,
+        queue: Queue,
+        claims: &[(String, String)],
+    ) -> redis::RedisResult<usize> {
         self.renew_or_release(queue, "release", claims).await
     }
 
@@ -263,7 +297,6 @@ impl QueueStore {
             .await?;
         Ok(())
     }
-
 }
 
 /// One attempt of a job, as kept in its history.
@@ -329,10 +362,13 @@ impl QueueStore {
 
     /// Failed attempts (errors and expired leases) in the last hour.
     pub async fn failed_last_hour(&self, queue: Queue) -> redis::RedisResult<u64> {
-        let (seconds, _): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
+        let (seconds, _): (u64, u64) =
+            redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
         let minute = seconds / 60;
-        let keys: Vec<String> = (0..60).map(|ago| self.key(queue, &format!("failed:{}", minute - ago))).collect();
-        let counts: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
+        let keys: Vec<String> =
+            (0..60).map(|ago| self.key(queue, &format!("failed:{}", minute - ago))).collect();
+        let counts: Vec<Option<u64>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
         Ok(counts.into_iter().flatten().sum())
     }
 
@@ -357,7 +393,8 @@ impl QueueStore {
         }
         let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
         let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
-        let mut history: Vec<AttemptRecord> = text("history").and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+        let mut history: Vec<AttemptRecord> =
+            text("history").and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
         // A successful attempt is kept in the flat fields (see finish.lua): it is the last one.
         if text("state").as_deref() == Some("done") {
             history.push(AttemptRecord {
@@ -388,11 +425,21 @@ impl QueueStore {
 
     /// Ids of jobs in one state, oldest first (pending: per kind, in declaration order), at
     /// most `limit`.
-    pub async fn ids(&self, queue: Queue, state: &str, limit: usize) -> redis::RedisResult<Vec<String>> {
+    pub async fn ids(
+        &self,
+        queue: Queue,
+        state: &str,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<String>> {
         let stop = isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1);
         let mut conn = self.conn.clone();
         if state != "pending" {
-            return redis::cmd("ZRANGE").arg(self.key(queue, state)).arg(0).arg(stop).query_async(&mut conn).await;
+            return redis::cmd("ZRANGE")
+                .arg(self.key(queue, state))
+                .arg(0)
+                .arg(stop)
+                .query_async(&mut conn)
+                .await;
         }
         let mut ids = Vec::new();
         for kind in kinds_of(queue) {
@@ -435,14 +482,15 @@ impl QueueStore {
     /// Counts per state, and the age of the oldest pending job.
     pub async fn depth(&self, queue: Queue) -> redis::RedisResult<Depth> {
         let mut conn = self.conn.clone();
-        let (running, scheduled, done, dead, time): (u64, u64, u64, u64, (u64, u64)) = redis::pipe()
-            .zcard(self.key(queue, "running"))
-            .zcard(self.key(queue, "scheduled"))
-            .zcard(self.key(queue, "done"))
-            .zcard(self.key(queue, "dead"))
-            .cmd("TIME")
-            .query_async(&mut conn)
-            .await?;
+        let (running, scheduled, done, dead, time): (u64, u64, u64, u64, (u64, u64)) =
+            redis::pipe()
+                .zcard(self.key(queue, "running"))
+                .zcard(self.key(queue, "scheduled"))
+                .zcard(self.key(queue, "done"))
+                .zcard(self.key(queue, "dead"))
+                .cmd("TIME")
+                .query_async(&mut conn)
+                .await?;
         let now_ms = time.0 * 1000 + time.1 / 1000;
         let (mut pending, mut oldest_ms) = (0, now_ms);
         for kind in kinds_of(queue) {
@@ -451,8 +499,11 @@ impl QueueStore {
                 redis::pipe().llen(&list).lindex(&list, 0).query_async(&mut conn).await?;
             pending += len;
             if let Some(id) = head {
-                let created: Option<u64> =
-                    redis::cmd("HGET").arg(self.key(queue, &format!("job:{id}"))).arg("created_ms").query_async(&mut conn).await?;
+                let created: Option<u64> = redis::cmd("HGET")
+                    .arg(self.key(queue, &format!("job:{id}")))
+                    .arg("created_ms")
+                    .query_async(&mut conn)
+                    .await?;
                 oldest_ms = oldest_ms.min(created.unwrap_or(now_ms));
             }
         }

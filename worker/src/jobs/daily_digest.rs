@@ -18,7 +18,11 @@ const NAMESPACE: Uuid = Uuid::from_u128(0x3f6a_1c0e_77d2_4e58_b1a9_0c4d_2e8f_6b1
 /// Tasks listed per section.
 const SECTION: i64 = 20;
 
-pub async fn daily_digest(job: DailyDigest, db: Data<PgPool>, store: Data<QueueStore>) -> Result<(), BoxDynError> {
+pub async fn daily_digest(
+    job: DailyDigest,
+    db: Data<PgPool>,
+    store: Data<QueueStore>,
+) -> Result<(), BoxDynError> {
     let users: Vec<(Uuid, String, Option<String>, String)> = sqlx::query_as(
         "select id, email, display_name, timezone from users
          where digest_enabled and email_verified_at is not null and not disabled
@@ -34,13 +38,19 @@ pub async fn daily_digest(job: DailyDigest, db: Data<PgPool>, store: Data<QueueS
         let section = |sql: &'static str| {
             let db = db.clone();
             async move {
-                let rows: Vec<(String, Option<DateTime<Utc>>)> =
-                    sqlx::query_as(sql).bind(user).bind(job.tick).bind(SECTION).fetch_all(&*db).await?;
+                let rows: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(sql)
+                    .bind(user)
+                    .bind(job.tick)
+                    .bind(SECTION)
+                    .fetch_all(&*db)
+                    .await?;
                 Ok::<_, sqlx::Error>(
                     rows.into_iter()
                         .map(|(title, due)| DigestItem {
                             title,
-                            due: due.map(|d| d.with_timezone(&zone).format("%Y-%m-%d %H:%M").to_string()),
+                            due: due.map(|d| {
+                                d.with_timezone(&zone).format("%Y-%m-%d %H:%M").to_string()
+                            }),
                         })
                         .collect::<Vec<_>>(),
                 )
@@ -63,7 +73,11 @@ pub async fn daily_digest(job: DailyDigest, db: Data<PgPool>, store: Data<QueueS
         )
         .await?;
         let key = format!("digest:{user}:{date}");
-        let email_job = SendEmail { idempotency_key: key.clone(), to: email, message: EmailMessage::DailyDigest { display_name, date, open, due_soon, overdue } };
+        let email_job = SendEmail {
+            idempotency_key: key.clone(),
+            to: email,
+            message: EmailMessage::DailyDigest { display_name, date, open, due_soon, overdue },
+        };
         let new = NewJob {
             id: Uuid::new_v5(&NAMESPACE, key.as_bytes()),
             kind: SendEmail::SPEC.kind.into(),

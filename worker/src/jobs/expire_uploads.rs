@@ -13,10 +13,16 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
 use tasklane_shared::config::AttachmentSettings;
-use tasklane_shared::jobs::{ABANDONED_UPLOAD_GRACE_MINUTES, DeleteObjects, ExpireUploads, PROCESSING_DEADLINE_MINUTES};
+use tasklane_shared::jobs::{
+    ABANDONED_UPLOAD_GRACE_MINUTES, DeleteObjects, ExpireUploads, PROCESSING_DEADLINE_MINUTES,
+};
 use tasklane_shared::storage;
 
-pub async fn expire_uploads(job: ExpireUploads, db: Data<PgPool>, limits: Data<AttachmentSettings>) -> Result<(), BoxDynError> {
+pub async fn expire_uploads(
+    job: ExpireUploads,
+    db: Data<PgPool>,
+    limits: Data<AttachmentSettings>,
+) -> Result<(), BoxDynError> {
     let upload_ttl_secs = i32::try_from(limits.upload_url_ttl.as_secs()).unwrap_or(i32::MAX);
     let mut tx = db.begin().await?;
     let abandoned: Vec<(String, String)> = sqlx::query_as(
@@ -45,7 +51,8 @@ pub async fn expire_uploads(job: ExpireUploads, db: Data<PgPool>, limits: Data<A
         .flat_map(|(upload, object)| storage::attachment_objects(upload, object))
         .collect();
     for batch in keys.chunks(300) {
-        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None).await?;
+        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None)
+            .await?;
     }
     tx.commit().await?;
     tracing::info!(abandoned = abandoned.len(), stuck = stuck.len(), tick = %job.tick, "uploads expired");

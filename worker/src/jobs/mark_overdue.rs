@@ -9,7 +9,11 @@ use uuid::Uuid;
 
 use crate::app::TaskLists;
 
-pub async fn mark_overdue(job: MarkOverdue, db: Data<PgPool>, lists: Data<TaskLists>) -> Result<(), BoxDynError> {
+pub async fn mark_overdue(
+    job: MarkOverdue,
+    db: Data<PgPool>,
+    lists: Data<TaskLists>,
+) -> Result<(), BoxDynError> {
     let owners: Vec<Uuid> = sqlx::query_scalar(
         "with marked as (
              update tasks set overdue = true, updated_at = now(), version = version + 1

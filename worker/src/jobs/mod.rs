@@ -16,8 +16,8 @@ use apalis::layers::WorkerBuilderExt;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use tasklane_shared::jobs::{
-    CronJob, DailyDigest, DeleteObjects, ExpireUploads, Job, MarkOverdue, ProcessUpload, PruneSentEmails, PurgeDeleted,
-    SendEmail,
+    CronJob, DailyDigest, DeleteObjects, ExpireUploads, Job, MarkOverdue, ProcessUpload,
+    PruneSentEmails, PurgeDeleted, SendEmail,
 };
 
 use crate::app::WorkerContext;
@@ -26,8 +26,8 @@ use crate::cron::{TickSource, on_tick};
 pub use daily_digest::daily_digest;
 pub use delete_objects::delete_objects;
 pub use expire_uploads::expire_uploads;
-pub use process_upload::process_upload;
 pub use mark_overdue::mark_overdue;
+pub use process_upload::process_upload;
 pub use prune_sent_emails::prune_sent_emails;
 pub use purge_deleted::purge_deleted;
 pub use send_email::send_email;
@@ -65,9 +65,18 @@ pub fn register(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result<Monitor
     // Each upload may hold a decoded image (up to 512 MiB at the decoder's limit) and spends
     // CPU on it: a few at a time per process, whatever the email concurrency.
     let uploads = ctx.concurrency.min(2);
-    let monitor = job_worker!(monitor, ctx, SendEmail, send_email, ctx.concurrency, [mailer, templates, db]);
-    let monitor = job_worker!(monitor, ctx, ProcessUpload, process_upload, uploads, [db, bucket, attachments]);
-    let monitor = job_worker!(monitor, ctx, DeleteObjects, delete_objects, ctx.concurrency, [bucket]);
+    let monitor =
+        job_worker!(monitor, ctx, SendEmail, send_email, ctx.concurrency, [mailer, templates, db]);
+    let monitor = job_worker!(
+        monitor,
+        ctx,
+        ProcessUpload,
+        process_upload,
+        uploads,
+        [db, bucket, attachments]
+    );
+    let monitor =
+        job_worker!(monitor, ctx, DeleteObjects, delete_objects, ctx.concurrency, [bucket]);
     let monitor = job_worker!(monitor, ctx, PruneSentEmails, prune_sent_emails, 1, [db]);
     let monitor = job_worker!(monitor, ctx, MarkOverdue, mark_overdue, 1, [db, task_lists]);
     let monitor = job_worker!(monitor, ctx, PurgeDeleted, purge_deleted, 1, [db, task_lists]);
@@ -116,7 +125,8 @@ mod tests {
 
     #[test]
     fn every_declared_kind_has_a_handler() {
-        let mut declared: Vec<_> = tasklane_shared::jobs::ALL.iter().map(|spec| spec.kind).collect();
+        let mut declared: Vec<_> =
+            tasklane_shared::jobs::ALL.iter().map(|spec| spec.kind).collect();
         let mut registered = REGISTERED.to_vec();
         declared.sort_unstable();
         registered.sort_unstable();

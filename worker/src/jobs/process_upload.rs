@@ -121,7 +121,14 @@ async fn verify(
     bucket: &Bucket,
     limits: &AttachmentSettings,
 ) -> Result<Result<Verified, Rejection>, BoxDynError> {
-    let head = match bucket.client.head_object().bucket(&bucket.name).key(&attachment.upload_key).send().await {
+    let head = match bucket
+        .client
+        .head_object()
+        .bucket(&bucket.name)
+        .key(&attachment.upload_key)
+        .send()
+        .await
+    {
         Ok(head) => head,
         Err(err) if matches!(err.as_service_error(), Some(HeadObjectError::NotFound(_))) => {
             return Ok(Err(Rejection::NotUploaded));
@@ -147,8 +154,14 @@ async fn verify(
         }
         None => None,
     };
-    let mut object =
-        bucket.client.get_object().bucket(&bucket.name).key(&attachment.upload_key).if_match(&etag).send().await?;
+    let mut object = bucket
+        .client
+        .get_object()
+        .bucket(&bucket.name)
+        .key(&attachment.upload_key)
+        .if_match(&etag)
+        .send()
+        .await?;
     let mut hasher = Sha256::new();
     let mut sniffed = Vec::with_capacity(SNIFF_BYTES);
     let mut detected = None;
@@ -171,7 +184,10 @@ async fn verify(
         }
     }
     if read != size {
-        return Err(format!("read {read} bytes of an object of {size}; it changed while being read").into());
+        return Err(format!(
+            "read {read} bytes of an object of {size}; it changed while being read"
+        )
+        .into());
     }
     let detected_type = match detected {
         Some(found) => found,
@@ -218,7 +234,12 @@ async fn verify(
 }
 
 /// The object is in place: the row becomes `ready`, then the upload goes.
-async fn publish(db: &PgPool, bucket: &Bucket, attachment: &Pending, verified: Verified) -> Result<(), BoxDynError> {
+async fn publish(
+    db: &PgPool,
+    bucket: &Bucket,
+    attachment: &Pending,
+    verified: Verified,
+) -> Result<(), BoxDynError> {
     let mut tx = db.begin().await?;
     let updated = sqlx::query(
         "update attachments set status = 'ready', size_bytes = $2, sha256 = $3, detected_type = $4,
@@ -249,7 +270,12 @@ async fn publish(db: &PgPool, bucket: &Bucket, attachment: &Pending, verified: V
 }
 
 /// The row becomes `rejected` with its reason, and every object it may have is deleted.
-async fn reject(db: &PgPool, bucket: &Bucket, attachment: &Pending, rejection: Rejection) -> Result<(), BoxDynError> {
+async fn reject(
+    db: &PgPool,
+    bucket: &Bucket,
+    attachment: &Pending,
+    rejection: Rejection,
+) -> Result<(), BoxDynError> {
     let mut tx = db.begin().await?;
     let updated = sqlx::query(
         "update attachments set status = 'rejected', reject_reason = $2, updated_at = now()
@@ -335,7 +361,10 @@ pub fn sniff(declared: &str, head: &[u8], complete: bool) -> Option<String> {
 
 /// A PNG of the image scaled to fit 256×256 (never enlarged), decoded within limits so a
 /// decompression bomb fails instead of exhausting memory.
-fn thumbnail(path: &std::path::Path, format: image::ImageFormat) -> Result<Vec<u8>, image::ImageError> {
+fn thumbnail(
+    path: &std::path::Path,
+    format: image::ImageFormat,
+) -> Result<Vec<u8>, image::ImageError> {
     let mut reader = image::ImageReader::open(path)?;
     reader.set_format(format);
     let mut limits = image::Limits::default();

@@ -11,7 +11,11 @@ use uuid::Uuid;
 
 use crate::app::TaskLists;
 
-pub async fn purge_deleted(job: PurgeDeleted, db: Data<PgPool>, lists: Data<TaskLists>) -> Result<(), BoxDynError> {
+pub async fn purge_deleted(
+    job: PurgeDeleted,
+    db: Data<PgPool>,
+    lists: Data<TaskLists>,
+) -> Result<(), BoxDynError> {
     let mut tx = db.begin().await?;
     // Locked first, so a restore racing the purge either wins or waits and finds nothing.
     let purged: Vec<(Uuid, Uuid)> =
@@ -28,10 +32,13 @@ pub async fn purge_deleted(job: PurgeDeleted, db: Data<PgPool>, lists: Data<Task
             .await?;
     // Attachments and history go with their tasks (on delete cascade).
     sqlx::query("delete from tasks where id = any($1)").bind(&task_ids).execute(&mut *tx).await?;
-    let keys: Vec<String> =
-        keys.iter().flat_map(|(upload, object)| storage::attachment_objects(upload, object)).collect();
+    let keys: Vec<String> = keys
+        .iter()
+        .flat_map(|(upload, object)| storage::attachment_objects(upload, object))
+        .collect();
     for batch in keys.chunks(300) {
-        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None).await?;
+        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None)
+            .await?;
     }
     tx.commit().await?;
     let mut owners: Vec<Uuid> = purged.iter().map(|(_, owner)| *owner).collect();

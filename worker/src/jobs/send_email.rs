@@ -21,7 +21,8 @@ pub async fn send_email(
     db: Data<PgPool>,
 ) -> Result<(), BoxDynError> {
     // A template that does not render never will: no retry.
-    let rendered = templates.render(&job.message).map_err(|err| PermanentError(format!("{err:#}")))?;
+    let rendered =
+        templates.render(&job.message).map_err(|err| PermanentError(format!("{err:#}")))?;
     let mut tx = db.begin().await?;
     let claimed = sqlx::query(
         "insert into sent_emails (idempotency_key, recipient) values ($1, $2)
@@ -36,7 +37,12 @@ pub async fn send_email(
         tracing::info!(key = %job.idempotency_key, template = job.message.template(), "email already sent; skipping");
         return Ok(());
     }
-    let email = Email { to: &job.to, subject: &rendered.subject, text: &rendered.text, html: Some(&rendered.html) };
+    let email = Email {
+        to: &job.to,
+        subject: &rendered.subject,
+        text: &rendered.text,
+        html: Some(&rendered.html),
+    };
     match mailer.send(&email).await {
         Ok(()) => {}
         Err(MailError::Invalid(why)) => return Err(Box::new(PermanentError(why))),

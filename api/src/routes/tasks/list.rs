@@ -103,7 +103,10 @@ pub fn parse_sort(raw: Option<&str>) -> Result<Vec<SortKey>, FieldError> {
 
 /// The canonical text of a sort (what a cursor is bound to).
 pub fn sort_signature(keys: &[SortKey]) -> String {
-    keys.iter().map(|k| format!("{}{}", if k.descending { "-" } else { "" }, k.field.name())).collect::<Vec<_>>().join(",")
+    keys.iter()
+        .map(|k| format!("{}{}", if k.descending { "-" } else { "" }, k.field.name()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An opaque position in a sorted list.
@@ -118,12 +121,22 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn after(row: &TaskRow, keys: &[SortKey]) -> String {
-        let cursor = Cursor { s: sort_signature(keys), v: keys.iter().map(|k| k.field.value(row)).collect(), id: row.id };
+        let cursor = Cursor {
+            s: sort_signature(keys),
+            v: keys.iter().map(|k| k.field.value(row)).collect(),
+            id: row.id,
+        };
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
     }
 
     pub fn parse(raw: &str, keys: &[SortKey]) -> Result<Self, FieldError> {
-        let invalid = || FieldError::new("cursor", "invalid", "is not a cursor of this list (cursors are bound to their sort)");
+        let invalid = || {
+            FieldError::new(
+                "cursor",
+                "invalid",
+                "is not a cursor of this list (cursors are bound to their sort)",
+            )
+        };
         let cursor: Cursor = URL_SAFE_NO_PAD
             .decode(raw)
             .ok()
@@ -136,8 +149,13 @@ impl Cursor {
         // cursor is a 422, never a database error).
         for (key, value) in keys.iter().zip(&cursor.v) {
             let ok = match key.field {
-                SortField::CreatedAt | SortField::UpdatedAt => DateTime::parse_from_rfc3339(value).is_ok_and(|t| t.year() < 10_000),
-                SortField::DueAt => value == "infinity" || DateTime::parse_from_rfc3339(value).is_ok_and(|t| t.year() < 10_000),
+                SortField::CreatedAt | SortField::UpdatedAt => {
+                    DateTime::parse_from_rfc3339(value).is_ok_and(|t| t.year() < 10_000)
+                }
+                SortField::DueAt => {
+                    value == "infinity"
+                        || DateTime::parse_from_rfc3339(value).is_ok_and(|t| t.year() < 10_000)
+                }
                 SortField::Priority => value.parse::<i16>().is_ok_and(|p| (0..=3).contains(&p)),
                 SortField::Title => true,
             };
@@ -165,7 +183,11 @@ pub struct Filters {
 impl Filters {
     fn push(&self, query: &mut QueryBuilder<Postgres>, owner: Uuid) {
         query.push(" where owner_id = ").push_bind(owner);
-        query.push(if self.deleted { " and deleted_at is not null" } else { " and deleted_at is null" });
+        query.push(if self.deleted {
+            " and deleted_at is not null"
+        } else {
+            " and deleted_at is null"
+        });
         if !self.statuses.is_empty() {
             let statuses: Vec<&str> = self.statuses.iter().map(|s| s.as_str()).collect();
             query.push(" and status = any(").push_bind(statuses).push(")");
@@ -178,7 +200,10 @@ impl Filters {
             query.push(" and tags @> array[").push_bind(tag.clone()).push("]::text[]");
         }
         if let Some(q) = &self.q {
-            query.push(" and search @@ websearch_to_tsquery('english', ").push_bind(q.clone()).push(")");
+            query
+                .push(" and search @@ websearch_to_tsquery('english', ")
+                .push_bind(q.clone())
+                .push(")");
         }
         if let Some(before) = self.due_before {
             query.push(" and due_at < ").push_bind(before);
@@ -209,7 +234,11 @@ pub async fn page(
     }
     query.push(" order by ");
     for key in keys {
-        query.push(format!("{} {}, ", key.field.expr(), if key.descending { "desc" } else { "asc" }));
+        query.push(format!(
+            "{} {}, ",
+            key.field.expr(),
+            if key.descending { "desc" } else { "asc" }
+        ));
     }
     let id_desc = keys.last().is_some_and(|k| k.descending);
     query.push(if id_desc { "id desc" } else { "id asc" });
@@ -260,13 +289,19 @@ fn push_keyset(query: &mut QueryBuilder<Postgres>, keys: &[SortKey], cursor: &Cu
         }
         query.push("(");
         for (j, key) in keys.iter().enumerate().take(i) {
-            query.push(format!("{} = ", key.field.expr())).push_bind(cursor.v[j].clone()).push(format!("::{}", key.field.cast()));
+            query
+                .push(format!("{} = ", key.field.expr()))
+                .push_bind(cursor.v[j].clone())
+                .push(format!("::{}", key.field.cast()));
             query.push(" and ");
         }
         match keys.get(i) {
             Some(key) => {
                 let op = if key.descending { " < " } else { " > " };
-                query.push(format!("{}{op}", key.field.expr())).push_bind(cursor.v[i].clone()).push(format!("::{}", key.field.cast()));
+                query
+                    .push(format!("{}{op}", key.field.expr()))
+                    .push_bind(cursor.v[i].clone())
+                    .push(format!("::{}", key.field.cast()));
             }
             None => {
                 query.push(if id_desc { "id < " } else { "id > " }).push_bind(cursor.id);
@@ -284,7 +319,10 @@ mod tests {
     #[test]
     fn sorts_are_whitelisted_and_unique() {
         assert_eq!(sort_signature(&parse_sort(None).unwrap()), "-created_at");
-        assert_eq!(sort_signature(&parse_sort(Some("-priority, due_at")).unwrap()), "-priority,due_at");
+        assert_eq!(
+            sort_signature(&parse_sort(Some("-priority, due_at")).unwrap()),
+            "-priority,due_at"
+        );
         assert_eq!(parse_sort(Some("owner_id")).unwrap_err().code, "unknown_field");
         assert_eq!(parse_sort(Some("title,-title")).unwrap_err().code, "duplicate");
     }
@@ -312,7 +350,15 @@ mod tests {
         assert!(Cursor::parse(&cursor, &keys).is_ok());
         assert!(Cursor::parse(&cursor, &parse_sort(Some("-title")).unwrap()).is_err());
         assert!(Cursor::parse("garbage", &keys).is_err());
-        let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&serde_json::json!({ "s": "-created_at", "v": ["x"], "id": row.id })).unwrap());
-        assert!(Cursor::parse(&forged, &parse_sort(None).unwrap()).is_err(), "values are type-checked");
+        let forged = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(
+                &serde_json::json!({ "s": "-created_at", "v": ["x"], "id": row.id }),
+            )
+            .unwrap(),
+        );
+        assert!(
+            Cursor::parse(&forged, &parse_sort(None).unwrap()).is_err(),
+            "values are type-checked"
+        );
     }
 }

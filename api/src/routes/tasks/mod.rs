@@ -22,8 +22,8 @@ use tasklane_shared::events;
 use uuid::Uuid;
 
 use self::list::{Cursor, Filters};
-pub use self::model::{TaskPriority, TaskRow, TaskStatus, TaskView};
 use self::model::TASK_COLUMNS;
+pub use self::model::{TaskPriority, TaskRow, TaskStatus, TaskView};
 use crate::auth::security::BearerAuth;
 use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
@@ -143,10 +143,19 @@ pub enum BulkResponse {
 pub enum GetResponse {
     /// `X-Cache` says whether the server's cache answered (`hit`) or the database (`miss`).
     #[oai(status = 200)]
-    Ok(RawJson<TaskView>, #[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String, #[oai(header = "X-Cache")] String),
+    Ok(
+        RawJson<TaskView>,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "X-Cache")] String,
+    ),
     /// `If-None-Match` matched: the copy you have is current.
     #[oai(status = 304)]
-    NotModified(#[oai(header = "ETag")] String, #[oai(header = "Cache-Control")] String, #[oai(header = "X-Cache")] String),
+    NotModified(
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "X-Cache")] String,
+    ),
     /// No such task (or not yours).
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
@@ -221,7 +230,11 @@ pub(crate) fn parse_problem(err: &poem::Error) -> Result<Problem, Problem> {
         return Ok(Problem::new(StatusCode::BAD_REQUEST, "bad_request", message));
     };
     let field = rest.split('`').next().unwrap_or_default().to_owned();
-    let mut problem = Problem::validation(vec![FieldError::new(field.clone(), "unknown_field", "is not a field you can set")]);
+    let mut problem = Problem::validation(vec![FieldError::new(
+        field.clone(),
+        "unknown_field",
+        "is not a field you can set",
+    )]);
     problem.detail = format!("unknown field {field:?}: it is not a field you can set");
     Err(problem)
 }
@@ -269,7 +282,12 @@ fn quota_problem(limit: u32) -> Problem {
 }
 
 /// Validates a creation; `prefix` names the item in a bulk (`tasks[3].`).
-fn new_row(prefix: &str, owner: Uuid, req: CreateTaskRequest, errors: &mut Vec<FieldError>) -> TaskRow {
+fn new_row(
+    prefix: &str,
+    owner: Uuid,
+    req: CreateTaskRequest,
+    errors: &mut Vec<FieldError>,
+) -> TaskRow {
     // At the database's precision, so the response and the event show what is stored.
     let now = Utc::now().trunc_subsecs(6);
     let status = req.status.unwrap_or(TaskStatus::Todo);
@@ -324,7 +342,12 @@ pub async fn audit(
     Ok(())
 }
 
-async fn find_live(tx: &mut PgConnection, id: Uuid, owner: Uuid, lock: bool) -> Result<Option<TaskRow>, sqlx::Error> {
+async fn find_live(
+    tx: &mut PgConnection,
+    id: Uuid,
+    owner: Uuid,
+    lock: bool,
+) -> Result<Option<TaskRow>, sqlx::Error> {
     let lock = if lock { " for update" } else { "" };
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {TASK_COLUMNS} from tasks where id = $1 and owner_id = $2 and deleted_at is null{lock}"
@@ -342,7 +365,12 @@ impl TasksApi {
     /// Counts against the daily creation quota (default 50 per UTC day); a refused or
     /// failed request uses none of it.
     #[oai(path = "/", method = "post")]
-    async fn create(&self, auth: BearerAuth, state: Data<&AppState>, body: Json<CreateTaskRequest>) -> Result<CreateResponse, AuthedError> {
+    async fn create(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        body: Json<CreateTaskRequest>,
+    ) -> Result<CreateResponse, AuthedError> {
         let user = auth.0.id;
         let mut errors = Vec::new();
         let row = new_row("", user, body.0, &mut errors);
@@ -350,12 +378,18 @@ impl TasksApi {
             return Ok(CreateResponse::Invalid(Json(Problem::validation(errors))));
         }
         let Some(reservation) = store::reserve(&state, user, 1).await? else {
-            return Ok(CreateResponse::QuotaExceeded(Json(quota_problem(state.settings.tasks_daily_quota)), store::seconds_to_reset()));
+            return Ok(CreateResponse::QuotaExceeded(
+                Json(quota_problem(state.settings.tasks_daily_quota)),
+                store::seconds_to_reset(),
+            ));
         };
         // The writer keeps the reservation once the task is committed, and gives it back
         // otherwise.
         let created = state.task_writer.create(vec![row], reservation).await?;
-        let task = created.into_iter().next().ok_or_else(|| ServerError::internal("the writer handed back no task"))?;
+        let task = created
+            .into_iter()
+            .next()
+            .ok_or_else(|| ServerError::internal("the writer handed back no task"))?;
         let tag = etag(task.version);
         Ok(CreateResponse::Created(Json(task.into()), tag))
     }
@@ -365,24 +399,38 @@ impl TasksApi {
     /// Errors name the item (`tasks[3].title`). The batch counts against the quota as a
     /// whole: it fits entirely or is refused.
     #[oai(path = "/bulk", method = "post")]
-    async fn bulk(&self, auth: BearerAuth, state: Data<&AppState>, body: Json<BulkCreateRequest>) -> Result<BulkResponse, AuthedError> {
+    async fn bulk(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        body: Json<BulkCreateRequest>,
+    ) -> Result<BulkResponse, AuthedError> {
         let user = auth.0.id;
         let items = body.0.tasks;
         let mut errors = Vec::new();
         if items.is_empty() || items.len() > 100 {
             errors.push(FieldError::new("tasks", "invalid_length", "must hold 1 to 100 tasks"));
         }
-        let rows: Vec<TaskRow> =
-            items.into_iter().enumerate().map(|(i, item)| new_row(&format!("tasks[{i}]."), user, item, &mut errors)).collect();
+        let rows: Vec<TaskRow> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| new_row(&format!("tasks[{i}]."), user, item, &mut errors))
+            .collect();
         if !errors.is_empty() {
             return Ok(BulkResponse::Invalid(Json(Problem::validation(errors))));
         }
         let n = u32::try_from(rows.len()).unwrap_or(u32::MAX);
         let Some(reservation) = store::reserve(&state, user, n).await? else {
-            return Ok(BulkResponse::QuotaExceeded(Json(quota_problem(state.settings.tasks_daily_quota)), store::seconds_to_reset()));
+            return Ok(BulkResponse::QuotaExceeded(
+                Json(quota_problem(state.settings.tasks_daily_quota)),
+                store::seconds_to_reset(),
+            ));
         };
         let tasks = state.task_writer.create(rows, reservation).await?;
-        Ok(BulkResponse::Created(Json(TaskList { data: tasks.into_iter().map(TaskView::from).collect(), next_cursor: None })))
+        Ok(BulkResponse::Created(Json(TaskList {
+            data: tasks.into_iter().map(TaskView::from).collect(),
+            next_cursor: None,
+        })))
     }
 
     /// One task, with its `ETag`; `If-None-Match` with the current tag gives 304.
@@ -415,7 +463,9 @@ impl TasksApi {
         let tag = etag(task.version);
         // Private (per user), and always revalidated: the ETag makes that cheap.
         let cache = "private, no-cache".to_owned();
-        let matches = if_none_match.0.as_deref().is_some_and(|raw| raw.split(',').any(|t| t.trim() == "*" || tag_version(t) == Some(task.version)));
+        let matches = if_none_match.0.as_deref().is_some_and(|raw| {
+            raw.split(',').any(|t| t.trim() == "*" || tag_version(t) == Some(task.version))
+        });
         if matches {
             return Ok(GetResponse::NotModified(tag, cache, x_cache.to_owned()));
         }
@@ -438,7 +488,11 @@ impl TasksApi {
         body: Json<UpdateTaskRequest>,
     ) -> Result<PatchResponse, AuthedError> {
         let Some(expected) = if_match.0.as_deref() else {
-            let problem = Problem::new(StatusCode::PRECONDITION_REQUIRED, "precondition_required", "send If-Match: \"<version>\" with the ETag of your copy");
+            let problem = Problem::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "precondition_required",
+                "send If-Match: \"<version>\" with the ETag of your copy",
+            );
             return Ok(PatchResponse::PreconditionRequired(Json(problem)));
         };
         let user = auth.0.id;
@@ -450,7 +504,10 @@ impl TasksApi {
             let mut problem = Problem::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version_mismatch",
-                format!("the task changed since your copy; its current version is {}", before.version),
+                format!(
+                    "the task changed since your copy; its current version is {}",
+                    before.version
+                ),
             );
             problem.current_version = Some(before.version);
             return Ok(PatchResponse::PreconditionFailed(Json(problem), etag(before.version)));
@@ -460,22 +517,30 @@ impl TasksApi {
         let mut after = before.clone();
         match patch.title {
             MaybeUndefined::Value(title) => after.title = model::title("", &title, &mut errors),
-            MaybeUndefined::Null => errors.push(FieldError::new("title", "required", "cannot be null")),
+            MaybeUndefined::Null => {
+                errors.push(FieldError::new("title", "required", "cannot be null"))
+            }
             MaybeUndefined::Undefined => {}
         }
         match patch.description {
-            MaybeUndefined::Value(d) => after.description = model::description("", Some(d), &mut errors),
+            MaybeUndefined::Value(d) => {
+                after.description = model::description("", Some(d), &mut errors)
+            }
             MaybeUndefined::Null => after.description = None,
             MaybeUndefined::Undefined => {}
         }
         match patch.status {
             MaybeUndefined::Value(status) => after.status = status.as_str().to_owned(),
-            MaybeUndefined::Null => errors.push(FieldError::new("status", "required", "cannot be null")),
+            MaybeUndefined::Null => {
+                errors.push(FieldError::new("status", "required", "cannot be null"))
+            }
             MaybeUndefined::Undefined => {}
         }
         match patch.priority {
             MaybeUndefined::Value(priority) => after.priority = priority.rank(),
-            MaybeUndefined::Null => errors.push(FieldError::new("priority", "required", "cannot be null")),
+            MaybeUndefined::Null => {
+                errors.push(FieldError::new("priority", "required", "cannot be null"))
+            }
             MaybeUndefined::Undefined => {}
         }
         match patch.tags {
@@ -532,7 +597,12 @@ impl TasksApi {
 
     /// Move a task to the trash. A daily job deletes tasks trashed over 30 days ago.
     #[oai(path = "/:id", method = "delete")]
-    async fn delete(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<Uuid>) -> Result<DeleteResponse, AuthedError> {
+    async fn delete(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> Result<DeleteResponse, AuthedError> {
         let user = auth.0.id;
         let mut tx = state.db.begin().await?;
         let deleted: Option<DateTime<Utc>> = sqlx::query_scalar(
@@ -549,7 +619,8 @@ impl TasksApi {
         let mut changes = serde_json::Map::new();
         changes.insert("deleted_at".into(), serde_json::json!({ "from": null, "to": at }));
         audit(&mut tx, id.0, "delete", changes, Some(user)).await?;
-        events::record(&mut tx, user, events::TASK_DELETED, serde_json::json!({ "task_id": id.0 })).await?;
+        events::record(&mut tx, user, events::TASK_DELETED, serde_json::json!({ "task_id": id.0 }))
+            .await?;
         tx.commit().await?;
         store::invalidate(&state, user).await;
         Ok(DeleteResponse::NoContent)
@@ -557,7 +628,12 @@ impl TasksApi {
 
     /// Take a task out of the trash.
     #[oai(path = "/:id/restore", method = "post")]
-    async fn restore(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<Uuid>) -> Result<RestoreResponse, AuthedError> {
+    async fn restore(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> Result<RestoreResponse, AuthedError> {
         let user = auth.0.id;
         let mut tx = state.db.begin().await?;
         let before: Option<DateTime<Utc>> =
@@ -588,12 +664,19 @@ impl TasksApi {
 
     /// A task's audit history, oldest first.
     #[oai(path = "/:id/history", method = "get")]
-    async fn history(&self, auth: BearerAuth, state: Data<&AppState>, id: Path<Uuid>) -> Result<HistoryResponse, AuthedError> {
-        let owned: bool = sqlx::query_scalar("select exists(select 1 from tasks where id = $1 and owner_id = $2)")
-            .bind(id.0)
-            .bind(auth.0.id)
-            .fetch_one(&state.db)
-            .await?;
+    async fn history(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> Result<HistoryResponse, AuthedError> {
+        let owned: bool = sqlx::query_scalar(
+            "select exists(select 1 from tasks where id = $1 and owner_id = $2)",
+        )
+        .bind(id.0)
+        .bind(auth.0.id)
+        .fetch_one(&state.db)
+        .await?;
         if !owned {
             return Ok(HistoryResponse::NotFound(Json(not_found())));
         }
@@ -607,7 +690,10 @@ impl TasksApi {
             .map(|(action, changes, actor, at)| TaskEvent {
                 action,
                 changes,
-                actor: Actor { actor_type: if actor.is_some() { "user" } else { "system" }.into(), id: actor },
+                actor: Actor {
+                    actor_type: if actor.is_some() { "user" } else { "system" }.into(),
+                    id: actor,
+                },
                 at,
             })
             .collect();
@@ -643,17 +729,37 @@ impl TasksApi {
         page: Query<Option<u32>>,
     ) -> Result<ListResponse, AuthedError> {
         let mut errors = Vec::new();
-        let mut filters = Filters { tag: tag.0.filter(|t| !t.is_empty()), q: q.0.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()), due_before: due_before.0, due_after: due_after.0, overdue: overdue.0, deleted: deleted.0.unwrap_or(false), ..Filters::default() };
-        for raw in status.0.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+        let mut filters = Filters {
+            tag: tag.0.filter(|t| !t.is_empty()),
+            q: q.0.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()),
+            due_before: due_before.0,
+            due_after: due_after.0,
+            overdue: overdue.0,
+            deleted: deleted.0.unwrap_or(false),
+            ..Filters::default()
+        };
+        for raw in
+            status.0.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty())
+        {
             match TaskStatus::parse(raw) {
                 Some(s) => filters.statuses.push(s),
-                None => errors.push(FieldError::new("status", "invalid", format!("{raw:?} is not todo, in_progress or done"))),
+                None => errors.push(FieldError::new(
+                    "status",
+                    "invalid",
+                    format!("{raw:?} is not todo, in_progress or done"),
+                )),
             }
         }
-        for raw in priority.0.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+        for raw in
+            priority.0.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty())
+        {
             match TaskPriority::parse(raw) {
                 Some(p) => filters.priorities.push(p),
-                None => errors.push(FieldError::new("priority", "invalid", format!("{raw:?} is not low, normal, high or urgent"))),
+                None => errors.push(FieldError::new(
+                    "priority",
+                    "invalid",
+                    format!("{raw:?} is not low, normal, high or urgent"),
+                )),
             }
         }
         let keys = match list::parse_sort(sort.0.as_deref()) {
@@ -686,8 +792,15 @@ impl TasksApi {
         if !errors.is_empty() {
             return Ok(ListResponse::Invalid(Json(Problem::validation(errors))));
         }
-        if filters.q.is_some() && !crate::routes::flags::is_on(&state.db, crate::routes::flags::TASK_SEARCH, auth.0.id).await? {
-            let problem = Problem::new(StatusCode::FORBIDDEN, "feature_disabled", "full-text search (task_search) is not enabled for you");
+        if filters.q.is_some()
+            && !crate::routes::flags::is_on(&state.db, crate::routes::flags::TASK_SEARCH, auth.0.id)
+                .await?
+        {
+            let problem = Problem::new(
+                StatusCode::FORBIDDEN,
+                "feature_disabled",
+                "full-text search (task_search) is not enabled for you",
+            );
             return Ok(ListResponse::FeatureDisabled(Json(problem)));
         }
 
@@ -705,7 +818,9 @@ impl TasksApi {
         {
             return Ok(ListResponse::Ok(Json(page), "hit".into()));
         }
-        let (rows, next_cursor, total) = list::page(&state.db, auth.0.id, &filters, &keys, limit, after.as_ref(), page.0).await?;
+        let (rows, next_cursor, total) =
+            list::page(&state.db, auth.0.id, &filters, &keys, limit, after.as_ref(), page.0)
+                .await?;
         let data = rows.into_iter().map(TaskView::from).collect();
         let body = TaskPage {
             data,

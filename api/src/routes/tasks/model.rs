@@ -185,7 +185,9 @@ impl TaskRow {
 }
 
 fn json_time(time: Option<DateTime<Utc>>) -> serde_json::Value {
-    time.map_or(serde_json::Value::Null, |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into())
+    time.map_or(serde_json::Value::Null, |t| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into()
+    })
 }
 
 /// Validates and normalises a title (trimmed, 1-200 characters).
@@ -193,14 +195,26 @@ pub fn title(prefix: &str, raw: &str, errors: &mut Vec<FieldError>) -> String {
     let title = raw.trim().to_owned();
     let len = title.chars().count();
     if len == 0 || len > MAX_TITLE {
-        errors.push(FieldError::new(format!("{prefix}title"), "invalid_length", format!("must be 1 to {MAX_TITLE} characters")));
+        errors.push(FieldError::new(
+            format!("{prefix}title"),
+            "invalid_length",
+            format!("must be 1 to {MAX_TITLE} characters"),
+        ));
     }
     title
 }
 
-pub fn description(prefix: &str, raw: Option<String>, errors: &mut Vec<FieldError>) -> Option<String> {
+pub fn description(
+    prefix: &str,
+    raw: Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     if raw.as_ref().is_some_and(|d| d.chars().count() > MAX_DESCRIPTION) {
-        errors.push(FieldError::new(format!("{prefix}description"), "too_long", format!("must be at most {MAX_DESCRIPTION} characters")));
+        errors.push(FieldError::new(
+            format!("{prefix}description"),
+            "too_long",
+            format!("must be at most {MAX_DESCRIPTION} characters"),
+        ));
     }
     raw
 }
@@ -208,12 +222,18 @@ pub fn description(prefix: &str, raw: Option<String>, errors: &mut Vec<FieldErro
 /// Tags: at most 10, each 1-32 of `[a-z0-9_-]`; duplicates dropped, order kept.
 pub fn tags(prefix: &str, raw: Vec<String>, errors: &mut Vec<FieldError>) -> Vec<String> {
     if raw.len() > MAX_TAGS {
-        errors.push(FieldError::new(format!("{prefix}tags"), "too_many", format!("at most {MAX_TAGS} tags")));
+        errors.push(FieldError::new(
+            format!("{prefix}tags"),
+            "too_many",
+            format!("at most {MAX_TAGS} tags"),
+        ));
     }
     let mut tags: Vec<String> = Vec::with_capacity(raw.len());
     for (i, tag) in raw.into_iter().enumerate() {
         let ok = (1..=MAX_TAG).contains(&tag.len())
-            && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if !ok {
             errors.push(FieldError::new(
                 format!("{prefix}tags[{i}]"),
@@ -234,7 +254,8 @@ mod tests {
     #[test]
     fn tags_are_checked_one_by_one() {
         let mut errors = Vec::new();
-        let tags = tags("", vec!["ok".into(), "Bad Tag".into(), "ok".into(), "x".repeat(33)], &mut errors);
+        let tags =
+            tags("", vec!["ok".into(), "Bad Tag".into(), "ok".into(), "x".repeat(33)], &mut errors);
         assert_eq!(tags, ["ok"]);
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["tags[1]", "tags[3]"]);

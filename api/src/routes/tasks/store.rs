@@ -36,13 +36,19 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| {
 
 fn quota_key(state: &AppState, user: Uuid) -> String {
     let today = Utc::now().date_naive();
-    state.keys.global(&format!("quota:task_create:{user}:{}{:02}{:02}", today.year(), today.month(), today.day()))
+    state.keys.global(&format!(
+        "quota:task_create:{user}:{}{:02}{:02}",
+        today.year(),
+        today.month(),
+        today.day()
+    ))
 }
 
 /// Seconds until the quota resets (the next UTC midnight).
 pub fn seconds_to_reset() -> u64 {
     let now = Utc::now();
-    let midnight = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    let midnight =
+        (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).map(|t| t.and_utc());
     midnight.map_or(1, |m| u64::try_from((m - now).num_seconds()).unwrap_or(0).max(1))
 }
 
@@ -69,7 +75,8 @@ impl Drop for Reservation {
         };
         let (key, n) = (std::mem::take(&mut self.key), self.n);
         tokio::spawn(async move {
-            let result: redis::RedisResult<i64> = redis::cmd("DECRBY").arg(&key).arg(n).query_async(&mut conn).await;
+            let result: redis::RedisResult<i64> =
+                redis::cmd("DECRBY").arg(&key).arg(n).query_async(&mut conn).await;
             if let Err(err) = result {
                 tracing::warn!(error = %err, %key, "cannot give back quota");
             }
@@ -78,7 +85,11 @@ impl Drop for Reservation {
 }
 
 /// Takes `n` creations from today's quota; `None` when they do not fit (nothing taken).
-pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult<Option<Reservation>> {
+pub async fn reserve(
+    state: &AppState,
+    user: Uuid,
+    n: u32,
+) -> redis::RedisResult<Option<Reservation>> {
     let reset_at = Utc::now().timestamp() + i64::try_from(seconds_to_reset()).unwrap_or(86_400);
     let key = quota_key(state, user);
     let ok: i64 = RESERVE
@@ -94,7 +105,11 @@ pub async fn reserve(state: &AppState, user: Uuid, n: u32) -> redis::RedisResult
 
 /// The key a list response is cached under, or `None` when Redis cannot say.
 pub async fn cache_key(state: &AppState, user: Uuid, normalized_query: &str) -> Option<String> {
-    let generation: Option<u64> = redis::cmd("GET").arg(state.keys.task_lists_generation(user)).query_async(&mut state.redis.clone()).await.ok()?;
+    let generation: Option<u64> = redis::cmd("GET")
+        .arg(state.keys.task_lists_generation(user))
+        .query_async(&mut state.redis.clone())
+        .await
+        .ok()?;
     let digest = Sha256::digest(normalized_query.as_bytes());
     let hash: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     Some(state.keys.global(&format!("tasks:list:{user}:{}:{hash}", generation.unwrap_or(0))))
@@ -140,13 +155,20 @@ pub async fn cached_task(state: &AppState, user: Uuid, id: Uuid) -> TaskLookup {
         let stored: u64 = parts.next()?.parse().ok()?;
         let version: i32 = parts.next()?.parse().ok()?;
         let body = parts.next()?;
-        (stored == generation).then(|| CachedTask { version, body: RawJson::from_rendered(body.to_owned()) })
+        (stored == generation)
+            .then(|| CachedTask { version, body: RawJson::from_rendered(body.to_owned()) })
     });
     TaskLookup { hit, generation: Some(generation) }
 }
 
 /// Keeps what the database said after a miss, under the generation seen before the read.
-pub async fn store_task(state: &AppState, user: Uuid, id: Uuid, lookup: &TaskLookup, task: &CachedTask) {
+pub async fn store_task(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+    lookup: &TaskLookup,
+    task: &CachedTask,
+) {
     let Some(generation) = lookup.generation else { return };
     let entry = format!("{generation}:{}:{}", task.version, task.body.as_str());
     store(state, &task_key(state, user, id), &entry).await;
@@ -157,8 +179,13 @@ pub async fn cached(state: &AppState, key: &str) -> Option<String> {
 }
 
 pub async fn store(state: &AppState, key: &str, body: &str) {
-    let result: redis::RedisResult<()> =
-        redis::cmd("SET").arg(key).arg(body).arg("EX").arg(CACHE_TTL.as_secs()).query_async(&mut state.redis.clone()).await;
+    let result: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(key)
+        .arg(body)
+        .arg("EX")
+        .arg(CACHE_TTL.as_secs())
+        .query_async(&mut state.redis.clone())
+        .await;
     if let Err(err) = result {
         tracing::warn!(error = %err, "cannot cache a task response");
     }
@@ -172,7 +199,9 @@ pub async fn store(state: &AppState, key: &str, body: &str) {
 pub async fn invalidate(state: &AppState, user: Uuid) {
     let (mut conn, keys) = (state.redis.clone(), state.keys.clone());
     let bump = tokio::spawn(async move {
-        if let Err(err) = tasklane_shared::redis::invalidate_task_lists(&mut conn, &keys, &[user]).await {
+        if let Err(err) =
+            tasklane_shared::redis::invalidate_task_lists(&mut conn, &keys, &[user]).await
+        {
             // Cached pages live 30 s at most: the damage is bounded.
             tracing::warn!(error = %err, %user, "cannot invalidate cached task lists");
         }

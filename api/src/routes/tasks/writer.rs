@@ -52,7 +52,8 @@ impl TaskWriter {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WRITERS {
-            let (receiver, db, redis, keys) = (receiver.clone(), db.clone(), redis.clone(), keys.clone());
+            let (receiver, db, redis, keys) =
+                (receiver.clone(), db.clone(), redis.clone(), keys.clone());
             tokio::spawn(async move {
                 while let Some(batch) = next_batch(&receiver).await {
                     write(&db, &redis, &keys, batch).await;
@@ -64,9 +65,16 @@ impl TaskWriter {
 
     /// Writes `rows` (all or none), with their audit entries and events, keeping the
     /// reservation when they commit; hands the rows back once committed.
-    pub async fn create(&self, rows: Vec<TaskRow>, reservation: Reservation) -> Result<Vec<TaskRow>, sqlx::Error> {
+    pub async fn create(
+        &self,
+        rows: Vec<TaskRow>,
+        reservation: Reservation,
+    ) -> Result<Vec<TaskRow>, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Request { rows, reservation, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
+        self.sender
+            .send(Request { rows, reservation, reply })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
     }
 }
@@ -109,10 +117,13 @@ async fn write(db: &PgPool, redis: &ConnectionManager, keys: &Keys, batch: Vec<R
 
 /// After a commit: the quota stays used, the caches move on, and the handlers answer.
 async fn settle(redis: &ConnectionManager, keys: &Keys, committed: Vec<Request>) {
-    let mut owners: Vec<Uuid> = committed.iter().flat_map(|request| request.rows.iter().map(|row| row.owner_id)).collect();
+    let mut owners: Vec<Uuid> =
+        committed.iter().flat_map(|request| request.rows.iter().map(|row| row.owner_id)).collect();
     owners.sort_unstable();
     owners.dedup();
-    if let Err(err) = tasklane_shared::redis::invalidate_task_lists(&mut redis.clone(), keys, &owners).await {
+    if let Err(err) =
+        tasklane_shared::redis::invalidate_task_lists(&mut redis.clone(), keys, &owners).await
+    {
         // Cached entries live 30 s at most: the damage is bounded.
         tracing::warn!(error = %err, "cannot invalidate cached tasks after a creation");
     }
