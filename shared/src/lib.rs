@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the typed settings, read from the environment.
 //! - [`db`]: the PostgreSQL pool and the embedded migrations.
+//! - [`domain`]: tasks, attachments, accounts and job states, and the rules both binaries apply.
 //! - [`redis`]: Redis connections and key naming (prefix, per-queue hash tags).
 //! - [`events`]: real-time events, recorded in the outbox and published to Redis.
 //! - [`jobs`]: the declaration of every job kind and its payload.
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod events;
 pub mod jobs;
 pub mod outbox;
