@@ -49,7 +49,12 @@ impl Application {
             ),
             s3: tasklane_shared::storage::public_client(&settings.s3),
             task_writer,
-            hub: crate::events::Hub::new(&settings, redis.clone(), keys.clone(), accounts.clone()),
+            hub: crate::hub::Hub::new(
+                &settings,
+                redis.clone(),
+                keys.clone(),
+                vec![accounts.clone() as Arc<dyn crate::hub::Listener>],
+            ),
             accounts,
             redis,
             keys,

@@ -1,17 +1,27 @@
 //! The Tasklane HTTP API.
 //!
 //! # Layout
+//!
+//! Imports flow one way, top to bottom: [`app`] and [`openapi`] gather the [`routes`] (and
+//! [`ops`]); routes use [`security`], [`state`], [`services`] and [`tags`]; the state holds
+//! the [`auth`] services and the [`hub`]; everything below knows nothing above it.
+//!
 //! - [`app`]: builds the server from settings ([`app::Application`]), the entry point of
 //!   `main` and of the test harness.
+//! - [`openapi`]: the document, every API struct in one place; [`tags`]: its tags, which
+//!   every route names.
+//! - [`routes`]: one module per resource; [`ops`]: health and metrics.
+//! - [`security`]: the bearer scheme, the authenticated caller of every operation.
+//! - [`services`]: the rules and SQL several handlers share (accounts, sessions, email
+//!   tokens).
+//! - [`state`]: what handlers share.
+//! - [`auth`]: passwords, tokens, the account cache and its announcements, login limits.
+//! - [`hub`]: the real-time event hub (SSE and WebSocket streams), one Redis subscription
+//!   per instance.
 //! - [`http`]: the policy every response passes through (request id, problem+json, security
 //!   headers, CORS, body limit, metrics).
 //! - [`problem`]: the RFC 9457 error shape; [`raw_json`]: a JSON body rendered once and
 //!   sent as is (cached responses).
-//! - [`openapi`]: the document and its tags; [`ops`]: health and metrics.
-//! - [`auth`]: passwords, tokens, the bearer scheme, login limits.
-//! - [`routes`]: one module per resource.
-//! - [`events`]: the real-time event hub (SSE and WebSocket streams).
-//! - [`state`]: what handlers share.
 
 // Handlers' error types are the documented problem responses themselves; their size is the
 // price of one response type per status, paid only on the error path.
@@ -19,11 +29,14 @@
 
 pub mod app;
 pub mod auth;
-pub mod events;
 pub mod http;
+pub mod hub;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
 pub mod raw_json;
 pub mod routes;
+pub mod security;
+pub mod services;
 pub mod state;
+pub mod tags;

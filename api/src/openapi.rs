@@ -1,9 +1,11 @@
-//! The OpenAPI document: every API struct of the service in one place.
+//! The OpenAPI document: every API struct of the service in one place, at the top of the
+//! import graph (nothing imports it but the app and `main`; the tags routes share are in
+//! [`crate::tags`]).
 //!
 //! [`service`] needs no state, so `tasklane-api openapi` and the drift test build the same
 //! document the server serves without a database.
 
-use poem_openapi::{OpenApiService, Tags};
+use poem_openapi::OpenApiService;
 
 use crate::ops::OpsApi;
 use crate::routes::admin_jobs::AdminJobsApi;
@@ -14,25 +16,6 @@ use crate::routes::events::EventsApi;
 use crate::routes::flags::{AdminFlagsApi, FlagsApi};
 use crate::routes::me::MeApi;
 use crate::routes::tasks::TasksApi;
-
-#[derive(Tags)]
-pub enum ApiTags {
-    /// Your tasks: create, read, change with If-Match, trash and restore, history, lists.
-    Tasks,
-    /// Files on your tasks: presigned uploads straight to the object store, verification,
-    /// presigned downloads.
-    Attachments,
-    /// Register, sign in, refresh and sign out; verify an address; reset a password.
-    Auth,
-    /// Your events, live: Server-Sent Events or a WebSocket, resumable with `Last-Event-ID`.
-    Events,
-    /// Your own account: profile, digest preferences, password.
-    Account,
-    /// Administration (admins only): accounts, job queues, schedules.
-    Admin,
-    /// Health and metrics for operators and orchestrators.
-    Operations,
-}
 
 pub type Apis = (
     AuthApi,

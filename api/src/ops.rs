@@ -10,9 +10,9 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use crate::http::RequestId;
-use crate::openapi::ApiTags;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 /// How long one dependency check may take before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -31,7 +31,7 @@ pub struct AppState {
     /// Writes new tasks, many requests per statement under load.
     pub task_writer: crate::routes::tasks::TaskWriter,
     /// This instance's event fan-out.
-    pub hub: crate::events::Hub,
+    pub hub: crate::hub::Hub,
     /// The job store, for the admin API's queue inspection.
     pub queue: QueueStore,
 }

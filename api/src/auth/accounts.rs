@@ -7,8 +7,8 @@
 //! changes an account:
 //!
 //! - A change (role, disabled) is announced after its commit on a Redis channel
-//!   ([`AccountCache::changed`]); every instance's event hub listens on it and calls
-//!   [`AccountCache::flush`]. The instance that made the change flushes before it answers.
+//!   ([`AccountCache::changed`], [`super::announcements`]); every instance's event hub
+//!   listens on it and calls [`AccountCache::flush`]. The instance that made the change flushes before it answers.
 //! - Entries are trusted only while this instance's subscription is up: losing it (Redis
 //!   restarted, network cut) flushes and stops caching until it is back, since announcements
 //!   may have been missed meanwhile. Until then every request reads the database.
@@ -29,6 +29,7 @@ use tasklane_shared::redis::Keys;
 use uuid::Uuid;
 
 use super::Role;
+use crate::hub::Listener;
 
 /// How long an entry is trusted, at most.
 pub const TTL: Duration = Duration::from_secs(30);
@@ -58,11 +59,6 @@ pub struct AccountCache {
     keys: Keys,
 }
 
-/// The channel account changes are announced on.
-pub fn channel(keys: &Keys) -> String {
-    keys.global("accounts:changed")
-}
-
 impl AccountCache {
     pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
         Self {
@@ -86,15 +82,14 @@ impl AccountCache {
             return Ok(entry.account);
         }
         let read_at = Instant::now();
-        let row: Option<(String, String, bool)> =
-            sqlx::query_as("select email, role, disabled from users where id = $1")
-                .bind(user)
-                .fetch_optional(db)
-                .await?;
-        let account = row.filter(|(_, _, disabled)| !disabled).map(|(email, role, _)| Account {
-            email,
-            role: Role::parse(&role).unwrap_or(Role::User),
-        });
+        let row = sqlx::query!(
+            r#"select email, role as "role: Role", disabled from users where id = $1"#,
+            user
+        )
+        .fetch_optional(db)
+        .await?;
+        let account =
+            row.filter(|row| !row.disabled).map(|row| Account { email: row.email, role: row.role });
         // Nothing changed since the read began, and announcements are being heard.
         if live && self.epoch.load(Ordering::SeqCst) == epoch {
             self.entries.insert(user, Entry { account: account.clone(), epoch, read_at });
@@ -114,35 +109,25 @@ impl AccountCache {
         self.flush();
     }
 
-    /// After an account change has committed: flushes here and tells every instance.
-    ///
-    /// Runs as a task of its own that the caller awaits, so it completes even if the client
-    /// goes away after the commit. Publishing is retried briefly; should it still fail, other
-    /// instances catch up within [`TTL`].
+    /// After an account change has committed: flushes here and tells every instance
+    /// ([`super::announcements::publish`]).
     pub async fn changed(&self, user: Uuid) {
         self.flush();
-        let (mut conn, channel) = (self.redis.clone(), channel(&self.keys));
-        let announce = tokio::spawn(async move {
-            let mut delay = Duration::from_millis(50);
-            for attempt in 1..=3 {
-                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(user.to_string())
-                    .query_async(&mut conn)
-                    .await;
-                match published {
-                    Ok(_) => return,
-                    Err(err) if attempt == 3 => {
-                        tracing::error!(error = %err, %user, "cannot announce an account change; other instances may trust the old state for up to 30 s")
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, %user, attempt, "cannot announce an account change; retrying")
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-            }
-        });
-        let _ = announce.await;
+        super::announcements::publish(&self.redis, &self.keys, user).await;
+    }
+}
+
+/// The cache hears announcements on the event hub's subscription.
+impl Listener for AccountCache {
+    fn channel(&self, keys: &Keys) -> String {
+        super::announcements::channel(keys)
+    }
+
+    fn heard(&self) {
+        self.flush();
+    }
+
+    fn set_live(&self, live: bool) {
+        AccountCache::set_live(self, live);
     }
 }

@@ -1,40 +1,17 @@
-//! Account security: password policy and hashing, access and refresh tokens, the bearer
-//! scheme Swagger UI's Authorize button uses, login throttling and the client's IP.
+//! Account security services, below the routes and below [`crate::state`]: password
+//! policy and hashing, access and refresh tokens, the cache of callers' accounts and its
+//! change announcements, login throttling and the client's IP. None of them knows
+//! `AppState`; the bearer scheme that reads it is [`crate::security`].
 
 pub mod accounts;
+pub mod announcements;
 pub mod client_ip;
 pub mod password;
-pub mod security;
 pub mod throttle;
 pub mod tokens;
 
-use poem_openapi::Enum;
-
-/// What an account may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Serialize, serde::Deserialize)]
-#[oai(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "user" => Some(Role::User),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
+/// What an account may do; defined with the other account states in the domain.
+pub use tasklane_shared::domain::users::Role;
 
 /// Normalises an email address (trimmed, lowercased) and checks its shape; the same rule
 /// for registering, logging in and resetting, so the address is unique case-insensitively.

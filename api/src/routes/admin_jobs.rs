@@ -12,10 +12,10 @@ use serde_json::Value;
 use tasklane_shared::jobs::{self, Queue};
 use tasklane_shared::queue::JobRecord;
 
-use crate::auth::security::BearerAuth;
-use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
+use crate::security::BearerAuth;
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 pub struct AdminJobsApi;
 

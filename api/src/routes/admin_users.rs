@@ -8,11 +8,12 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 
 use crate::auth::Role;
-use crate::auth::security::BearerAuth;
-use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem};
-use crate::routes::users::{self, USER_COLUMNS, UserRow, UserView};
+use crate::routes::user_view::UserView;
+use crate::security::BearerAuth;
+use crate::services::users::{self, UserRow};
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 pub struct AdminUsersApi;
 
@@ -109,25 +110,11 @@ impl AdminUsersApi {
         let limit = i64::from(limit);
         // Ids are UUIDv7, so id order is creation order and a stable keyset.
         let (rows, page_info): (Vec<UserRow>, _) = if let Some(page) = page.0 {
-            let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select {USER_COLUMNS} from users order by id limit $1 offset $2"
-            )))
-            .bind(limit + 1)
-            .bind((i64::from(page) - 1) * limit)
-            .fetch_all(&state.db)
-            .await?;
-            let total: i64 =
-                sqlx::query_scalar("select count(*) from users").fetch_one(&state.db).await?;
+            let rows = users::page(&state.db, limit + 1, (i64::from(page) - 1) * limit).await?;
+            let total = users::count(&state.db).await?;
             (rows, Some((page, total)))
         } else {
-            let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select {USER_COLUMNS} from users where $2::uuid is null or id > $2 order by id limit $1"
-            )))
-            .bind(limit + 1)
-            .bind(after)
-            .fetch_all(&state.db)
-            .await?;
-            (rows, None)
+            (users::after(&state.db, limit + 1, after).await?, None)
         };
         let more = rows.len() as i64 > limit;
         let rows: Vec<UserRow> =
@@ -170,8 +157,8 @@ impl AdminUsersApi {
         // Someone must stay in charge: with the active admins locked, refuse a change that
         // would leave none (two admins demoting each other at once cannot both succeed).
         if body.role == Some(Role::User) || body.disabled == Some(true) {
-            let admins: Vec<Uuid> = sqlx::query_scalar(
-                "select id from users where role = 'admin' and not disabled for update",
+            let admins = sqlx::query_scalar!(
+                "select id from users where role = 'admin' and not disabled for update"
             )
             .fetch_all(&mut *tx)
             .await?;
@@ -184,12 +171,14 @@ impl AdminUsersApi {
                 return Ok(UpdateResponse::Conflict(Json(problem)));
             }
         }
-        let updated = sqlx::query(
-            "update users set role = coalesce($2, role), disabled = coalesce($3, disabled), updated_at = now() where id = $1",
+        let updated = sqlx::query!(
+            "update users set role = coalesce($2, role), disabled = coalesce($3, disabled),
+                              updated_at = now()
+             where id = $1",
+            id.0,
+            body.role.map(Role::as_str),
+            body.disabled
         )
-        .bind(id.0)
-        .bind(body.role.map(Role::as_str))
-        .bind(body.disabled)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -21,12 +21,12 @@ use tasklane_shared::jobs::{DeleteObjects, ProcessUpload};
 use tasklane_shared::storage;
 use uuid::Uuid;
 
-use crate::auth::security::BearerAuth;
 use crate::http::RequestId;
-use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
 use crate::routes::tasks::parse_problem;
+use crate::security::BearerAuth;
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 pub struct AttachmentsApi;
 

@@ -1,5 +1,5 @@
 //! `/api/v1/events` (SSE), `/api/v1/ws` (WebSocket) and `/api/v1/events/ticket`
-//! (SPEC section 8). The streams themselves live in [`crate::events`].
+//! (SPEC section 8). The streams themselves live in [`crate::hub`].
 
 use std::time::Duration;
 
@@ -19,11 +19,11 @@ use sha2::{Digest, Sha256};
 use tasklane_shared::events::EventId;
 use uuid::Uuid;
 
-use crate::auth::security::{BearerAuth, CurrentUser, authenticate_user};
-use crate::events::{EventType, StreamEvent};
-use crate::openapi::ApiTags;
+use crate::hub::{EventType, StreamEvent};
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
+use crate::security::{BearerAuth, CurrentUser, authenticate_user};
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 /// How long a ticket works.
 const TICKET_TTL: Duration = Duration::from_secs(30);

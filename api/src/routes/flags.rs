@@ -17,10 +17,10 @@ use sha2::{Digest, Sha256};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::auth::security::BearerAuth;
-use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem};
+use crate::security::BearerAuth;
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 /// Flags the code knows, with their value when no admin has set them.
 pub const DEFAULTS: &[(&str, bool)] = &[("task_search", true)];
@@ -29,7 +29,7 @@ pub const DEFAULTS: &[(&str, bool)] = &[("task_search", true)];
 pub const TASK_SEARCH: &str = "task_search";
 
 /// A flag's settings.
-#[derive(Debug, Clone, Object, sqlx::FromRow)]
+#[derive(Debug, Clone, Object)]
 pub struct Flag {
     /// `[a-z0-9_]`, 1-64 characters.
     #[oai(read_only)]
@@ -74,10 +74,11 @@ fn bucket(key: &str, user: Uuid) -> i16 {
 }
 
 pub async fn find(db: impl PgExecutor<'_>, key: &str) -> Result<Option<Flag>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Flag,
         "select key, enabled, rollout_percent, allow_users from feature_flags where key = $1",
+        key
     )
-    .bind(key)
     .fetch_optional(db)
     .await
 }
@@ -147,10 +148,12 @@ impl FlagsApi {
         auth: BearerAuth,
         state: Data<&AppState>,
     ) -> Result<EvaluatedResponse, AuthedError> {
-        let set: Vec<Flag> =
-            sqlx::query_as("select key, enabled, rollout_percent, allow_users from feature_flags")
-                .fetch_all(&state.db)
-                .await?;
+        let set = sqlx::query_as!(
+            Flag,
+            "select key, enabled, rollout_percent, allow_users from feature_flags"
+        )
+        .fetch_all(&state.db)
+        .await?;
         let mut flags: BTreeMap<String, bool> =
             DEFAULTS.iter().map(|(k, on)| ((*k).to_owned(), *on)).collect();
         for flag in &set {
@@ -172,8 +175,9 @@ impl AdminFlagsApi {
         if let Err(problem) = auth.require_admin() {
             return Ok(FlagListResponse::Forbidden(Json(problem)));
         }
-        let flags = sqlx::query_as(
-            "select key, enabled, rollout_percent, allow_users from feature_flags order by key",
+        let flags = sqlx::query_as!(
+            Flag,
+            "select key, enabled, rollout_percent, allow_users from feature_flags order by key"
         )
         .fetch_all(&state.db)
         .await?;
@@ -228,15 +232,18 @@ impl AdminFlagsApi {
         if !errors.is_empty() {
             return Ok(FlagResponse::Invalid(Json(Problem::validation(errors))));
         }
-        let flag: Flag = sqlx::query_as(
-            "insert into feature_flags (key, enabled, rollout_percent, allow_users) values ($1, $2, $3, $4)
-             on conflict (key) do update set enabled = $2, rollout_percent = $3, allow_users = $4, updated_at = now()
+        let flag = sqlx::query_as!(
+            Flag,
+            "insert into feature_flags (key, enabled, rollout_percent, allow_users)
+             values ($1, $2, $3, $4)
+             on conflict (key) do update
+                set enabled = $2, rollout_percent = $3, allow_users = $4, updated_at = now()
              returning key, enabled, rollout_percent, allow_users",
+            key.0,
+            body.enabled,
+            body.rollout_percent,
+            &body.allow_users
         )
-        .bind(&key.0)
-        .bind(body.enabled)
-        .bind(body.rollout_percent)
-        .bind(&body.allow_users)
         .fetch_one(&state.db)
         .await?;
         tracing::info!(%admin, flag = %key.0, enabled = flag.enabled, rollout = flag.rollout_percent, "feature flag set");
@@ -254,8 +261,7 @@ impl AdminFlagsApi {
         if let Err(problem) = auth.require_admin() {
             return Ok(FlagDeleteResponse::Forbidden(Json(problem)));
         }
-        let deleted = sqlx::query("delete from feature_flags where key = $1")
-            .bind(&key.0)
+        let deleted = sqlx::query!("delete from feature_flags where key = $1", key.0)
             .execute(&state.db)
             .await?
             .rows_affected();

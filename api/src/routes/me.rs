@@ -5,15 +5,16 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use tasklane_shared::domain::users::EmailTokenPurpose;
 
 use crate::auth::password;
-use crate::auth::security::BearerAuth;
 use crate::http::RequestId;
-use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
-use crate::routes::auth::change_password;
-use crate::routes::users::{self, UserView};
+use crate::routes::user_view::UserView;
+use crate::security::BearerAuth;
+use crate::services::users;
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 pub struct MeApi;
 
@@ -135,7 +136,7 @@ impl MeApi {
         if !errors.is_empty() {
             return Ok(MeResponse::Invalid(Json(Problem::validation(errors))));
         }
-        sqlx::query(
+        sqlx::query!(
             "update users set
                 display_name = case when $2 then $3 else display_name end,
                 timezone = coalesce($4, timezone),
@@ -143,13 +144,13 @@ impl MeApi {
                 digest_hour = coalesce($6, digest_hour),
                 updated_at = now()
              where id = $1",
+            auth.0.id,
+            display_name.is_some(),
+            display_name.flatten(),
+            body.timezone,
+            body.digest_enabled,
+            body.digest_hour.map(i16::from)
         )
-        .bind(auth.0.id)
-        .bind(display_name.is_some())
-        .bind(display_name.flatten())
-        .bind(&body.timezone)
-        .bind(body.digest_enabled)
-        .bind(body.digest_hour.map(i16::from))
         .execute(&state.db)
         .await?;
         let user = users::find(&state.db, auth.0.id)
@@ -168,12 +169,14 @@ impl MeApi {
     ) -> Result<ResendVerificationResponse, AuthedError> {
         let mut tx = state.db.begin().await?;
         // Locking the user serialises concurrent requests, so the hourly limit holds.
-        let (verified, display_name): (bool, Option<String>) =
-            sqlx::query_as("select email_verified_at is not null, display_name from users where id = $1 for update")
-                .bind(auth.0.id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if verified {
+        let user = sqlx::query!(
+            r#"select email_verified_at is not null as "verified!", display_name
+               from users where id = $1 for update"#,
+            auth.0.id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if user.verified {
             let problem = Problem::new(
                 StatusCode::CONFLICT,
                 "already_verified",
@@ -181,13 +184,9 @@ impl MeApi {
             );
             return Ok(ResendVerificationResponse::AlreadyVerified(Json(problem)));
         }
-        let recent: i64 = sqlx::query_scalar(
-            "select count(*) from email_tokens
-             where user_id = $1 and purpose = 'verify_email' and created_at > now() - interval '1 hour'",
-        )
-        .bind(auth.0.id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let recent =
+            users::email_tokens_last_hour(&mut *tx, auth.0.id, EmailTokenPurpose::VerifyEmail)
+                .await?;
         if recent >= VERIFICATIONS_PER_HOUR {
             let problem = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -196,11 +195,11 @@ impl MeApi {
             );
             return Ok(ResendVerificationResponse::TooManyRequests(Json(problem), 3600));
         }
-        crate::routes::auth::send_verification(
+        users::send_verification(
             &mut tx,
             auth.0.id,
             &auth.0.email,
-            display_name,
+            user.display_name,
             &request_id.0.0,
         )
         .await?;
@@ -220,11 +219,11 @@ impl MeApi {
         body: Json<ChangePasswordRequest>,
     ) -> Result<ChangePasswordResponse, AuthedError> {
         let body = body.0;
-        let (hash, display_name): (String, Option<String>) =
-            sqlx::query_as("select password_hash, display_name from users where id = $1")
-                .bind(auth.0.id)
+        let user =
+            sqlx::query!("select password_hash, display_name from users where id = $1", auth.0.id)
                 .fetch_one(&state.db)
                 .await?;
+        let (hash, display_name) = (user.password_hash, user.display_name);
         // The same limit as sign-in: a stolen access token must not buy unlimited guesses
         // at the password that would let it take the account over.
         let throttle_key = format!("user:{}", auth.0.id);
@@ -254,7 +253,7 @@ impl MeApi {
         }
         let hash = state.hasher.hash(body.new_password).await?;
         let mut tx = state.db.begin().await?;
-        change_password(
+        users::change_password(
             &mut tx,
             auth.0.id,
             &auth.0.email,

@@ -1,4 +1,15 @@
 //! One module per resource; [`crate::openapi`] merges them into the document.
+//!
+//! Routes sit at the top of the import graph: they use the services, the state, the
+//! [`crate::security`] schemes and the [`crate::tags`], and nothing below imports them.
+//!
+//! # Layout
+//! - [`auth`]: register, sign in, refresh, sign out, verification, password reset.
+//! - [`me`]: the caller's own account; [`flags`]: feature flags (the caller's and admins').
+//! - [`admin_users`]: account administration; [`admin_jobs`]: queues and schedules.
+//! - [`tasks`], [`attachments`]: tasks and their files.
+//! - [`events`]: the event streams (SSE, WebSocket) and their tickets.
+//! - [`user_view`]: how an account is shown, shared by the account routes.
 
 pub mod admin_jobs;
 pub mod admin_users;
@@ -8,7 +19,7 @@ pub mod events;
 pub mod flags;
 pub mod me;
 pub mod tasks;
-pub mod users;
+pub mod user_view;
 
 /// Opaque cursors of lists paged by id (SPEC section 2): base64url of the last row's id.
 pub(crate) mod id_cursor {

@@ -24,11 +24,11 @@ use uuid::Uuid;
 use self::list::{Cursor, Filters};
 use self::model::TASK_COLUMNS;
 pub use self::model::{TaskPriority, TaskRow, TaskStatus, TaskView};
-use crate::auth::security::BearerAuth;
-use crate::openapi::ApiTags;
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
 use crate::raw_json::RawJson;
+use crate::security::BearerAuth;
 use crate::state::AppState;
+use crate::tags::ApiTags;
 
 pub struct TasksApi;
 

@@ -1,10 +1,13 @@
 //! The bearer security scheme: Swagger UI's Authorize button, and the caller of every
 //! authenticated operation.
 //!
+//! It reads [`AppState`], so it sits above [`crate::state`] and beside the routes that use
+//! it, not among the [`crate::auth`] services the state is made of.
+//!
 //! The token must verify (HS256, every claim), and the account must still exist and not be
 //! disabled: the role comes from the account, not the token, so demoting or disabling
 //! someone takes effect at once rather than when their token expires (see
-//! [`super::accounts`] for how that stays true with the account cached).
+//! [`crate::auth::accounts`] for how that stays true with the account cached).
 
 use poem::Request;
 use poem::http::StatusCode;
@@ -12,7 +15,7 @@ use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 use uuid::Uuid;
 
-use super::Role;
+use crate::auth::Role;
 use crate::problem::Problem;
 use crate::state::AppState;
 
