@@ -10,7 +10,7 @@ use tasklane_shared::events::{self, EventId, STREAM_CAP};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use super::event::{EventType, StreamEvent, entry, notice};
+use super::event::{EventType, StreamEntry, StreamEvent, entry, notice};
 use super::{Hub, HubMessage, Registry};
 
 /// Removes a connection from the hub when its stream is dropped.
@@ -134,7 +134,7 @@ impl Connection {
 /// Reads of the per-user stream, for replay.
 impl Hub {
     async fn range(&self, user: Uuid, after: EventId) -> redis::RedisResult<Vec<StreamEvent>> {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
             .arg(events::stream_key(&self.keys, user))
             .arg(format!("({after}"))
             .arg("+")
@@ -142,13 +142,13 @@ impl Hub {
             .arg(STREAM_CAP * 2)
             .query_async(&mut self.redis.clone())
             .await?;
-        Ok(entries.into_iter().filter_map(|(id, fields)| entry(id, fields)).collect())
+        Ok(entries.into_iter().filter_map(entry).collect())
     }
 
     /// The oldest and newest ids kept for `user`.
     async fn bounds(&self, user: Uuid) -> redis::RedisResult<Option<(EventId, EventId)>> {
         let key = events::stream_key(&self.keys, user);
-        let first: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        let first: Vec<StreamEntry> = redis::cmd("XRANGE")
             .arg(&key)
             .arg("-")
             .arg("+")
@@ -156,7 +156,7 @@ impl Hub {
             .arg(1)
             .query_async(&mut self.redis.clone())
             .await?;
-        let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
             .arg(&key)
             .arg("+")
             .arg("-")
@@ -164,9 +164,8 @@ impl Hub {
             .arg(1)
             .query_async(&mut self.redis.clone())
             .await?;
-        let parse = |entries: &[(String, Vec<(String, String)>)]| {
-            entries.first().and_then(|(id, _)| EventId::parse(id))
-        };
+        let parse =
+            |entries: &[StreamEntry]| entries.first().and_then(|(id, _)| EventId::parse(id));
         Ok(parse(&first).zip(parse(&last)))
     }
 }

@@ -79,8 +79,12 @@ pub struct StreamEvent {
     pub data: serde_json::Value,
 }
 
+/// An entry of a per-user Redis stream as `XRANGE` returns it: its id and its field/value
+/// pairs (`type`, `at`, `data`).
+pub(super) type StreamEntry = (String, Vec<(String, String)>);
+
 /// A stream entry as an event.
-pub(super) fn entry(id: String, fields: Vec<(String, String)>) -> Option<StreamEvent> {
+pub(super) fn entry((id, fields): StreamEntry) -> Option<StreamEvent> {
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     Some(StreamEvent {
         id,

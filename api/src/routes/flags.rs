@@ -1,10 +1,5 @@
 //! Feature flags: `GET/PUT/DELETE /api/v1/admin/flags/{key}` for admins, `GET /api/v1/flags`
-//! evaluated for the caller.
-//!
-//! A flag is on for a user when it is enabled and the user is on its allow list or falls in
-//! its rollout: the user's bucket, `sha256("<key>:<user id>") mod 100`, is below
-//! `rollout_percent`. Buckets are stable (the same user stays in or out as the percentage
-//! grows) and independent across flags. A flag without a row has its built-in default.
+//! evaluated for the caller. How a flag applies to a user is [`crate::services::flags`].
 
 use std::collections::BTreeMap;
 
@@ -13,20 +8,16 @@ use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sha2::{Digest, Sha256};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::problem::{AuthedError, FieldError, Problem};
 use crate::security::BearerAuth;
+// The task list gates `q` on a flag; re-exported until it calls the service directly.
+use crate::services::flags::{DEFAULTS, Rule, evaluate};
+pub use crate::services::flags::{TASK_SEARCH, is_on};
 use crate::state::AppState;
 use crate::tags::ApiTags;
-
-/// Flags the code knows, with their value when no admin has set them.
-pub const DEFAULTS: &[(&str, bool)] = &[("task_search", true)];
-
-/// Gates `q` on `GET /tasks`.
-pub const TASK_SEARCH: &str = "task_search";
 
 /// A flag's settings.
 #[derive(Debug, Clone, Object)]
@@ -56,23 +47,18 @@ pub struct EvaluatedFlags {
     pub flags: BTreeMap<String, bool>,
 }
 
-/// Whether a flag is on for a user.
-pub fn evaluate(flag: Option<&Flag>, key: &str, user: Uuid) -> bool {
-    match flag {
-        None => DEFAULTS.iter().find(|(k, _)| *k == key).is_some_and(|(_, on)| *on),
-        Some(flag) => {
-            flag.enabled
-                && (flag.allow_users.contains(&user) || bucket(key, user) < flag.rollout_percent)
+impl Flag {
+    /// The flag's settings as evaluation reads them.
+    pub fn rule(&self) -> Rule<'_> {
+        Rule {
+            enabled: self.enabled,
+            rollout_percent: self.rollout_percent,
+            allow_users: &self.allow_users,
         }
     }
 }
 
-fn bucket(key: &str, user: Uuid) -> i16 {
-    let digest = Sha256::digest(format!("{key}:{user}").as_bytes());
-    let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    i16::try_from(n % 100).unwrap_or(0)
-}
-
+/// The flag `key`, if an admin set it.
 pub async fn find(db: impl PgExecutor<'_>, key: &str) -> Result<Option<Flag>, sqlx::Error> {
     sqlx::query_as!(
         Flag,
@@ -81,11 +67,6 @@ pub async fn find(db: impl PgExecutor<'_>, key: &str) -> Result<Option<Flag>, sq
     )
     .fetch_optional(db)
     .await
-}
-
-/// Whether `key` is on for `user`, reading the flag.
-pub async fn is_on(db: impl PgExecutor<'_>, key: &str, user: Uuid) -> Result<bool, sqlx::Error> {
-    Ok(evaluate(find(db, key).await?.as_ref(), key, user))
 }
 
 pub struct FlagsApi;
@@ -157,7 +138,7 @@ impl FlagsApi {
         let mut flags: BTreeMap<String, bool> =
             DEFAULTS.iter().map(|(k, on)| ((*k).to_owned(), *on)).collect();
         for flag in &set {
-            flags.insert(flag.key.clone(), evaluate(Some(flag), &flag.key, auth.0.id));
+            flags.insert(flag.key.clone(), evaluate(Some(flag.rule()), &flag.key, auth.0.id));
         }
         Ok(EvaluatedResponse::Ok(Json(EvaluatedFlags { flags })))
     }
@@ -269,37 +250,5 @@ impl AdminFlagsApi {
             return Ok(FlagDeleteResponse::NotFound(Json(not_found())));
         }
         Ok(FlagDeleteResponse::NoContent)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flag(enabled: bool, rollout: i16, allow: Vec<Uuid>) -> Flag {
-        Flag { key: "f".into(), enabled, rollout_percent: rollout, allow_users: allow }
-    }
-
-    #[test]
-    fn rollout_is_stable_and_close_to_its_percentage() {
-        let users: Vec<Uuid> = (0..2000).map(|_| Uuid::now_v7()).collect();
-        let on = |rollout| {
-            users.iter().filter(|u| evaluate(Some(&flag(true, rollout, vec![])), "f", **u)).count()
-        };
-        let (ten, fifty) = (on(10), on(50));
-        assert!((100..=300).contains(&ten), "{ten}");
-        assert!((850..=1150).contains(&fifty), "{fifty}");
-        // Growing the rollout only adds users.
-        assert!(users.iter().all(|u| !evaluate(Some(&flag(true, 10, vec![])), "f", *u)
-            || evaluate(Some(&flag(true, 50, vec![])), "f", *u)));
-    }
-
-    #[test]
-    fn allow_list_and_master_switch() {
-        let user = Uuid::now_v7();
-        assert!(evaluate(Some(&flag(true, 0, vec![user])), "f", user));
-        assert!(!evaluate(Some(&flag(false, 100, vec![user])), "f", user));
-        assert!(evaluate(None, TASK_SEARCH, user), "the built-in default");
-        assert!(!evaluate(None, "unknown", user));
     }
 }
