@@ -1,4 +1,7 @@
 //! The one state every handler reaches through `Data<&AppState>`; cheap to clone.
+//!
+//! It sits below the routes and the [`crate::security`] scheme that read it, and is made of
+//! services that know nothing of it ([`crate::auth`], [`crate::hub`], the shared stores).
 
 use std::sync::Arc;
 
