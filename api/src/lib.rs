@@ -10,6 +10,7 @@
 //! - [`openapi`]: the document and its tags; [`ops`]: health and metrics.
 //! - [`auth`]: passwords, tokens, the bearer scheme, login limits.
 //! - [`routes`]: one module per resource.
+//! - [`services`]: what routes call below HTTP (SQL, Redis, group commit), per resource.
 //! - [`events`]: the real-time event hub (SSE and WebSocket streams).
 //! - [`state`]: what handlers share.
 
@@ -26,4 +27,5 @@ pub mod ops;
 pub mod problem;
 pub mod raw_json;
 pub mod routes;
+pub mod services;
 pub mod state;
