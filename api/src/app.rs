@@ -16,7 +16,7 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::TokenIssuer;
 use crate::http::HttpPolicy;
 use crate::openapi;
-use crate::routes::tasks::TaskWriter;
+use crate::services::tasks::TaskWriter;
 use crate::state::AppState;
 
 /// A bound, not yet running API server.

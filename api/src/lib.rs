@@ -12,8 +12,8 @@
 //!   every route names.
 //! - [`routes`]: one module per resource; [`ops`]: health and metrics.
 //! - [`security`]: the bearer scheme, the authenticated caller of every operation.
-//! - [`services`]: the rules and SQL several handlers share (accounts, sessions, email
-//!   tokens).
+//! - [`services`]: the rules, SQL and Redis work beneath the routes, per resource (tasks,
+//!   attachments, accounts and sessions, flags).
 //! - [`state`]: what handlers share.
 //! - [`auth`]: passwords, tokens, the account cache and its announcements, login limits.
 //! - [`hub`]: the real-time event hub (SSE and WebSocket streams), one Redis subscription

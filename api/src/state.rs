@@ -32,7 +32,7 @@ pub struct AppState {
     /// Callers' accounts, cached while account changes are being heard.
     pub accounts: Arc<crate::auth::accounts::AccountCache>,
     /// Writes new tasks, many requests per statement under load.
-    pub task_writer: crate::routes::tasks::TaskWriter,
+    pub task_writer: crate::services::tasks::TaskWriter,
     /// This instance's event fan-out.
     pub hub: crate::hub::Hub,
     /// The job store, for the admin API's queue inspection.

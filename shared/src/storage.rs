@@ -5,6 +5,10 @@
 //! accepts), SigV4, and no vendor extensions. The API signs with a client for
 //! `S3_PUBLIC_ENDPOINT`, because a presigned URL signs its `Host`; the worker talks to
 //! `S3_ENDPOINT`.
+//!
+//! Objects are deleted in one of two ways: at once and best effort ([`Bucket::delete_quietly`],
+//! when a job already holds the bucket), or by `delete_objects` jobs written on the change's
+//! own transaction ([`delete_later`]), so a committed deletion never leaves files behind.
 
 use std::time::Duration;
 
@@ -14,9 +18,14 @@ use aws_sdk_s3::config::{
     retry::RetryConfig,
 };
 use secrecy::ExposeSecret;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::config::S3Settings;
+use crate::jobs::DeleteObjects;
+
+/// Keys per `delete_objects` job: one job stays small, and a failure retries few deletions.
+const DELETE_BATCH: usize = 300;
 
 /// A client for `endpoint`, signed with the configured credentials.
 ///
@@ -66,6 +75,29 @@ pub fn public_client(s3: &S3Settings) -> aws_sdk_s3::Client {
 pub struct Bucket {
     pub client: aws_sdk_s3::Client,
     pub name: String,
+}
+
+impl Bucket {
+    /// Best effort: an object left behind when the store is down is only storage, and no row
+    /// points at it any more.
+    pub async fn delete_quietly(&self, key: &str) {
+        if let Err(err) = self.client.delete_object().bucket(&self.name).key(key).send().await {
+            tracing::warn!(%key, error = %err, "cannot delete an object");
+        }
+    }
+}
+
+/// Queues the deletion of `keys` on the caller's transaction, in `delete_objects` jobs of
+/// at most 300 keys: the objects go once the change that drops them has committed.
+pub async fn delete_later(
+    conn: &mut PgConnection,
+    keys: &[String],
+    request_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    for batch in keys.chunks(DELETE_BATCH) {
+        crate::outbox::enqueue(conn, &DeleteObjects { keys: batch.to_vec() }, request_id).await?;
+    }
+    Ok(())
 }
 
 /// Where a client uploads an attachment: chosen by the server, under its owner's prefix, so

@@ -338,6 +338,51 @@ async fn jobs_publish_overdue_events_and_the_websocket_carries_the_same_stream()
 }
 
 #[tokio::test]
+async fn an_upload_stuck_in_processing_is_rejected_and_its_owner_hears_of_it() {
+    let app = TestApp::spawn().await;
+    let token = token(&app).await;
+    let task = create(&app, &token, "with a file").await;
+    let declared = app
+        .post(
+            &format!("/api/v1/tasks/{task}/attachments"),
+            &json!({ "filename": "a.txt", "content_type": "text/plain", "size_bytes": 5 }),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(declared.status(), StatusCode::CREATED);
+    let attachment =
+        declared.json::<Value>().await.unwrap()["attachment"]["id"].as_str().unwrap().to_owned();
+    // As if its last process_upload attempt died with its worker two hours ago.
+    sqlx::query(
+        "update attachments set status = 'processing', updated_at = now() - interval '2 hours'
+         where id = $1::uuid",
+    )
+    .bind(&attachment)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut events = Sse::connect(&app.address, Auth::Bearer(&token), None).await;
+
+    let mut settings = app.worker_settings();
+    settings.cron.insert("expire_uploads".into(), "* * * * * *".into());
+    let _worker = tasklane_testkit::TestWorker::spawn(settings).await;
+    // The task's own creation may be published first: the rejection follows within a few.
+    let mut rejected = None;
+    for _ in 0..5 {
+        let event = events.expect().await;
+        if event.event == "attachment.rejected" {
+            rejected = Some(event);
+            break;
+        }
+    }
+    let rejected = rejected.expect("an attachment.rejected event");
+    assert_eq!(rejected.data["data"]["attachment_id"], attachment.as_str());
+    assert_eq!(rejected.data["data"]["task_id"], task.as_str());
+    assert_eq!(rejected.data["data"]["status"], "rejected");
+    assert_eq!(rejected.data["data"]["reject_reason"], "processing_failed");
+}
+
+#[tokio::test]
 async fn shutting_down_ends_open_streams_with_a_closing_event() {
     let app = TestApp::spawn().await;
     let token = token(&app).await;

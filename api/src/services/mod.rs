@@ -1,10 +1,16 @@
-//! What the routes call beneath them: the rules and SQL of a resource that more than one
-//! handler uses, with no HTTP in them (routes -> services -> db).
+//! What the routes call beneath them: the rules, SQL and Redis work of a resource, with no
+//! HTTP in them. Routes depend on services, services on the domain
+//! (`tasklane_shared::domain`) and the database, never the other way.
 //!
 //! # Layout
+//! - [`attachments`]: attachment rows and their changes on the API's side.
 //! - [`flags`]: the flags the code knows, and whether one is on for a user.
+//! - [`tasks`]: task rows and their changes, the task list, creation (group commit), the
+//!   daily quota and the task cache.
 //! - [`users`]: accounts, login sessions (refresh families) and the single-use email
 //!   tokens behind verification and password resets.
 
+pub mod attachments;
 pub mod flags;
+pub mod tasks;
 pub mod users;

@@ -1,9 +1,15 @@
 //! `mark_overdue` (every 5 minutes): open tasks whose due time passed before the tick become
-//! overdue, with an audit row each (actor: the system), in one statement.
+//! overdue, each with an audit row (actor: the system) and a `task.overdue` event, in one
+//! transaction.
+//!
+//! The event carries the task as clients see it, rendered by the domain's
+//! [`tasks::event_data`] like every event the API records, never rebuilt here.
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
+use tasklane_shared::domain::tasks::{self, TaskPriority, TaskRow, TaskStatus};
+use tasklane_shared::events;
 use tasklane_shared::jobs::MarkOverdue;
 use uuid::Uuid;
 
@@ -14,35 +20,53 @@ pub async fn mark_overdue(
     db: Data<PgPool>,
     lists: Data<TaskLists>,
 ) -> Result<(), BoxDynError> {
-    let owners: Vec<Uuid> = sqlx::query_scalar(
-        "with marked as (
-             update tasks set overdue = true, updated_at = now(), version = version + 1
-             where deleted_at is null and status <> 'done' and not overdue and due_at < $1
-             returning id, owner_id, jsonb_build_object(
-                 'id', id, 'title', title, 'description', description, 'status', status,
-                 'priority', (array['low', 'normal', 'high', 'urgent'])[priority + 1], 'tags', tags,
-                 'due_at', due_at, 'overdue', overdue, 'completed_at', completed_at,
-                 'created_at', created_at, 'updated_at', updated_at, 'deleted_at', deleted_at,
-                 'version', version) as task
-         ), audited as (
-             insert into task_events (id, task_id, action, changes, actor_id)
-             select uuid_generate_v7(), id, 'overdue', '{\"overdue\": {\"from\": false, \"to\": true}}'::jsonb, null
-             from marked
-         ), announced as (
-             -- One task.overdue event per task (SPEC section 8), in this same statement.
-             insert into outbox (id, queue, kind, payload, max_attempts)
-             select uuid_generate_v7(), $2, $3,
-                    jsonb_build_object('user_id', owner_id, 'at', now(), 'data', jsonb_build_object('task', task)),
-                    1
-             from marked
-         )
-         select distinct owner_id from marked",
+    let mut tx = db.begin().await?;
+    let marked = sqlx::query_as!(
+        TaskRow,
+        r#"update tasks set overdue = true, updated_at = now(), version = version + 1
+           where deleted_at is null and status <> 'done' and not overdue and due_at < $1
+           returning id, owner_id, title, description, status as "status: TaskStatus",
+               priority as "priority: TaskPriority", tags, due_at, overdue, completed_at,
+               created_at, updated_at, deleted_at, version"#,
+        job.tick,
     )
-    .bind(job.tick)
-    .bind(tasklane_shared::events::OUTBOX_QUEUE)
-    .bind(tasklane_shared::events::TASK_OVERDUE)
-    .fetch_all(&*db)
+    .fetch_all(&mut *tx)
     .await?;
+    if marked.is_empty() {
+        tx.commit().await?;
+        tracing::info!(users = 0, tick = %job.tick, "overdue tasks marked");
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = marked.iter().map(|task| task.id).collect();
+    sqlx::query!(
+        "insert into task_events (id, task_id, action, changes, actor_id)
+         select uuid_generate_v7(), task_id, 'overdue', $2, null from unnest($1::uuid[]) as task_id",
+        &ids,
+        serde_json::Value::Object(tasks::overdue_changes()),
+    )
+    .execute(&mut *tx)
+    .await?;
+    // One task.overdue event per task (SPEC section 8).
+    let mut event_ids = Vec::with_capacity(marked.len());
+    let mut payloads = Vec::with_capacity(marked.len());
+    for task in &marked {
+        event_ids.push(Uuid::now_v7());
+        payloads.push(events::payload(task.owner_id, tasks::event_data(task, None))?);
+    }
+    sqlx::query!(
+        "insert into outbox (id, queue, kind, payload, max_attempts)
+         select id, $3, $4, payload, 1 from unnest($1::uuid[], $2::jsonb[]) as x(id, payload)",
+        &event_ids,
+        &payloads,
+        events::OUTBOX_QUEUE,
+        events::TASK_OVERDUE,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut owners: Vec<Uuid> = marked.iter().map(|task| task.owner_id).collect();
+    owners.sort_unstable();
+    owners.dedup();
     lists.invalidate(&owners).await;
     tracing::info!(users = owners.len(), tick = %job.tick, "overdue tasks marked");
     Ok(())

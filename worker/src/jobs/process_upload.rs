@@ -25,7 +25,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectError;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tasklane_shared::config::AttachmentSettings;
-use tasklane_shared::events;
+use tasklane_shared::domain::attachments::{self, RejectReason, Verified};
 use tasklane_shared::jobs::ProcessUpload;
 use tasklane_shared::queue::Claim;
 use tasklane_shared::storage::{self, Bucket};
@@ -41,47 +41,14 @@ const MAX_IMAGE_SIDE: u32 = 16_384;
 /// The most memory one image decode may allocate.
 const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
-/// Why an attachment is refused; stored as its `reject_reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    NotUploaded,
-    TooLarge,
-    SizeMismatch,
-    TypeMismatch,
-    InvalidImage,
-    ProcessingFailed,
-}
-
-impl Rejection {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotUploaded => "not_uploaded",
-            Self::TooLarge => "too_large",
-            Self::SizeMismatch => "size_mismatch",
-            Self::TypeMismatch => "type_mismatch",
-            Self::InvalidImage => "invalid_image",
-            Self::ProcessingFailed => "processing_failed",
-        }
-    }
-}
-
-#[derive(Debug, sqlx::FromRow)]
+/// The attachment being verified.
+#[derive(Debug)]
 struct Pending {
     id: Uuid,
-    task_id: Uuid,
-    owner_id: Uuid,
     content_type: String,
     declared_size: i64,
     upload_key: String,
     object_key: String,
-}
-
-/// What verification found.
-struct Verified {
-    size: i64,
-    sha256: String,
-    detected_type: String,
-    thumbnail_key: Option<String>,
 }
 
 pub async fn process_upload(
@@ -91,11 +58,12 @@ pub async fn process_upload(
     bucket: Data<Bucket>,
     limits: Data<AttachmentSettings>,
 ) -> Result<(), BoxDynError> {
-    let attachment: Option<Pending> = sqlx::query_as(
-        "select id, task_id, owner_id, content_type, declared_size, upload_key, object_key from attachments
+    let attachment = sqlx::query_as!(
+        Pending,
+        "select id, content_type, declared_size, upload_key, object_key from attachments
          where id = $1 and status = 'processing'",
+        job.attachment_id,
     )
-    .bind(job.attachment_id)
     .fetch_optional(&*db)
     .await?;
     // Deleted meanwhile, or finished by an earlier delivery of this job.
@@ -107,7 +75,7 @@ pub async fn process_upload(
         Ok(Err(rejection)) => reject(&db, &bucket, &attachment, rejection).await,
         Err(err) if claim.attempt >= claim.max_attempts => {
             tracing::warn!(id = %attachment.id, error = %err, "upload processing failed for the last time");
-            reject(&db, &bucket, &attachment, Rejection::ProcessingFailed).await?;
+            reject(&db, &bucket, &attachment, RejectReason::ProcessingFailed).await?;
             Err(err)
         }
         Err(err) => Err(err),
@@ -120,7 +88,7 @@ async fn verify(
     attachment: &Pending,
     bucket: &Bucket,
     limits: &AttachmentSettings,
-) -> Result<Result<Verified, Rejection>, BoxDynError> {
+) -> Result<Result<Verified, RejectReason>, BoxDynError> {
     let head = match bucket
         .client
         .head_object()
@@ -131,16 +99,16 @@ async fn verify(
     {
         Ok(head) => head,
         Err(err) if matches!(err.as_service_error(), Some(HeadObjectError::NotFound(_))) => {
-            return Ok(Err(Rejection::NotUploaded));
+            return Ok(Err(RejectReason::NotUploaded));
         }
         Err(err) => return Err(Box::new(err)),
     };
     let size = head.content_length().unwrap_or(0);
     if u64::try_from(size).unwrap_or(u64::MAX) > limits.max_bytes {
-        return Ok(Err(Rejection::TooLarge));
+        return Ok(Err(RejectReason::TooLarge));
     }
     if size != attachment.declared_size {
-        return Ok(Err(Rejection::SizeMismatch));
+        return Ok(Err(RejectReason::SizeMismatch));
     }
     let etag = head.e_tag().ok_or("the store returned no ETag")?.to_owned();
 
@@ -175,7 +143,7 @@ async fn verify(
             if sniffed.len() == SNIFF_BYTES {
                 match sniff(&declared, &sniffed, false) {
                     Some(found) => detected = Some(found),
-                    None => return Ok(Err(Rejection::TypeMismatch)),
+                    None => return Ok(Err(RejectReason::TypeMismatch)),
                 }
             }
         }
@@ -193,7 +161,7 @@ async fn verify(
         Some(found) => found,
         None => match sniff(&declared, &sniffed, true) {
             Some(found) => found,
-            None => return Ok(Err(Rejection::TypeMismatch)),
+            None => return Ok(Err(RejectReason::TypeMismatch)),
         },
     };
     let sha256 = format!("{:x}", hasher.finalize());
@@ -204,7 +172,7 @@ async fn verify(
         drop(writer);
         let made = tokio::task::spawn_blocking(move || thumbnail(file.path(), format)).await?;
         let Ok(png) = made else {
-            return Ok(Err(Rejection::InvalidImage));
+            return Ok(Err(RejectReason::InvalidImage));
         };
         let key = storage::thumbnail_key(&attachment.object_key);
         bucket
@@ -241,87 +209,38 @@ async fn publish(
     verified: Verified,
 ) -> Result<(), BoxDynError> {
     let mut tx = db.begin().await?;
-    let updated = sqlx::query(
-        "update attachments set status = 'ready', size_bytes = $2, sha256 = $3, detected_type = $4,
-             thumbnail_key = $5, updated_at = now()
-         where id = $1 and status = 'processing'",
-    )
-    .bind(attachment.id)
-    .bind(verified.size)
-    .bind(&verified.sha256)
-    .bind(&verified.detected_type)
-    .bind(&verified.thumbnail_key)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 1 {
-        announce(&mut tx, attachment, events::ATTACHMENT_READY, None).await?;
-    }
+    let ready = attachments::mark_ready(&mut tx, attachment.id, &verified).await?;
     tx.commit().await?;
-    if updated == 0 {
+    if ready.is_none() {
         // Deleted while processing: its delete_objects job may have run before the copy and
         // the thumbnail were written, so remove them here too.
         delete_all(bucket, attachment).await;
         return Ok(());
     }
-    delete_quietly(bucket, &attachment.upload_key).await;
+    bucket.delete_quietly(&attachment.upload_key).await;
     tracing::info!(id = %attachment.id, size = verified.size, detected_type = %verified.detected_type, "attachment ready");
     Ok(())
 }
 
-/// The row becomes `rejected` with its reason, and every object it may have is deleted.
+/// The row becomes `rejected` with its reason (its owner hears of it), and every object it
+/// may have is deleted.
 async fn reject(
     db: &PgPool,
     bucket: &Bucket,
     attachment: &Pending,
-    rejection: Rejection,
+    reason: RejectReason,
 ) -> Result<(), BoxDynError> {
     let mut tx = db.begin().await?;
-    let updated = sqlx::query(
-        "update attachments set status = 'rejected', reject_reason = $2, updated_at = now()
-         where id = $1 and status = 'processing'",
-    )
-    .bind(attachment.id)
-    .bind(rejection.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 1 {
-        announce(&mut tx, attachment, events::ATTACHMENT_REJECTED, Some(rejection)).await?;
-    }
+    attachments::reject(&mut tx, &[attachment.id], reason).await?;
     tx.commit().await?;
     delete_all(bucket, attachment).await;
-    tracing::info!(id = %attachment.id, reason = rejection.as_str(), "attachment rejected");
+    tracing::info!(id = %attachment.id, reason = reason.as_str(), "attachment rejected");
     Ok(())
-}
-
-/// The owner's `attachment.ready` / `attachment.rejected` event, on the change's transaction.
-async fn announce(
-    tx: &mut sqlx::PgConnection,
-    attachment: &Pending,
-    event_type: &str,
-    rejection: Option<Rejection>,
-) -> Result<(), sqlx::Error> {
-    let data = serde_json::json!({
-        "task_id": attachment.task_id,
-        "attachment_id": attachment.id,
-        "status": if rejection.is_some() { "rejected" } else { "ready" },
-        "reject_reason": rejection.map(Rejection::as_str),
-    });
-    events::record(tx, attachment.owner_id, event_type, data).await
 }
 
 async fn delete_all(bucket: &Bucket, attachment: &Pending) {
     for key in storage::attachment_objects(&attachment.upload_key, &attachment.object_key) {
-        delete_quietly(bucket, &key).await;
-    }
-}
-
-/// Best effort: an object left behind when the store is down is only storage, and the row no
-/// longer points at it.
-async fn delete_quietly(bucket: &Bucket, key: &str) {
-    if let Err(err) = bucket.client.delete_object().bucket(&bucket.name).key(key).send().await {
-        tracing::warn!(%key, error = %err, "cannot delete an object");
+        bucket.delete_quietly(&key).await;
     }
 }
 

@@ -5,7 +5,7 @@
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
-use tasklane_shared::jobs::{DeleteObjects, PurgeDeleted, TRASH_RETENTION_DAYS};
+use tasklane_shared::jobs::{PurgeDeleted, TRASH_RETENTION_DAYS};
 use tasklane_shared::storage;
 use uuid::Uuid;
 
@@ -18,30 +18,29 @@ pub async fn purge_deleted(
 ) -> Result<(), BoxDynError> {
     let mut tx = db.begin().await?;
     // Locked first, so a restore racing the purge either wins or waits and finds nothing.
-    let purged: Vec<(Uuid, Uuid)> =
-        sqlx::query_as("select id, owner_id from tasks where deleted_at < $1 - make_interval(days => $2) for update")
-            .bind(job.tick)
-            .bind(TRASH_RETENTION_DAYS)
-            .fetch_all(&mut *tx)
-            .await?;
-    let task_ids: Vec<Uuid> = purged.iter().map(|(id, _)| *id).collect();
-    let keys: Vec<(String, String)> =
-        sqlx::query_as("select upload_key, object_key from attachments where task_id = any($1)")
-            .bind(&task_ids)
-            .fetch_all(&mut *tx)
-            .await?;
+    let purged = sqlx::query!(
+        "select id, owner_id from tasks where deleted_at < $1::timestamptz - make_interval(days => $2) for update",
+        job.tick,
+        TRASH_RETENTION_DAYS,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let task_ids: Vec<Uuid> = purged.iter().map(|task| task.id).collect();
+    let objects = sqlx::query!(
+        "select upload_key, object_key from attachments where task_id = any($1)",
+        &task_ids,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     // Attachments and history go with their tasks (on delete cascade).
-    sqlx::query("delete from tasks where id = any($1)").bind(&task_ids).execute(&mut *tx).await?;
-    let keys: Vec<String> = keys
+    sqlx::query!("delete from tasks where id = any($1)", &task_ids).execute(&mut *tx).await?;
+    let keys: Vec<String> = objects
         .iter()
-        .flat_map(|(upload, object)| storage::attachment_objects(upload, object))
+        .flat_map(|row| storage::attachment_objects(&row.upload_key, &row.object_key))
         .collect();
-    for batch in keys.chunks(300) {
-        tasklane_shared::outbox::enqueue(&mut tx, &DeleteObjects { keys: batch.to_vec() }, None)
-            .await?;
-    }
+    storage::delete_later(&mut tx, &keys, None).await?;
     tx.commit().await?;
-    let mut owners: Vec<Uuid> = purged.iter().map(|(_, owner)| *owner).collect();
+    let mut owners: Vec<Uuid> = purged.iter().map(|task| task.owner_id).collect();
     owners.sort_unstable();
     owners.dedup();
     // Their cached trash lists showed these tasks.

@@ -1,4 +1,6 @@
-//! `GET /tasks`: filters, whitelisted multi-column sorts, keyset cursors and page mode.
+//! The task list (`GET /tasks`): filters, whitelisted multi-column sorts, keyset cursors
+//! and page mode, built with `QueryBuilder` (the one dynamic statement of tasks: its SQL
+//! text is only ever made of the fixed fragments below, every value is a bind).
 //!
 //! A cursor is the last row's sort values plus its id, with the sort it was made for
 //! (a cursor from another sort is refused, not misread). The next page is everything
@@ -12,7 +14,8 @@ use chrono::{DateTime, Datelike, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::model::{TASK_COLUMNS, TaskPriority, TaskRow, TaskStatus};
+use tasklane_shared::domain::tasks::{TASK_COLUMNS, TaskPriority, TaskRow, TaskStatus};
+
 use crate::problem::FieldError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +72,7 @@ impl SortField {
             Self::CreatedAt => time(row.created_at),
             Self::UpdatedAt => time(row.updated_at),
             Self::DueAt => row.due_at.map_or_else(|| "infinity".to_owned(), time),
-            Self::Priority => row.priority.to_string(),
+            Self::Priority => row.priority.rank().to_string(),
             Self::Title => row.title.clone(),
         }
     }
@@ -193,8 +196,7 @@ impl Filters {
             query.push(" and status = any(").push_bind(statuses).push(")");
         }
         if !self.priorities.is_empty() {
-            let ranks: Vec<i16> = self.priorities.iter().map(|p| p.rank()).collect();
-            query.push(" and priority = any(").push_bind(ranks).push(")");
+            query.push(" and priority = any(").push_bind(self.priorities.clone()).push(")");
         }
         if let Some(tag) = &self.tag {
             query.push(" and tags @> array[").push_bind(tag.clone()).push("]::text[]");
@@ -227,18 +229,15 @@ pub async fn page(
     cursor: Option<&Cursor>,
     page: Option<u32>,
 ) -> Result<(Vec<TaskRow>, Option<String>, Option<i64>), sqlx::Error> {
-    let mut query = QueryBuilder::new(format!("select {TASK_COLUMNS} from tasks"));
+    let mut query = QueryBuilder::new("select ");
+    query.push(TASK_COLUMNS).push(" from tasks");
     filters.push(&mut query, owner);
     if let Some(cursor) = cursor {
         push_keyset(&mut query, keys, cursor);
     }
     query.push(" order by ");
     for key in keys {
-        query.push(format!(
-            "{} {}, ",
-            key.field.expr(),
-            if key.descending { "desc" } else { "asc" }
-        ));
+        query.push(key.field.expr()).push(if key.descending { " desc, " } else { " asc, " });
     }
     let id_desc = keys.last().is_some_and(|k| k.descending);
     query.push(if id_desc { "id desc" } else { "id asc" });
@@ -273,11 +272,11 @@ fn push_keyset(query: &mut QueryBuilder<Postgres>, keys: &[SortKey], cursor: &Cu
     if keys.iter().all(|k| k.descending == id_desc) {
         query.push(" and (");
         for key in keys {
-            query.push(format!("{}, ", key.field.expr()));
+            query.push(key.field.expr()).push(", ");
         }
         query.push(if id_desc { "id) < (" } else { "id) > (" });
         for (key, value) in keys.iter().zip(&cursor.v) {
-            query.push_bind(value.clone()).push(format!("::{}, ", key.field.cast()));
+            query.push_bind(value.clone()).push("::").push(key.field.cast()).push(", ");
         }
         query.push_bind(cursor.id).push(")");
         return;
@@ -290,18 +289,22 @@ fn push_keyset(query: &mut QueryBuilder<Postgres>, keys: &[SortKey], cursor: &Cu
         query.push("(");
         for (j, key) in keys.iter().enumerate().take(i) {
             query
-                .push(format!("{} = ", key.field.expr()))
+                .push(key.field.expr())
+                .push(" = ")
                 .push_bind(cursor.v[j].clone())
-                .push(format!("::{}", key.field.cast()));
+                .push("::")
+                .push(key.field.cast());
             query.push(" and ");
         }
         match keys.get(i) {
             Some(key) => {
                 let op = if key.descending { " < " } else { " > " };
                 query
-                    .push(format!("{}{op}", key.field.expr()))
+                    .push(key.field.expr())
+                    .push(op)
                     .push_bind(cursor.v[i].clone())
-                    .push(format!("::{}", key.field.cast()));
+                    .push("::")
+                    .push(key.field.cast());
             }
             None => {
                 query.push(if id_desc { "id < " } else { "id > " }).push_bind(cursor.id);
@@ -335,8 +338,8 @@ mod tests {
             owner_id: Uuid::now_v7(),
             title: "a".into(),
             description: None,
-            status: "todo".into(),
-            priority: 1,
+            status: TaskStatus::Todo,
+            priority: TaskPriority::Normal,
             tags: vec![],
             due_at: None,
             overdue: false,

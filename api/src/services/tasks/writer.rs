@@ -16,16 +16,17 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
+use tasklane_shared::domain::tasks::{self, TaskRow};
 use tasklane_shared::events;
 use tasklane_shared::redis::Keys;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::model::{TaskRow, TaskView};
-use super::store::Reservation;
+use super::quota::Reservation;
 
 /// Requests waiting for a statement, at most; more wait to be queued.
 const QUEUE: usize = 1_024;
@@ -137,8 +138,16 @@ async fn settle(redis: &ConnectionManager, keys: &Keys, committed: Vec<Request>)
 /// One row of the statement's input: a task with its audit entry and its event.
 #[derive(Serialize)]
 struct Input<'a> {
-    #[serde(flatten)]
-    task: &'a TaskRow,
+    id: Uuid,
+    owner_id: Uuid,
+    title: &'a str,
+    description: Option<&'a str>,
+    status: &'static str,
+    priority: i16,
+    tags: &'a [String],
+    due_at: Option<DateTime<Utc>>,
+    completed_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
     audit_id: Uuid,
     audit_changes: serde_json::Map<String, serde_json::Value>,
     event_id: Uuid,
@@ -150,17 +159,25 @@ struct Input<'a> {
 async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
     let mut input = Vec::with_capacity(rows.len());
     for &task in rows {
-        let data = serde_json::json!({ "task": TaskView::from(task.clone()) });
         input.push(Input {
-            task,
+            id: task.id,
+            owner_id: task.owner_id,
+            title: &task.title,
+            description: task.description.as_deref(),
+            status: task.status.as_str(),
+            priority: task.priority.rank(),
+            tags: &task.tags,
+            due_at: task.due_at,
+            completed_at: task.completed_at,
+            created_at: task.created_at,
             audit_id: Uuid::now_v7(),
             audit_changes: task.created_changes(),
             event_id: Uuid::now_v7(),
-            event: events::payload(task.owner_id, data)?,
+            event: events::payload(task.owner_id, tasks::event_data(task, None))?,
         });
     }
     let input = serde_json::to_value(&input).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
-    sqlx::query(
+    sqlx::query!(
         "with input as (
              select * from jsonb_to_recordset($1) as x(
                  id uuid, owner_id uuid, title text, description text, status text, priority smallint,
@@ -179,10 +196,10 @@ async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
          )
          insert into outbox (id, queue, kind, payload, max_attempts)
          select event_id, $2, $3, event, 1 from input",
+        input,
+        events::OUTBOX_QUEUE,
+        events::TASK_CREATED,
     )
-    .bind(input)
-    .bind(events::OUTBOX_QUEUE)
-    .bind(events::TASK_CREATED)
     .execute(db)
     .await?;
     Ok(())

@@ -1,0 +1,230 @@
+//! `/api/v1/tasks/{id}/attachments`: files on tasks, uploaded straight to the object store
+//! (SPEC section 6).
+//!
+//! The API never carries the bytes. It checks the declaration, picks the object key under
+//! the owner's prefix and presigns one PUT that signs the content type, length and
+//! disposition, so the store itself refuses anything else. `complete` hands the object to the
+//! `process_upload` job through the outbox; downloads are presigned GETs issued only once
+//! the attachment is `ready`. Only the owner of a live (not trashed) task reaches any of it.
+//!
+//! # Layout
+//! - [`types`]: the requests and responses.
+//! - [`validate`]: the checks of a declaration and of the list's parameters.
+//! - [`presign`]: the presigned upload and download requests.
+
+pub mod presign;
+pub mod types;
+pub mod validate;
+
+use poem::http::StatusCode;
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use tasklane_shared::domain::attachments::AttachmentStatus;
+use tasklane_shared::storage;
+use uuid::Uuid;
+
+pub use self::types::*;
+use crate::http::RequestId;
+use crate::problem::{AuthedError, Problem};
+use crate::security::BearerAuth;
+use crate::services::attachments::{self as records, NewAttachment as NewRow};
+use crate::state::AppState;
+use crate::tags::ApiTags;
+
+pub struct AttachmentsApi;
+
+fn task_not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such task")
+}
+
+fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such attachment")
+}
+
+#[OpenApi(prefix_path = "/api/v1/tasks", tag = "ApiTags::Attachments")]
+impl AttachmentsApi {
+    /// Start an upload.
+    ///
+    /// Declare the file; the response holds the attachment (`pending`) and the one request
+    /// that uploads it. The steps:
+    ///
+    /// 1. `POST /tasks/{id}/attachments` with `filename`, `content_type`, `size_bytes`.
+    /// 2. Send `upload.method` to `upload.url` with every header of `upload.headers` and the
+    ///    file as the body, before `upload.expires_at` (at most 15 minutes). The store
+    ///    refuses a body of another length or type.
+    /// 3. `POST /tasks/{id}/attachments/{aid}/complete`.
+    /// 4. Poll `GET /tasks/{id}/attachments/{aid}` until `ready` (with a download link) or
+    ///    `rejected` (with a reason).
+    ///
+    /// Types outside the allow list (by default PNG, JPEG, GIF, WebP, PDF, ZIP, plain text
+    /// and CSV; never HTML, SVG or executables) and sizes over the limit are refused here.
+    #[oai(path = "/:id/attachments", method = "post")]
+    async fn create(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+        body: Json<NewAttachment>,
+    ) -> Result<CreateResponse, AuthedError> {
+        let owner = auth.0.id;
+        let declared = match validate::declaration(&body, &state.settings.attachments) {
+            Ok(declared) => declared,
+            Err(errors) => return Ok(CreateResponse::Invalid(Json(Problem::validation(errors)))),
+        };
+        let mut conn = state.db.acquire().await?;
+        if !records::owns_live_task(&mut conn, id.0, owner).await? {
+            return Ok(CreateResponse::NotFound(Json(task_not_found())));
+        }
+        let attachment = Uuid::now_v7();
+        let upload_key = storage::upload_key(owner, id.0, attachment);
+        let object_key = storage::attachment_key(owner, id.0, attachment);
+        let disposition = presign::content_disposition(&declared.filename);
+        let upload = presign::upload(
+            &state,
+            presign::Upload {
+                key: &upload_key,
+                content_type: &declared.content_type,
+                size: declared.size,
+                disposition: &disposition,
+            },
+        )
+        .await?;
+        let new = NewRow {
+            id: attachment,
+            task_id: id.0,
+            owner_id: owner,
+            filename: &declared.filename,
+            content_type: &declared.content_type,
+            declared_size: declared.size,
+            upload_key: &upload_key,
+            object_key: &object_key,
+        };
+        let row = records::insert(&mut conn, &new).await?;
+        Ok(CreateResponse::Created(Json(Box::new(CreatedAttachment {
+            attachment: row.into(),
+            upload,
+        }))))
+    }
+
+    /// A task's attachments, newest first.
+    ///
+    /// `limit` 1-100 (default 20); `cursor` from `next_cursor` continues.
+    #[oai(path = "/:id/attachments", method = "get")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+        limit: Query<Option<u32>>,
+        cursor: Query<Option<String>>,
+    ) -> Result<ListResponse, AuthedError> {
+        let (limit, before) = match validate::page(limit.0, cursor.0.as_deref()) {
+            Ok(page) => page,
+            Err(errors) => return Ok(ListResponse::Invalid(Json(Problem::validation(errors)))),
+        };
+        let mut conn = state.db.acquire().await?;
+        if !records::owns_live_task(&mut conn, id.0, auth.0.id).await? {
+            return Ok(ListResponse::NotFound(Json(task_not_found())));
+        }
+        let mut rows = records::page(&mut conn, id.0, before, i64::from(limit) + 1).await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_cursor =
+            if more { rows.last().map(|row| super::id_cursor::encode(row.id)) } else { None };
+        Ok(ListResponse::Ok(Json(AttachmentList {
+            data: rows.into_iter().map(AttachmentView::from).collect(),
+            next_cursor,
+        })))
+    }
+
+    /// One attachment; when `ready`, with short-lived download and thumbnail links.
+    #[oai(path = "/:id/attachments/:aid", method = "get")]
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+        aid: Path<Uuid>,
+    ) -> Result<GetResponse, AuthedError> {
+        let mut conn = state.db.acquire().await?;
+        let Some(row) = records::find(&mut conn, id.0, aid.0, auth.0.id).await? else {
+            return Ok(GetResponse::NotFound(Json(not_found())));
+        };
+        drop(conn);
+        let ready = row.status == AttachmentStatus::Ready;
+        let (key, thumbnail_key) = (row.object_key.clone(), row.thumbnail_key.clone());
+        let disposition = presign::content_disposition(&row.filename);
+        let detected = row.detected_type.clone();
+        let mut view = AttachmentView::from(row);
+        if ready {
+            view.download = Some(
+                presign::download_link(&state, &key, Some(disposition), detected.as_deref())
+                    .await?,
+            );
+            if let Some(thumbnail) = thumbnail_key {
+                view.thumbnail = Some(
+                    presign::download_link(&state, &thumbnail, None, Some("image/png")).await?,
+                );
+            }
+        }
+        Ok(GetResponse::Ok(Json(view)))
+    }
+
+    /// Tell the server the upload is done; verification starts (`processing`).
+    ///
+    /// A job checks the object's size against the declaration and the limit, its magic
+    /// bytes against the declared type, computes its SHA-256 and, for images, a thumbnail.
+    /// It ends `ready`, or `rejected` with a reason (and the object deleted).
+    #[oai(path = "/:id/attachments/:aid/complete", method = "post")]
+    async fn complete(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        request_id: Data<&RequestId>,
+        id: Path<Uuid>,
+        aid: Path<Uuid>,
+    ) -> Result<CompleteResponse, AuthedError> {
+        let mut tx = state.db.begin().await?;
+        let Some(row) = records::find_for_update(&mut tx, id.0, aid.0, auth.0.id).await? else {
+            return Ok(CompleteResponse::NotFound(Json(not_found())));
+        };
+        match row.status {
+            AttachmentStatus::Pending => {}
+            AttachmentStatus::Processing => {
+                return Ok(CompleteResponse::Accepted(Json(row.into())));
+            }
+            done @ (AttachmentStatus::Ready | AttachmentStatus::Rejected) => {
+                let problem = Problem::new(
+                    StatusCode::CONFLICT,
+                    "already_processed",
+                    format!("the attachment is already {}", done.as_str()),
+                );
+                return Ok(CompleteResponse::Conflict(Json(problem)));
+            }
+        }
+        let row = records::start_processing(&mut tx, row.id, Some(&request_id.0.0)).await?;
+        tx.commit().await?;
+        Ok(CompleteResponse::Accepted(Json(row.into())))
+    }
+
+    /// Delete an attachment; its file (and thumbnail) are removed from the store by a job.
+    #[oai(path = "/:id/attachments/:aid", method = "delete")]
+    async fn delete(
+        &self,
+        auth: BearerAuth,
+        state: Data<&AppState>,
+        request_id: Data<&RequestId>,
+        id: Path<Uuid>,
+        aid: Path<Uuid>,
+    ) -> Result<DeleteResponse, AuthedError> {
+        let mut tx = state.db.begin().await?;
+        let Some(row) = records::find_for_update(&mut tx, id.0, aid.0, auth.0.id).await? else {
+            return Ok(DeleteResponse::NotFound(Json(not_found())));
+        };
+        records::delete(&mut tx, &row, Some(&request_id.0.0)).await?;
+        tx.commit().await?;
+        Ok(DeleteResponse::NoContent)
+    }
+}

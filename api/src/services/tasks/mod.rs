@@ -1,0 +1,16 @@
+//! Tasks below the HTTP layer (SPEC section 5): what `routes::tasks` calls.
+//!
+//! # Layout
+//! - [`records`]: reads and changes of one task, each with its audit entry and event.
+//! - [`list`]: the filtered, sorted, paged list (keyset cursors or pages).
+//! - [`writer`]: creation, many requests per statement under load ([`TaskWriter`]).
+//! - [`quota`]: the daily creation quota in Redis.
+//! - [`cache`]: cached lists and tasks in Redis, and their invalidation.
+
+pub mod cache;
+pub mod list;
+pub mod quota;
+pub mod records;
+pub mod writer;
+
+pub use self::writer::TaskWriter;
