@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tasklane_shared::jobs::MarkOverdue;
 use uuid::Uuid;
 
-use crate::app::TaskLists;
+use crate::context::TaskLists;
 
 pub async fn mark_overdue(
     job: MarkOverdue,
