@@ -39,6 +39,12 @@ pub use purge_deleted::purge_deleted;
 pub use send_email::send_email;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Registers something with the monitor.
+type Registers = fn(Monitor, &WorkerContext) -> Monitor;
+/// Registers something with the monitor, or says why it cannot.
+type TryRegisters = fn(Monitor, &WorkerContext) -> anyhow::Result<Monitor>;
+/// Enqueues a scheduled kind's missed tick.
+type CatchUp = for<'a> fn(&'a WorkerContext) -> BoxFuture<'a, anyhow::Result<()>>;
 
 /// One row of the table: a kind, how its worker is registered, and for a scheduled kind its
 /// tick worker and its catch-up.
@@ -46,11 +52,11 @@ struct Entry {
     spec: &'static JobSpec,
     /// Registers the kind's apalis worker: its backend, panics caught as failed attempts,
     /// its concurrency, its dependencies as `Data`, its handler.
-    worker: fn(Monitor, &WorkerContext) -> Monitor,
+    worker: Registers,
     /// Registers the tick worker of a scheduled kind.
-    schedule: Option<fn(Monitor, &WorkerContext) -> anyhow::Result<Monitor>>,
+    schedule: Option<TryRegisters>,
     /// Enqueues a scheduled kind's latest missed tick, once across the fleet.
-    catch_up: Option<for<'a> fn(&'a WorkerContext) -> BoxFuture<'a, anyhow::Result<()>>>,
+    catch_up: Option<CatchUp>,
 }
 
 /// The table of every kind. A row is `job` or `cron` (scheduled: also a tick worker and a
