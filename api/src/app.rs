@@ -38,15 +38,7 @@ impl Application {
         let state = AppState {
             db,
             throttle: LoginThrottle::new(redis.clone(), keys.clone()),
-            queue: QueueStore::new(
-                redis.clone(),
-                keys.clone(),
-                QueueSettings {
-                    lease: settings.job_lease,
-                    done_retention: settings.job_retention,
-                    dead_retention: settings.dead_job_retention,
-                },
-            ),
+            queue: QueueStore::new(redis.clone(), keys.clone(), QueueSettings::from(&settings)),
             s3: tasklane_shared::storage::public_client(&settings.s3),
             task_writer,
             hub: crate::hub::Hub::new(

@@ -2,20 +2,17 @@
 //!
 //! They live in the OpenAPI document too, so operators find them in Swagger UI.
 
-use std::time::Duration;
-
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use tasklane_shared::readiness::Readiness;
 
 use crate::http::RequestId;
 use crate::problem::Problem;
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
-/// How long one dependency check may take before it counts as down.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a 503 asks clients to wait before retrying.
 const RETRY_AFTER_SECS: u32 = 5;
 
@@ -59,21 +56,17 @@ impl OpsApi {
     /// Readiness: the API can reach PostgreSQL and Redis. A 503 names what is down.
     #[oai(path = "/health/ready", method = "get")]
     async fn ready(&self, state: Data<&AppState>, request_id: Data<&RequestId>) -> ReadyResponse {
-        let (postgres, redis) = tokio::join!(check_postgres(&state), check_redis(&state));
-        let checks = vec![
-            HealthCheck {
-                name: "postgres".into(),
-                status: postgres.clone().err().unwrap_or_else(|| "ok".into()),
-            },
-            HealthCheck {
-                name: "redis".into(),
-                status: redis.clone().err().unwrap_or_else(|| "ok".into()),
-            },
-        ];
-        let down: Vec<String> = [("postgres", postgres), ("redis", redis)]
+        let readiness = Readiness::check(&state.db, &state.redis).await;
+        let checks = readiness
+            .checks()
             .into_iter()
-            .filter_map(|(name, result)| result.err().map(|why| format!("{name} ({why})")))
+            .map(|(name, result)| HealthCheck {
+                name: name.into(),
+                status: result.clone().err().unwrap_or_else(|| "ok".into()),
+            })
             .collect();
+        let down: Vec<String> =
+            readiness.down().into_iter().map(|(name, why)| format!("{name} ({why})")).collect();
         if down.is_empty() {
             return ReadyResponse::Ready(Json(HealthReport { status: "ok".into(), checks }));
         }
@@ -89,23 +82,5 @@ impl OpsApi {
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self, state: Data<&AppState>) -> PlainText<String> {
         PlainText(state.metrics.render())
-    }
-}
-
-async fn check_postgres(state: &AppState) -> Result<(), String> {
-    let query = sqlx::query("select 1").execute(&state.db);
-    match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-async fn check_redis(state: &AppState) -> Result<(), String> {
-    let mut conn = state.redis.clone();
-    match tokio::time::timeout(CHECK_TIMEOUT, tasklane_shared::redis::ping(&mut conn)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("timed out".into()),
     }
 }

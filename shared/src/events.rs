@@ -64,13 +64,13 @@ pub async fn record(
     data: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let payload = payload(user, data)?;
-    sqlx::query(
+    sqlx::query!(
         "insert into outbox (id, queue, kind, payload, max_attempts) values ($1, $2, $3, $4, 1)",
+        Uuid::now_v7(),
+        OUTBOX_QUEUE,
+        event_type,
+        payload,
     )
-    .bind(Uuid::now_v7())
-    .bind(OUTBOX_QUEUE)
-    .bind(event_type)
-    .bind(payload)
     .execute(conn)
     .await?;
     Ok(())

@@ -6,7 +6,10 @@
 //! - [`domain`]: tasks, attachments, accounts and job states, and the rules both binaries apply.
 //! - [`redis`]: Redis connections and key naming (prefix, per-queue hash tags).
 //! - [`events`]: real-time events, recorded in the outbox and published to Redis.
-//! - [`jobs`]: the declaration of every job kind and its payload.
+//! - [`jobs`]: the declaration of every job kind and its payload; [`schedules`]: the
+//!   effective cron schedule of each scheduled kind.
+//! - [`queue`]: the Redis job store, its admin inspection and its apalis backend.
+//! - [`readiness`]: the PostgreSQL and Redis checks behind both binaries' `/health/ready`.
 //! - [`outbox`]: writing jobs in the caller's transaction, and the relay that moves them to
 //!   Redis.
 //! - [`storage`]: the S3 client and the object keys of attachments.
@@ -19,7 +22,9 @@ pub mod events;
 pub mod jobs;
 pub mod outbox;
 pub mod queue;
+pub mod readiness;
 pub mod redis;
+pub mod schedules;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

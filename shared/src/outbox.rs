@@ -13,8 +13,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::PgConnection;
 use sqlx::postgres::{PgListener, PgPool};
-use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::jobs::{Job, Queue};
@@ -32,16 +32,16 @@ pub async fn enqueue<J: Job>(
 ) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
     let payload = serde_json::to_value(job).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
-    sqlx::query(
+    sqlx::query!(
         "insert into outbox (id, queue, kind, payload, max_attempts, request_id)
          values ($1, $2, $3, $4, $5, $6)",
+        id,
+        J::SPEC.queue.as_str(),
+        J::SPEC.kind,
+        payload,
+        i32::try_from(J::SPEC.max_attempts).unwrap_or(i32::MAX),
+        request_id,
     )
-    .bind(id)
-    .bind(J::SPEC.queue.as_str())
-    .bind(J::SPEC.kind)
-    .bind(payload)
-    .bind(i32::try_from(J::SPEC.max_attempts).unwrap_or(i32::MAX))
-    .bind(request_id)
     .execute(conn)
     .await?;
     Ok(id)
@@ -49,7 +49,7 @@ pub async fn enqueue<J: Job>(
 
 /// Rows waiting to be relayed (the relay backlog), for metrics and health.
 pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select count(*) from outbox").fetch_one(pool).await
+    sqlx::query_scalar!(r#"select count(*) as "count!" from outbox"#).fetch_one(pool).await
 }
 
 /// Moves committed outbox rows into Redis.
@@ -71,23 +71,23 @@ impl Relay {
     /// Relays one batch; returns how many rows it moved.
     pub async fn relay_batch(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
-        let rows = sqlx::query(
-            "select id, queue, kind, payload::text as payload, max_attempts, request_id
+        // Rows of a queue this release does not know (written by a newer one) are left for
+        // the release that does, without ever filling a batch.
+        let known: Vec<String> = Queue::ALL
+            .map(Queue::as_str)
+            .into_iter()
+            .chain([crate::events::OUTBOX_QUEUE])
+            .map(str::to_owned)
+            .collect();
+        let rows = sqlx::query!(
+            r#"select id, queue, kind, payload::text as "payload!", max_attempts, request_id
              from outbox
              where queue = any($2)
              order by created_at, id
              limit $1
-             for update skip locked",
-        )
-        .bind(self.batch_size)
-        // Rows of a queue this release does not know (written by a newer one) are left for
-        // the release that does, without ever filling a batch.
-        .bind(
-            Queue::ALL
-                .map(Queue::as_str)
-                .into_iter()
-                .chain([crate::events::OUTBOX_QUEUE])
-                .collect::<Vec<_>>(),
+             for update skip locked"#,
+            self.batch_size,
+            &known,
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -97,14 +97,12 @@ impl Relay {
         let mut by_queue: Vec<(Queue, Vec<NewJob>)> = Vec::new();
         let mut events = Vec::new();
         let mut ids = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: Uuid = row.try_get("id")?;
-            let queue_name: String = row.try_get("queue")?;
+        for row in rows {
+            let id = row.id;
+            let queue_name = row.queue;
             if queue_name == crate::events::OUTBOX_QUEUE {
-                let kind: String = row.try_get("kind")?;
-                let payload: String = row.try_get("payload")?;
-                match serde_json::from_str::<crate::events::Recorded>(&payload) {
-                    Ok(recorded) => events.push((id, kind, recorded)),
+                match serde_json::from_str::<crate::events::Recorded>(&row.payload) {
+                    Ok(recorded) => events.push((id, row.kind, recorded)),
                     Err(err) => {
                         tracing::error!(%id, error = %err, "outbox event does not decode; dropped")
                     }
@@ -120,10 +118,10 @@ impl Relay {
             };
             let job = NewJob {
                 id,
-                kind: row.try_get("kind")?,
-                payload: row.try_get("payload")?,
-                max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts")?).unwrap_or(1),
-                request_id: row.try_get("request_id")?,
+                kind: row.kind,
+                payload: row.payload,
+                max_attempts: u32::try_from(row.max_attempts).unwrap_or(1),
+                request_id: row.request_id,
                 unique: None,
             };
             match by_queue.iter_mut().find(|(q, _)| *q == queue) {
@@ -137,12 +135,12 @@ impl Relay {
                 // Keep the rows (roll back the locks) but note why they wait.
                 drop(tx);
                 let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
-                sqlx::query(
+                sqlx::query!(
                     "update outbox set relay_attempts = relay_attempts + 1, last_error = $2
                      where id = any($1)",
+                    &ids,
+                    err.to_string(),
                 )
-                .bind(&ids)
-                .bind(err.to_string())
                 .execute(&self.db)
                 .await?;
                 return Err(err.into());
@@ -156,15 +154,18 @@ impl Relay {
                 crate::events::publish(&mut conn, self.store.keys(), kind, recorded).await
             {
                 drop(tx);
-                sqlx::query("update outbox set relay_attempts = relay_attempts + 1, last_error = $2 where id = $1")
-                    .bind(id)
-                    .bind(err.to_string())
-                    .execute(&self.db)
-                    .await?;
+                sqlx::query!(
+                    "update outbox set relay_attempts = relay_attempts + 1, last_error = $2
+                     where id = $1",
+                    id,
+                    err.to_string(),
+                )
+                .execute(&self.db)
+                .await?;
                 return Err(err.into());
             }
         }
-        sqlx::query("delete from outbox where id = any($1)").bind(&ids).execute(&mut *tx).await?;
+        sqlx::query!("delete from outbox where id = any($1)", &ids).execute(&mut *tx).await?;
         tx.commit().await?;
         metrics::counter!("outbox_relayed_total").increment(ids.len() as u64);
         Ok(ids.len())

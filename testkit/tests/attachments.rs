@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::Queue;
 use tasklane_testkit::{GateMode, TcpGate, TestApp, TestWorker, email_address, wait_until};
 
@@ -156,7 +157,7 @@ async fn gated_worker(app: &TestApp, gate: &TcpGate) -> TestWorker {
 async fn upload_attempts(app: &TestApp) -> u32 {
     let store = app.spawn_store();
     let mut most = 0;
-    for state in ["pending", "running", "scheduled", "done", "dead"] {
+    for state in JobState::ALL {
         for id in store.ids(Queue::Uploads, state, 100).await.unwrap() {
             if let Some(job) = store.job(Queue::Uploads, &id).await.unwrap() {
                 most = most.max(job.attempts);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
+use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::{
     Backoff, EmailMessage, Job, JobSpec, PermanentError, Queue, SendEmail,
 };
@@ -48,7 +49,7 @@ async fn wait_for_state(
     store: &QueueStore,
     queue: Queue,
     id: &str,
-    state: &str,
+    state: JobState,
     deadline: Duration,
 ) {
     wait_until(deadline, &format!("job {id} {state}"), || async {
@@ -66,7 +67,7 @@ async fn a_job_held_by_a_killed_worker_is_finished_by_another_and_sends_once() {
     let mut doomed = app.worker_process().env("SMTP_URL", hung_smtp.url("smtp")).spawn().unwrap();
     let to = address();
     let id = enqueue(&app, &email(&to)).await;
-    wait_for_state(&store, Queue::Emails, &id, "running", Duration::from_secs(20)).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Running, Duration::from_secs(20)).await;
 
     signal(&doomed, "KILL");
     doomed.wait().await.unwrap();
@@ -76,7 +77,7 @@ async fn a_job_held_by_a_killed_worker_is_finished_by_another_and_sends_once() {
     app.wait_for_emails(&to, 1, Duration::from_secs(30)).await;
     let recovered_in = killed_at.elapsed();
     assert!(recovered_in < Duration::from_secs(30), "recovered in {recovered_in:?}");
-    wait_for_state(&store, Queue::Emails, &id, "done", Duration::from_secs(10)).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Done, Duration::from_secs(10)).await;
     let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
     assert_eq!(job.attempts, 2, "the killed attempt counts");
     assert!(
@@ -119,7 +120,7 @@ async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
     wait_until(Duration::from_secs(10), "the job to die", || async {
         store.claim(Queue::Emails, "send_email", "sweeper", 1).await.unwrap();
         let job = store.job(Queue::Emails, &id).await.unwrap()?;
-        (job.state == "dead").then_some(())
+        (job.state == JobState::Dead).then_some(())
     })
     .await;
     let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
@@ -154,7 +155,7 @@ async fn a_late_result_from_an_expired_claim_is_refused() {
     assert!(!store.finish(&first, &late, Duration::ZERO).await.unwrap(), "stale token refused");
     assert!(store.finish(&second, &Outcome::Succeeded, Duration::ZERO).await.unwrap());
     let record = store.job(Queue::Emails, &second.id).await.unwrap().unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, JobState::Done);
 }
 
 #[tokio::test]
@@ -171,7 +172,7 @@ async fn sigterm_mid_job_hands_the_job_back_and_nothing_is_lost() {
         .unwrap();
     let to = address();
     let id = enqueue(&app, &email(&to)).await;
-    wait_for_state(&store, Queue::Emails, &id, "running", Duration::from_secs(20)).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Running, Duration::from_secs(20)).await;
 
     signal(&stopping, "TERM");
     let exit = tokio::time::timeout(Duration::from_secs(15), stopping.wait())
@@ -181,12 +182,12 @@ async fn sigterm_mid_job_hands_the_job_back_and_nothing_is_lost() {
     assert!(exit.success(), "{exit:?}");
     // Handed back at once, not after the 60 s lease; and not counted as an attempt.
     let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
-    assert_eq!(job.state, "pending");
+    assert_eq!(job.state, JobState::Pending);
     assert_eq!(job.attempts, 0);
 
     let _next = app.spawn_worker().await;
     app.wait_for_emails(&to, 1, Duration::from_secs(20)).await;
-    wait_for_state(&store, Queue::Emails, &id, "done", Duration::from_secs(10)).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Done, Duration::from_secs(10)).await;
     assert_eq!(app.emails_to(&to).await.len(), 1);
 }
 
@@ -208,7 +209,7 @@ async fn smtp_down_for_a_while_means_retries_with_growing_backoff_then_one_email
     .await;
     gate.set(GateMode::Forward);
     app.wait_for_emails(&to, 1, Duration::from_secs(60)).await;
-    wait_for_state(&store, Queue::Emails, &id, "done", Duration::from_secs(10)).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Done, Duration::from_secs(10)).await;
 
     let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
     let (failed, succeeded) = job.history.split_at(job.history.len() - 1);
@@ -295,8 +296,10 @@ async fn a_job_that_always_fails_is_dead_after_its_attempts_and_the_worker_carri
 
     let doomed = push_flaky(&store, &Flaky { fail: true, permanent: false }).await;
     let hopeless = push_flaky(&store, &Flaky { fail: true, permanent: true }).await;
-    wait_for_state(&store, Queue::Maintenance, &doomed, "dead", Duration::from_secs(20)).await;
-    wait_for_state(&store, Queue::Maintenance, &hopeless, "dead", Duration::from_secs(20)).await;
+    wait_for_state(&store, Queue::Maintenance, &doomed, JobState::Dead, Duration::from_secs(20))
+        .await;
+    wait_for_state(&store, Queue::Maintenance, &hopeless, JobState::Dead, Duration::from_secs(20))
+        .await;
 
     let dead = store.job(Queue::Maintenance, &doomed).await.unwrap().unwrap();
     assert_eq!(dead.attempts, 3, "{dead:?}");
@@ -311,7 +314,8 @@ async fn a_job_that_always_fails_is_dead_after_its_attempts_and_the_worker_carri
 
     // The same worker still runs the next job, and other queues never noticed.
     let fine = push_flaky(&store, &Flaky { fail: false, permanent: false }).await;
-    wait_for_state(&store, Queue::Maintenance, &fine, "done", Duration::from_secs(20)).await;
+    wait_for_state(&store, Queue::Maintenance, &fine, JobState::Done, Duration::from_secs(20))
+        .await;
     let to = address();
     enqueue(&app, &email(&to)).await;
     app.wait_for_emails(&to, 1, Duration::from_secs(20)).await;
@@ -376,7 +380,7 @@ async fn three_worker_processes_run_each_tick_of_a_two_second_schedule_once() {
     }
 
     let mut runs: BTreeMap<i64, u32> = BTreeMap::new();
-    for state in ["pending", "running", "scheduled", "done", "dead"] {
+    for state in JobState::ALL {
         for id in store.ids(Queue::Maintenance, state, 10_000).await.unwrap() {
             let job = store.job(Queue::Maintenance, &id).await.unwrap().unwrap();
             if job.kind != "prune_sent_emails" {
@@ -409,7 +413,7 @@ async fn after_all_workers_were_down_only_the_latest_missed_tick_runs() {
     let worker = tasklane_testkit::TestWorker::spawn(settings.clone()).await;
     let again = tasklane_testkit::TestWorker::spawn(settings).await;
     wait_until(Duration::from_secs(10), "the catch-up run", || async {
-        for id in store.ids(Queue::Maintenance, "done", 1000).await.unwrap() {
+        for id in store.ids(Queue::Maintenance, JobState::Done, 1000).await.unwrap() {
             if store.job(Queue::Maintenance, &id).await.unwrap()?.kind == "prune_sent_emails" {
                 return Some(());
             }
@@ -421,7 +425,7 @@ async fn after_all_workers_were_down_only_the_latest_missed_tick_runs() {
     again.stop().await.unwrap();
 
     let mut ticks = Vec::new();
-    for state in ["pending", "running", "done"] {
+    for state in [JobState::Pending, JobState::Running, JobState::Done] {
         for id in store.ids(Queue::Maintenance, state, 1000).await.unwrap() {
             let job = store.job(Queue::Maintenance, &id).await.unwrap().unwrap();
             if job.kind != "prune_sent_emails" {

@@ -8,82 +8,18 @@ use std::sync::Arc;
 use apalis_core::monitor::Monitor;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Server};
-use sqlx::PgPool;
-use tasklane_shared::config::{AttachmentSettings, Settings};
-use tasklane_shared::jobs::Job;
+use tasklane_shared::config::Settings;
 use tasklane_shared::outbox::Relay;
-use tasklane_shared::queue::{HeldClaims, QueueSettings, QueueStore, RedisBackend};
+use tasklane_shared::queue::{HeldClaims, QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
 use tasklane_shared::storage::Bucket;
 use tokio::sync::watch;
 
+use crate::context::{TaskLists, WorkerContext};
 use crate::health;
 use crate::jobs;
 use crate::mailer::Mailer;
 use crate::templates::Templates;
-
-/// Invalidates users' cached task lists after a job changed their tasks.
-#[derive(Clone)]
-pub struct TaskLists {
-    conn: redis::aio::ConnectionManager,
-    keys: Keys,
-}
-
-impl TaskLists {
-    pub async fn invalidate(&self, users: &[uuid::Uuid]) {
-        if let Err(err) =
-            tasklane_shared::redis::invalidate_task_lists(&mut self.conn.clone(), &self.keys, users)
-                .await
-        {
-            // Cached pages live 30 s at most: the damage is bounded.
-            tracing::warn!(error = %err, "cannot invalidate cached task lists");
-        }
-    }
-}
-
-/// What every job handler and backend of this process shares; cheap to clone.
-#[derive(Clone)]
-pub struct WorkerContext {
-    pub db: PgPool,
-    pub store: QueueStore,
-    pub mailer: Mailer,
-    pub templates: Templates,
-    pub task_lists: TaskLists,
-    /// The object store (`S3_ENDPOINT`), for attachments.
-    pub bucket: Bucket,
-    /// Upload limits, for `process_upload`.
-    pub attachments: AttachmentSettings,
-    /// Claims this process holds, handed back if a graceful shutdown runs out of time.
-    pub held: HeldClaims,
-    /// Unique per process start, so a restarted worker never inherits a dead one's claims.
-    pub name: String,
-    pub concurrency: usize,
-    settings: Arc<Settings>,
-}
-
-impl WorkerContext {
-    pub fn worker_name(&self, kind: &str) -> String {
-        format!("{}/{kind}", self.name)
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// A backend for kind `J` with a blocking connection of its own, claiming up to
-    /// `concurrency` jobs at a time (the concurrency of the worker it serves).
-    pub fn backend<J: Job>(&self, concurrency: usize) -> RedisBackend<J> {
-        let blocking = tasklane_shared::redis::connect_blocking(&self.settings)
-            .expect("REDIS_URL was validated when the worker started");
-        RedisBackend::new(
-            self.store.clone(),
-            blocking,
-            self.worker_name(J::SPEC.kind),
-            self.held.clone(),
-        )
-        .with_prefetch(concurrency)
-    }
-}
 
 /// A bound, not yet running worker process.
 pub struct WorkerApp {
@@ -95,7 +31,7 @@ pub struct WorkerApp {
 
 impl WorkerApp {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        crate::cron::validate(&settings)?;
+        tasklane_shared::schedules::validate(&settings)?;
         let settings = Arc::new(settings);
         // Every send_email attempt holds a connection across its SMTP send; the relay's
         // listener holds one for good; the relay, each maintenance kind and readiness need
@@ -108,14 +44,9 @@ impl WorkerApp {
         )?;
         let redis = tasklane_shared::redis::connect(&settings)?;
         let _ = tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
-        let queue_settings = QueueSettings {
-            lease: settings.job_lease,
-            done_retention: settings.job_retention,
-            dead_retention: settings.dead_job_retention,
-        };
         let keys = Keys::new(settings.redis_prefix.clone());
-        let store = QueueStore::new(redis, keys.clone(), queue_settings);
-        let task_lists = TaskLists { conn: store.connection(), keys };
+        let store = QueueStore::new(redis, keys.clone(), QueueSettings::from(&*settings));
+        let task_lists = TaskLists::new(store.connection(), keys);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let ctx = WorkerContext {

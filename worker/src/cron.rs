@@ -1,4 +1,5 @@
-//! Schedules: each scheduled job kind runs once per tick however many workers run.
+//! Schedules: each scheduled job kind runs once per tick however many workers run. (When a
+//! kind runs, its effective schedule, is `tasklane_shared::schedules`.)
 //!
 //! Every worker runs an apalis-cron tick worker per schedule; a tick does not run the job, it
 //! enqueues it. The job's id is derived from the schedule and the tick's scheduled time, and
@@ -13,11 +14,9 @@
 //! `OutOfRange` from then on, and apalis stops a worker on a backend error).
 
 use std::pin::Pin;
-use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::error::BoxDynError;
@@ -28,8 +27,7 @@ use apalis_core::task::data::Data;
 use apalis_core::worker::context::WorkerContext;
 use apalis_cron::{CronScheduler, Tick};
 use chrono::{DateTime, Utc};
-use tasklane_shared::config::Settings;
-use tasklane_shared::jobs::{CronJob, JobSpec};
+use tasklane_shared::jobs::CronJob;
 use tasklane_shared::queue::{NewJob, QueueStore};
 
 /// How long a tick's claim lasts: far longer than any clock skew between workers.
@@ -37,41 +35,6 @@ const TICK_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Namespace of tick job ids (UUIDv5 of `<kind>@<unix seconds>`).
 const TICK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3a52_8d0e_4b7a_9f21_5e0c_7d43_a9b1);
-
-/// The effective schedule of a kind: its `TASKLANE_CRON_<KIND>` override or its default.
-pub fn schedule_of(
-    spec: &JobSpec,
-    settings: &Settings,
-) -> anyhow::Result<Option<(String, cron::Schedule)>> {
-    let Some(default) = spec.schedule else {
-        return Ok(None);
-    };
-    let expression = settings.cron.get(spec.kind).cloned().unwrap_or_else(|| default.to_owned());
-    let schedule = cron::Schedule::from_str(&expression).with_context(|| {
-        format!(
-            "TASKLANE_CRON_{}={expression:?} is not a cron expression with a seconds field \
-             (`sec min hour day month weekday`, e.g. \"0 */5 * * * *\")",
-            spec.kind.to_ascii_uppercase()
-        )
-    })?;
-    Ok(Some((expression, schedule)))
-}
-
-/// Checks every override names a scheduled kind and parses, so a typo stops start-up.
-pub fn validate(settings: &Settings) -> anyhow::Result<()> {
-    for kind in settings.cron.keys() {
-        let spec = tasklane_shared::jobs::spec(kind).filter(|spec| spec.schedule.is_some());
-        anyhow::ensure!(
-            spec.is_some(),
-            "TASKLANE_CRON_{} does not name a scheduled job",
-            kind.to_ascii_uppercase()
-        );
-    }
-    for spec in tasklane_shared::jobs::ALL {
-        schedule_of(spec, settings)?;
-    }
-    Ok(())
-}
 
 /// Enqueues `J` for the tick at `at`; `false` when another worker already did.
 pub async fn enqueue_tick_at<J: CronJob>(

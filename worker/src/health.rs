@@ -1,14 +1,14 @@
 //! The worker's own `/health/live`, `/health/ready` and `/metrics` (SPEC section 3), for
 //! orchestrators and Prometheus. Queue gauges are read from Redis at scrape time.
 
-use std::time::Duration;
-
 use poem::http::StatusCode;
 use poem::web::{Data, Json};
 use poem::{IntoResponse, Response, Route, get, handler};
+use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::Queue;
+use tasklane_shared::readiness::Readiness;
 
-use crate::app::WorkerContext;
+use crate::context::WorkerContext;
 
 pub fn routes() -> Route {
     Route::new()
@@ -24,17 +24,9 @@ fn live(ctx: Data<&WorkerContext>) -> Json<serde_json::Value> {
 
 #[handler]
 async fn ready(ctx: Data<&WorkerContext>) -> Response {
-    let timeout = Duration::from_secs(2);
-    let postgres = tokio::time::timeout(timeout, sqlx::query("select 1").execute(&ctx.db)).await;
-    let mut redis = ctx.store.connection();
-    let redis = tokio::time::timeout(timeout, tasklane_shared::redis::ping(&mut redis)).await;
-    let mut down = Vec::new();
-    if !matches!(postgres, Ok(Ok(_))) {
-        down.push("postgres");
-    }
-    if !matches!(redis, Ok(Ok(()))) {
-        down.push("redis");
-    }
+    let readiness = Readiness::check(&ctx.db, &ctx.store.connection()).await;
+    // Only the names: the worker's port is not meant for clients, and errors go to the logs.
+    let down: Vec<&str> = readiness.down().into_iter().map(|(name, _)| name).collect();
     if down.is_empty() {
         return Json(serde_json::json!({ "status": "ok", "worker": ctx.name })).into_response();
     }
@@ -57,14 +49,11 @@ async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
         match ctx.store.depth(queue).await {
             Ok(depth) => {
                 let q = queue.as_str();
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "pending")
-                    .set(depth.pending as f64);
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "running")
-                    .set(depth.running as f64);
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "scheduled")
-                    .set(depth.scheduled as f64);
-                metrics::gauge!("queue_jobs", "queue" => q, "state" => "dead")
-                    .set(depth.dead as f64);
+                // Done jobs are a retention window, not a backlog: no gauge.
+                for state in JobState::ALL.into_iter().filter(|s| *s != JobState::Done) {
+                    metrics::gauge!("queue_jobs", "queue" => q, "state" => state.as_str())
+                        .set(depth.of(state) as f64);
+                }
                 metrics::gauge!("queue_oldest_pending_age_seconds", "queue" => q)
                     .set(depth.oldest_pending_age.as_secs_f64());
             }

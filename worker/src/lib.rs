@@ -2,12 +2,15 @@
 //!
 //! # Layout
 //! - [`app`]: builds the process ([`app::WorkerApp`]): relay, apalis monitor, health server.
-//! - [`jobs`]: the handlers and the one list that registers them.
+//! - [`context`]: [`context::WorkerContext`], what handlers, backends and the health server
+//!   share; below `jobs`, `health` and `app`.
+//! - [`jobs`]: the handlers and the one table that registers them.
 //! - [`cron`]: schedules, run once per tick across the fleet.
 //! - [`mailer`]: SMTP with lettre; [`templates`]: the emails, one folder each.
 //! - [`health`]: `/health/*` and `/metrics`.
 
 pub mod app;
+pub mod context;
 pub mod cron;
 pub mod health;
 pub mod jobs;

@@ -7,10 +7,12 @@ use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
+use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::{self, Queue};
 use tasklane_shared::queue::JobRecord;
+use tasklane_shared::schedules;
 
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
 use crate::security::BearerAuth;
@@ -44,28 +46,6 @@ pub struct QueueOverview {
     pub queues: Vec<QueueStats>,
     /// Rows in the outbox not yet moved to Redis.
     pub outbox_backlog: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum JobState {
-    Pending,
-    Running,
-    Scheduled,
-    Done,
-    Dead,
-}
-
-impl JobState {
-    fn as_str(self) -> &'static str {
-        match self {
-            JobState::Pending => "pending",
-            JobState::Running => "running",
-            JobState::Scheduled => "scheduled",
-            JobState::Done => "done",
-            JobState::Dead => "dead",
-        }
-    }
 }
 
 /// One attempt of a job.
@@ -274,7 +254,7 @@ impl AdminJobsApi {
         if !errors.is_empty() {
             return Ok(JobsResponse::Invalid(Json(Problem::validation(errors))));
         }
-        let wanted = job_state.0.unwrap_or(JobState::Dead).as_str();
+        let wanted = job_state.0.unwrap_or(JobState::Dead);
         let limit = limit as usize;
         // Scans at most this many ids per queue; listing is an operator's tool, not a feed.
         const SCAN: usize = 10_000;
@@ -359,10 +339,8 @@ impl AdminJobsApi {
         }
         let mut schedules = Vec::new();
         for spec in jobs::ALL {
-            let Some(default) = spec.schedule else { continue };
-            let cron =
-                state.settings.cron.get(spec.kind).cloned().unwrap_or_else(|| default.to_owned());
-            let next_run = cron.parse::<cron::Schedule>().ok().and_then(|s| s.upcoming(Utc).next());
+            let Some(cron) = schedules::expression(spec, &state.settings) else { continue };
+            let next_run = schedules::next_run(&cron);
             let last_run =
                 state.queue.last_tick(spec.kind).await?.and_then(DateTime::from_timestamp_millis);
             schedules.push(ScheduleView {
@@ -384,7 +362,7 @@ impl From<JobRecord> for JobView {
             id: job.id,
             queue: job.queue.as_str().into(),
             kind: job.kind,
-            state: job.state,
+            state: job.state.to_string(),
             attempts: job.attempts,
             max_attempts: job.max_attempts,
             created_at: DateTime::from_timestamp_millis(job.created_ms),

@@ -18,60 +18,77 @@ const NAMESPACE: Uuid = Uuid::from_u128(0x3f6a_1c0e_77d2_4e58_b1a9_0c4d_2e8f_6b1
 /// Tasks listed per section.
 const SECTION: i64 = 20;
 
+/// A task as a digest section lists it.
+struct Listed {
+    title: String,
+    due_at: Option<DateTime<Utc>>,
+}
+
 pub async fn daily_digest(
     job: DailyDigest,
     db: Data<PgPool>,
     store: Data<QueueStore>,
 ) -> Result<(), BoxDynError> {
-    let users: Vec<(Uuid, String, Option<String>, String)> = sqlx::query_as(
+    let users = sqlx::query!(
         "select id, email, display_name, timezone from users
          where digest_enabled and email_verified_at is not null and not disabled
            and extract(hour from ($1::timestamptz at time zone timezone)) = digest_hour",
+        job.tick,
     )
-    .bind(job.tick)
     .fetch_all(&*db)
     .await?;
     let mut sent = 0;
-    for (user, email, display_name, zone) in users {
-        let zone: Tz = zone.parse().unwrap_or(chrono_tz::UTC);
+    for row in users {
+        let (user, email, display_name) = (row.id, row.email, row.display_name);
+        let zone: Tz = row.timezone.parse().unwrap_or(chrono_tz::UTC);
         let date = job.tick.with_timezone(&zone).date_naive().to_string();
-        let section = |sql: &'static str| {
-            let db = db.clone();
-            async move {
-                let rows: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(sql)
-                    .bind(user)
-                    .bind(job.tick)
-                    .bind(SECTION)
-                    .fetch_all(&*db)
-                    .await?;
-                Ok::<_, sqlx::Error>(
-                    rows.into_iter()
-                        .map(|(title, due)| DigestItem {
-                            title,
-                            due: due.map(|d| {
-                                d.with_timezone(&zone).format("%Y-%m-%d %H:%M").to_string()
-                            }),
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            }
+        let items = |rows: Vec<Listed>| {
+            rows.into_iter()
+                .map(|row| DigestItem {
+                    title: row.title,
+                    due: row
+                        .due_at
+                        .map(|d| d.with_timezone(&zone).format("%Y-%m-%d %H:%M").to_string()),
+                })
+                .collect::<Vec<_>>()
         };
-        let overdue = section(
-            "select title, due_at from tasks where owner_id = $1 and deleted_at is null and status <> 'done'
-             and due_at < $2 order by due_at, id limit $3",
+        let overdue = sqlx::query_as!(
+            Listed,
+            "select title, due_at from tasks
+             where owner_id = $1 and deleted_at is null and status <> 'done'
+               and due_at < $2
+             order by due_at, id limit $3",
+            user,
+            job.tick,
+            SECTION,
         )
+        .fetch_all(&*db)
         .await?;
-        let due_soon = section(
-            "select title, due_at from tasks where owner_id = $1 and deleted_at is null and status <> 'done'
-             and due_at >= $2 and due_at < $2 + interval '24 hours' order by due_at, id limit $3",
+        let due_soon = sqlx::query_as!(
+            Listed,
+            "select title, due_at from tasks
+             where owner_id = $1 and deleted_at is null and status <> 'done'
+               and due_at >= $2 and due_at < $2 + interval '24 hours'
+             order by due_at, id limit $3",
+            user,
+            job.tick,
+            SECTION,
         )
+        .fetch_all(&*db)
         .await?;
-        let open = section(
-            "select title, due_at from tasks where owner_id = $1 and deleted_at is null and status <> 'done'
-             and (due_at is null or due_at >= $2 + interval '24 hours')
+        let open = sqlx::query_as!(
+            Listed,
+            "select title, due_at from tasks
+             where owner_id = $1 and deleted_at is null and status <> 'done'
+               and (due_at is null or due_at >= $2::timestamptz + interval '24 hours')
              order by coalesce(due_at, 'infinity'::timestamptz), id limit $3",
+            user,
+            job.tick,
+            SECTION,
         )
+        .fetch_all(&*db)
         .await?;
+        let (overdue, due_soon, open) = (items(overdue), items(due_soon), items(open));
         let key = format!("digest:{user}:{date}");
         let email_job = SendEmail {
             idempotency_key: key.clone(),

@@ -13,7 +13,7 @@ use tasklane_shared::events;
 use tasklane_shared::jobs::MarkOverdue;
 use uuid::Uuid;
 
-use crate::app::TaskLists;
+use crate::context::TaskLists;
 
 pub async fn mark_overdue(
     job: MarkOverdue,

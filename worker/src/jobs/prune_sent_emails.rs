@@ -7,13 +7,14 @@ use tasklane_shared::jobs::{PruneSentEmails, SENT_EMAIL_RETENTION_DAYS};
 
 /// Idempotent: relative to the tick, so a rerun deletes nothing new.
 pub async fn prune_sent_emails(job: PruneSentEmails, db: Data<PgPool>) -> Result<(), BoxDynError> {
-    let deleted =
-        sqlx::query("delete from sent_emails where sent_at < $1 - make_interval(days => $2)")
-            .bind(job.tick)
-            .bind(SENT_EMAIL_RETENTION_DAYS)
-            .execute(&*db)
-            .await?
-            .rows_affected();
+    let deleted = sqlx::query!(
+        "delete from sent_emails where sent_at < $1::timestamptz - make_interval(days => $2)",
+        job.tick,
+        SENT_EMAIL_RETENTION_DAYS,
+    )
+    .execute(&*db)
+    .await?
+    .rows_affected();
     tracing::info!(deleted, tick = %job.tick, "pruned sent-email records");
     Ok(())
 }

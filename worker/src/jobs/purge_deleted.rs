@@ -9,7 +9,7 @@ use tasklane_shared::jobs::{PurgeDeleted, TRASH_RETENTION_DAYS};
 use tasklane_shared::storage;
 use uuid::Uuid;
 
-use crate::app::TaskLists;
+use crate::context::TaskLists;
 
 pub async fn purge_deleted(
     job: PurgeDeleted,

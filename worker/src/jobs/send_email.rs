@@ -24,12 +24,12 @@ pub async fn send_email(
     let rendered =
         templates.render(&job.message).map_err(|err| PermanentError(format!("{err:#}")))?;
     let mut tx = db.begin().await?;
-    let claimed = sqlx::query(
+    let claimed = sqlx::query!(
         "insert into sent_emails (idempotency_key, recipient) values ($1, $2)
          on conflict (idempotency_key) do nothing",
+        job.idempotency_key,
+        job.to,
     )
-    .bind(&job.idempotency_key)
-    .bind(&job.to)
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -1,0 +1,191 @@
+//! [`AckLayer`]: the middleware of [`super::RedisBackend`] that enforces a kind's timeout and
+//! has each attempt's outcome recorded with its claim's token: success, a retry after the
+//! kind's backoff, or dead (last attempt, or a [`PermanentError`]). Outcomes go through one
+//! acker task per backend, which records whatever has accumulated in one call; an attempt
+//! completes only once its outcome is recorded, so a graceful stop never loses one.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::{Claim, HeldClaims, Outcome, QueueStore};
+use crate::jobs::{Job, PermanentError};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The layer of one backend, with its acker task running.
+pub(super) fn spawn<J>(store: QueueStore, held: HeldClaims) -> AckLayer<J> {
+    let (acks, pending) = mpsc::unbounded_channel();
+    tokio::spawn(acker(store, held, pending));
+    AckLayer { acks, _job: PhantomData }
+}
+
+/// One attempt's outcome on its way to Redis.
+struct Ack {
+    claim: Claim,
+    outcome: Outcome,
+    took: Duration,
+    recorded: oneshot::Sender<()>,
+}
+
+/// Records outcomes in batches: whatever accumulated while the previous call ran goes in the
+/// next one. Ends when every sender (the worker's services) is gone.
+async fn acker(store: QueueStore, held: HeldClaims, mut pending: mpsc::UnboundedReceiver<Ack>) {
+    const MAX_BATCH: usize = 256;
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(ack) => batch.push(ack),
+                Err(_) => break,
+            }
+        }
+        record(&store, &batch).await;
+        for ack in batch {
+            held.remove(&ack.claim);
+            let _ = ack.recorded.send(());
+        }
+    }
+}
+
+/// Records each attempt's outcome in Redis; see the module doc.
+pub struct AckLayer<J> {
+    acks: mpsc::UnboundedSender<Ack>,
+    _job: PhantomData<fn() -> J>,
+}
+
+impl<J, S> tower_layer::Layer<S> for AckLayer<J> {
+    type Service = AckService<J, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AckService { inner, acks: self.acks.clone(), _job: PhantomData }
+    }
+}
+
+pub struct AckService<J, S> {
+    inner: S,
+    acks: mpsc::UnboundedSender<Ack>,
+    _job: PhantomData<fn() -> J>,
+}
+
+impl<J, S> tower_service::Service<Task<J>> for AckService<J, S>
+where
+    J: Job,
+    S: tower_service::Service<Task<J>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxDynError>,
+{
+    type Response = S::Response;
+    type Error = BoxDynError;
+    type Future = BoxFuture<Result<S::Response, BoxDynError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<J>) -> Self::Future {
+        let claim = task.ctx().data().get::<Claim>().cloned();
+        let inner = self.inner.call(task);
+        let acks = self.acks.clone();
+        let Some(claim) = claim else {
+            return Box::pin(async move { inner.await.map_err(Into::into) });
+        };
+        let span = tracing::info_span!(
+            "job",
+            queue = claim.queue.as_str(),
+            kind = %claim.kind,
+            id = %claim.id,
+            attempt = claim.attempt,
+            request_id = claim.request_id.as_deref().unwrap_or("-"),
+        );
+        Box::pin(
+            async move {
+                let kind = J::SPEC.kind;
+                metrics::counter!("jobs_started_total", "kind" => kind).increment(1);
+                let started = Instant::now();
+                let result = match tokio::time::timeout(J::SPEC.timeout, inner).await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(_) => Err(format!("timed out after {:?}", J::SPEC.timeout).into()),
+                };
+                let took = started.elapsed();
+                metrics::histogram!("job_duration_seconds", "kind" => kind).record(took.as_secs_f64());
+                let outcome = outcome_of::<J>(&claim, result.as_ref().err());
+                match &outcome {
+                    Outcome::Succeeded => {
+                        metrics::counter!("jobs_succeeded_total", "kind" => kind).increment(1);
+                        tracing::info!(took_ms = took.as_millis() as u64, "job succeeded");
+                    }
+                    Outcome::Retry { error, delay } => {
+                        metrics::counter!("jobs_failed_total", "kind" => kind).increment(1);
+                        metrics::counter!("jobs_retried_total", "kind" => kind).increment(1);
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                    }
+                    Outcome::Dead { error } => {
+                        metrics::counter!("jobs_failed_total", "kind" => kind).increment(1);
+                        metrics::counter!("jobs_dead_total", "kind" => kind).increment(1);
+                        tracing::error!(%error, "job is dead");
+                    }
+                }
+                let (recorded, wait) = oneshot::channel();
+                if acks.send(Ack { claim, outcome, took, recorded }).is_ok() {
+                    // Done only once recorded, so a graceful stop never loses an outcome.
+                    let _ = wait.await;
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn outcome_of<J: Job>(claim: &Claim, error: Option<&BoxDynError>) -> Outcome {
+    let Some(error) = error else {
+        return Outcome::Succeeded;
+    };
+    let permanent = error.downcast_ref::<PermanentError>().is_some();
+    let error = error.to_string();
+    if permanent || claim.attempt >= claim.max_attempts {
+        Outcome::Dead { error }
+    } else {
+        Outcome::Retry { error, delay: J::SPEC.backoff.delay(claim.attempt) }
+    }
+}
+
+/// Records a batch of outcomes (one queue: a backend serves one kind), retrying briefly
+/// through a Redis blip; if Redis stays away the leases expire and the jobs run again
+/// (delivery is at least once).
+async fn record(store: &QueueStore, batch: &[Ack]) {
+    let Some(queue) = batch.first().map(|ack| ack.claim.queue) else {
+        return;
+    };
+    let outcomes: Vec<(&Claim, &Outcome, Duration)> =
+        batch.iter().map(|ack| (&ack.claim, &ack.outcome, ack.took)).collect();
+    for attempt in 1..=5u32 {
+        match store.finish_many(queue, &outcomes).await {
+            Ok(recorded) => {
+                for (ack, accepted) in batch.iter().zip(recorded) {
+                    if !accepted {
+                        tracing::warn!(id = %ack.claim.id, "outcome refused: the lease had expired and the job was handed to another worker");
+                    }
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, attempt, jobs = batch.len(), "cannot record job outcomes yet");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    tracing::error!(
+        jobs = batch.len(),
+        "gave up recording job outcomes; their leases will expire and they will run again"
+    );
+}

@@ -1,0 +1,224 @@
+//! Reading the store for operators: a job with its history, the ids in a state, how deep
+//! each queue is, failures in the last hour, and the one write an operator makes, retrying
+//! a dead job. Workers never call these; the admin API and the worker's gauges do.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::store::WAKE_CAP;
+use super::{QueueStore, kinds_of};
+use crate::domain::jobs::JobState;
+use crate::jobs::Queue;
+
+static RETRY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("retry.lua")));
+
+/// One attempt of a job, as kept in its history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub started_ms: Option<i64>,
+    pub duration_ms: Option<i64>,
+    /// Why it failed; `None` when it succeeded.
+    pub error: Option<String>,
+    /// For a failure that was retried: the backoff chosen before the next attempt.
+    pub retry_in_ms: Option<i64>,
+}
+
+/// A job as stored, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub queue: Queue,
+    pub kind: String,
+    pub payload: String,
+    pub state: JobState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// The worker holding it, when running.
+    pub worker: Option<String>,
+    pub last_error: Option<String>,
+    pub request_id: Option<String>,
+    pub history: Vec<AttemptRecord>,
+}
+
+/// How many jobs a queue holds in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub pending: u64,
+    pub running: u64,
+    pub scheduled: u64,
+    pub done: u64,
+    pub dead: u64,
+    /// How long the job at the head of the queue has waited (zero when empty).
+    pub oldest_pending_age: Duration,
+}
+
+impl Depth {
+    /// How many jobs are in `state`.
+    pub fn of(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Pending => self.pending,
+            JobState::Running => self.running,
+            JobState::Scheduled => self.scheduled,
+            JobState::Done => self.done,
+            JobState::Dead => self.dead,
+        }
+    }
+}
+
+impl QueueStore {
+    /// Sends a dead job back to its queue with fresh attempts; `false` unless it was dead.
+    pub async fn retry_dead(&self, queue: Queue, id: &str) -> redis::RedisResult<bool> {
+        let retried: i64 = RETRY
+            .key(self.key(queue, "running"))
+            .arg(self.ns(queue))
+            .arg(id)
+            .arg(WAKE_CAP)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(retried == 1)
+    }
+
+    /// Failed attempts (errors and expired leases) in the last hour.
+    pub async fn failed_last_hour(&self, queue: Queue) -> redis::RedisResult<u64> {
+        let (seconds, _): (u64, u64) =
+            redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
+        let minute = seconds / 60;
+        let keys: Vec<String> =
+            (0..60).map(|ago| self.key(queue, &format!("failed:{}", minute - ago))).collect();
+        let counts: Vec<Option<u64>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
+        Ok(counts.into_iter().flatten().sum())
+    }
+
+    /// A job by id in whichever queue holds it.
+    pub async fn find_job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {
+        for queue in Queue::ALL {
+            if let Some(job) = self.job(queue, id).await? {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One job, if it still exists.
+    pub async fn job(&self, queue: Queue, id: &str) -> redis::RedisResult<Option<JobRecord>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key(queue, &format!("job:{id}")))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+        let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
+        // Every script that writes a job writes its state; a hash without one is being
+        // created by `push.lua` right now, which is as good as pending.
+        let state = text("state").and_then(|s| s.parse().ok()).unwrap_or(JobState::Pending);
+        let mut history: Vec<AttemptRecord> =
+            text("history").and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+        // A successful attempt is kept in the flat fields (see finish.lua): it is the last one.
+        if state == JobState::Done {
+            history.push(AttemptRecord {
+                attempt: number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
+                worker: text("worker"),
+                started_ms: number("started_ms"),
+                duration_ms: number("duration_ms"),
+                error: None,
+                retry_in_ms: None,
+            });
+        }
+        Ok(Some(JobRecord {
+            id: id.to_owned(),
+            queue,
+            kind: text("kind").unwrap_or_default(),
+            payload: text("payload").unwrap_or_default(),
+            state,
+            attempts: number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            max_attempts: number("max_attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            created_ms: number("created_ms").unwrap_or(0),
+            finished_ms: number("finished_ms"),
+            worker: text("worker").filter(|_| state == JobState::Running),
+            last_error: text("last_error"),
+            request_id: text("request_id"),
+            history,
+        }))
+    }
+
+    /// Ids of jobs in one state, oldest first (pending: per kind, in declaration order), at
+    /// most `limit`.
+    pub async fn ids(
+        &self,
+        queue: Queue,
+        state: JobState,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<String>> {
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1);
+        let mut conn = self.conn.clone();
+        if state != JobState::Pending {
+            // Every other state has a sorted set of its name.
+            return redis::cmd("ZRANGE")
+                .arg(self.key(queue, state.as_str()))
+                .arg(0)
+                .arg(stop)
+                .query_async(&mut conn)
+                .await;
+        }
+        let mut ids = Vec::new();
+        for kind in kinds_of(queue) {
+            let more: Vec<String> = redis::cmd("LRANGE")
+                .arg(self.key(queue, &format!("pending:{kind}")))
+                .arg(0)
+                .arg(stop)
+                .query_async(&mut conn)
+                .await?;
+            ids.extend(more);
+        }
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    /// Counts per state, and the age of the oldest pending job.
+    pub async fn depth(&self, queue: Queue) -> redis::RedisResult<Depth> {
+        let mut conn = self.conn.clone();
+        let (running, scheduled, done, dead, time): (u64, u64, u64, u64, (u64, u64)) =
+            redis::pipe()
+                .zcard(self.key(queue, JobState::Running.as_str()))
+                .zcard(self.key(queue, JobState::Scheduled.as_str()))
+                .zcard(self.key(queue, JobState::Done.as_str()))
+                .zcard(self.key(queue, JobState::Dead.as_str()))
+                .cmd("TIME")
+                .query_async(&mut conn)
+                .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let (mut pending, mut oldest_ms) = (0, now_ms);
+        for kind in kinds_of(queue) {
+            let list = self.key(queue, &format!("pending:{kind}"));
+            let (len, head): (u64, Option<String>) =
+                redis::pipe().llen(&list).lindex(&list, 0).query_async(&mut conn).await?;
+            pending += len;
+            if let Some(id) = head {
+                let created: Option<u64> = redis::cmd("HGET")
+                    .arg(self.key(queue, &format!("job:{id}")))
+                    .arg("created_ms")
+                    .query_async(&mut conn)
+                    .await?;
+                oldest_ms = oldest_ms.min(created.unwrap_or(now_ms));
+            }
+        }
+        Ok(Depth {
+            pending,
+            running,
+            scheduled,
+            done,
+            dead,
+            oldest_pending_age: Duration::from_millis(now_ms.saturating_sub(oldest_ms)),
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! [`QueueStore`]: the protocol between producers, workers and Redis. Pushing jobs,
+//! claiming them under a lease, recording each attempt's outcome with its claim's token, and
+//! renewing or handing back leases; each step is one Lua script (see the module doc of
+//! [`crate::queue`]).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::{Claim, ClaimRef, NewJob, Outcome, QueueSettings, millis};
+use crate::jobs::Queue;
+use crate::redis::Keys;
+
+static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.lua")));
+static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fetch.lua")));
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
+
+/// Wake tokens kept when no worker consumes them.
+pub(super) const WAKE_CAP: usize = 1024;
+/// Most due retries and expired leases one fetch moves, so one call stays short.
+const SWEEP_LIMIT: usize = 500;
+
+/// What `renew.lua` does with the claims it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseAction {
+    /// Extend the lease (a heartbeat).
+    Renew,
+    /// Hand the job back to the front of its queue, the attempt uncounted.
+    Release,
+}
+
+impl LeaseAction {
+    /// The mode argument of `renew.lua`.
+    fn as_str(self) -> &'static str {
+        match self {
+            LeaseAction::Renew => "renew",
+            LeaseAction::Release => "release",
+        }
+    }
+}
+
+/// Client of the store; cheap to clone.
+#[derive(Clone)]
+pub struct QueueStore {
+    pub(super) conn: ConnectionManager,
+    pub(super) keys: Keys,
+    settings: QueueSettings,
+}
+
+impl QueueStore {
+    pub fn new(conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Self {
+        Self { conn, keys, settings }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn settings(&self) -> QueueSettings {
+        self.settings
+    }
+
+    /// A clone of the store's shared connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The namespace of a queue: `<prefix>:{<queue>}:`, one hash tag.
+    pub(super) fn ns(&self, queue: Queue) -> String {
+        format!("{}:", self.keys.queue(queue.as_str()))
+    }
+
+    /// A key of a queue's namespace.
+    pub fn key(&self, queue: Queue, name: &str) -> String {
+        format!("{}{name}", self.ns(queue))
+    }
+
+    /// Adds jobs to a queue; returns how many were new (ids already present are skipped).
+    pub async fn push(&self, queue: Queue, jobs: &[NewJob]) -> redis::RedisResult<usize> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = PUSH.prepare_invoke();
+        invocation.key(self.key(queue, "running")).arg(self.ns(queue)).arg(WAKE_CAP);
+        for job in jobs {
+            invocation
+                .arg(job.id.to_string())
+                .arg(&job.kind)
+                .arg(&job.payload)
+                .arg(job.max_attempts)
+                .arg(job.request_id.as_deref().unwrap_or(""));
+            match &job.unique {
+                Some((key, ttl)) => invocation.arg(key).arg(millis(*ttl)),
+                None => invocation.arg("").arg(0),
+            };
+        }
+        invocation.invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// Claims up to `n` jobs of `kind` for `worker`, after moving due retries and expired
+    /// leases back to pending.
+    pub async fn claim(
+        &self,
+        queue: Queue,
+        kind: &str,
+        worker: &str,
+        n: usize,
+    ) -> redis::RedisResult<Vec<Claim>> {
+        type Row = (String, String, String, u32, u32, String, String);
+        let rows: Vec<Row> = FETCH
+            .key(self.key(queue, "running"))
+            .arg(self.ns(queue))
+            .arg(kind)
+            .arg(worker)
+            .arg(millis(self.settings.lease))
+            .arg(n)
+            .arg(millis(self.settings.done_retention))
+            .arg(millis(self.settings.dead_retention))
+            .arg(SWEEP_LIMIT)
+            .arg(WAKE_CAP)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, kind, payload, attempt, max_attempts, request_id, token)| Claim {
+                queue,
+                id,
+                kind,
+                payload,
+                attempt,
+                max_attempts,
+                request_id: Some(request_id).filter(|r| !r.is_empty()),
+                token,
+            })
+            .collect())
+    }
+
+    /// Records an attempt's outcome; `false` when the claim was no longer this worker's.
+    pub async fn finish(
+        &self,
+        claim: &Claim,
+        outcome: &Outcome,
+        took: Duration,
+    ) -> redis::RedisResult<bool> {
+        let recorded = self.finish_many(claim.queue, &[(claim, outcome, took)]).await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
+
+    /// Records the outcomes of several attempts on one queue in one call; per attempt,
+    /// whether it was accepted.
+    pub async fn finish_many(
+        &self,
+        queue: Queue,
+        outcomes: &[(&Claim, &Outcome, Duration)],
+    ) -> redis::RedisResult<Vec<bool>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = FINISH.prepare_invoke();
+        invocation
+            .key(self.key(queue, "running"))
+            .arg(self.ns(queue))
+            .arg(millis(self.settings.done_retention))
+            .arg(millis(self.settings.dead_retention));
+        for (claim, outcome, took) in outcomes {
+            let (name, error, delay) = match outcome {
+                Outcome::Succeeded => ("ok", "", Duration::ZERO),
+                Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
+                Outcome::Dead { error } => ("dead", error.as_str(), Duration::ZERO),
+            };
+            invocation
+                .arg(&claim.id)
+                .arg(&claim.token)
+                .arg(name)
+                .arg(millis(*took))
+                .arg(error)
+                .arg(millis(delay));
+        }
+        let recorded: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(recorded.into_iter().map(|r| r == 1).collect())
+    }
+
+    /// Extends the leases of claims still held (a worker's heartbeat).
+    pub async fn renew(&self, queue: Queue, claims: &[ClaimRef]) -> redis::RedisResult<usize> {
+        self.lease(queue, LeaseAction::Renew, claims).await
+    }
+
+    /// Hands claims back to the front of their queue without counting the attempt
+    /// (graceful shutdown).
+    pub async fn release(&self, queue: Queue, claims: &[ClaimRef]) -> redis::RedisResult<usize> {
+        self.lease(queue, LeaseAction::Release, claims).await
+    }
+
+    async fn lease(
+        &self,
+        queue: Queue,
+        action: LeaseAction,
+        claims: &[ClaimRef],
+    ) -> redis::RedisResult<usize> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = RENEW.prepare_invoke();
+        invocation
+            .key(self.key(queue, "running"))
+            .arg(self.ns(queue))
+            .arg(action.as_str())
+            .arg(millis(self.settings.lease))
+            .arg(WAKE_CAP);
+        for claim in claims {
+            invocation.arg(&claim.id).arg(&claim.token);
+        }
+        invocation.invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// Blocks on a kind's wake list for up to `timeout`, on a connection of the caller's
+    /// own (a blocking command would stall every user of a shared multiplexed connection).
+    pub async fn wait_for_work(
+        &self,
+        blocking: &mut ConnectionManager,
+        queue: Queue,
+        kind: &str,
+        timeout: Duration,
+    ) -> redis::RedisResult<()> {
+        let _: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(self.key(queue, &format!("wake:{kind}")))
+            .arg(timeout.as_secs_f64())
+            .query_async(blocking)
+            .await?;
+        Ok(())
+    }
+}
