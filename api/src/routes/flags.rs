@@ -15,7 +15,6 @@ use crate::problem::{AuthedError, FieldError, Problem};
 use crate::security::BearerAuth;
 // The task list gates `q` on a flag; re-exported until it calls the service directly.
 use crate::services::flags::{DEFAULTS, Rule, evaluate};
-pub use crate::services::flags::{TASK_SEARCH, is_on};
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
