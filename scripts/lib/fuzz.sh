@@ -126,7 +126,8 @@ fuzz_pass() {
   # The command, replayable, without the token.
   printf '%q ' st "$@" | sed 's/Bearer\\ [^ ]*/Bearer\\ $TOKEN/' >"$dir/command"
   echo >>"$dir/command"
-  run_job "$(schemathesis_dir)/bin/st" "$@" --report junit,ndjson --report-dir "$dir" \
-    > >(tee "$dir/output.txt") 2>&1 || status=$?
+  # From DIR: schemathesis keeps its state (.schemathesis/) in the working directory.
+  run_job env -C "$dir" "$(schemathesis_dir)/bin/st" "$@" --report junit,ndjson \
+    --report-dir "$dir" > >(tee "$dir/output.txt") 2>&1 || status=$?
   return "$status"
 }

@@ -536,9 +536,31 @@ async fn a_nul_character_in_any_string_is_422_naming_the_field_never_500() {
             failures.push(format!("POST /tasks {field}: {got}"));
         }
     }
-    let resp = app.get_as("/api/v1/tasks?q=a%00b", token).await;
-    if let Some(got) = refused_naming(resp, "q", None).await {
-        failures.push(format!("GET /tasks?q=a%00b: {got}"));
+    let resp = app
+        .post("/api/v1/tasks/bulk", &json!({ "tasks": [{ "title": "a\u{0}b" }] }), Some(token))
+        .await;
+    if let Some(got) = refused_naming(resp, "tasks[0].title", None).await {
+        failures.push(format!("POST /tasks/bulk tasks[0].title: {got}"));
+    }
+    let task =
+        body(app.post("/api/v1/tasks", &json!({ "title": "buy milk" }), Some(token)).await).await;
+    let resp = app
+        .client
+        .patch(app.url(&format!("/api/v1/tasks/{}", task["id"].as_str().unwrap())))
+        .bearer_auth(token)
+        .header("if-match", format!("\"{}\"", task["version"]))
+        .json(&json!({ "title": "buy\u{0}milk" }))
+        .send()
+        .await
+        .unwrap();
+    if let Some(got) = refused_naming(resp, "title", None).await {
+        failures.push(format!("PATCH /tasks/{{id}} title: {got}"));
+    }
+    for param in ["q", "tag"] {
+        let resp = app.get_as(&format!("/api/v1/tasks?{param}=a%00b"), token).await;
+        if let Some(got) = refused_naming(resp, param, None).await {
+            failures.push(format!("GET /tasks?{param}=a%00b: {got}"));
+        }
     }
     assert_none_failed(&failures, "NUL must be refused before it reaches Postgres");
     // The account still works: nothing above broke the connection pool or the session.
