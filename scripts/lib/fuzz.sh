@@ -13,6 +13,7 @@
 # the JUnit and NDJSON reports and the API and worker logs of the run.
 
 SCHEMATHESIS_VERSION=4.32.5
+FUZZ_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 FUZZ_CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection
 
 schemathesis_dir() { printf '%s\n' "$TASKLANE_TOOLS_DIR/schemathesis-$SCHEMATHESIS_VERSION"; }
@@ -99,7 +100,7 @@ run_fuzz() {
     status=1
   fuzz_pass "$report/positive" "${common[@]}" --mode positive --phases fuzzing || status=1
   # Every finding on one line each (operation, check, what, curl), for issues and reviews.
-  python3 "$ROOT/scripts/lib/fuzz_failures.py" "$report"/{all,positive}/output.txt \
+  python3 "$FUZZ_LIB_DIR/fuzz_failures.py" "$report"/{all,positive}/output.txt \
     >"$report/failures.md" || true
   if ((status)); then
     info "schemathesis failures ($report/failures.md):"
