@@ -22,6 +22,42 @@ use crate::problem::FieldError;
 pub const MIN_CHARS: usize = 12;
 pub const MAX_CHARS: usize = 128;
 
+/// Refuses a password longer than any the policy accepts, before anything hashes it: sign-in
+/// and the current password of a change run this instead of [`check_policy`], so a megabyte
+/// of password costs a length check, not an argon2 run.
+pub fn check_length(field: &str, password: &str) -> Result<(), FieldError> {
+    // Bytes bound characters from above: most passwords never need the count.
+    if password.len() > MAX_CHARS && password.chars().count() > MAX_CHARS {
+        return Err(FieldError {
+            field: field.to_owned(),
+            code: "too_long".to_owned(),
+            message: format!("must be at most {MAX_CHARS} characters"),
+        });
+    }
+    Ok(())
+}
+
+/// OWASP's argon2id configurations (memory KiB, iterations), all with one lane: the cost must
+/// reach at least one of them in both memory and time.
+/// <https://cheatsheetseries.owasp.org/cheatsheets/Password_Storage_Cheat_Sheet.html>
+const OWASP_MINIMUMS: [(u32, u32); 5] =
+    [(47_104, 1), (19_456, 2), (12_288, 3), (9_216, 4), (7_168, 5)];
+
+/// Refuses an argon2 cost below OWASP's minimum, whatever the environment: a weak hash is
+/// not recoverable later, since the passwords it protects are gone by then.
+pub fn check_cost(settings: &AuthSettings) -> anyhow::Result<()> {
+    let (m, t, p) =
+        (settings.argon2_memory_kib, settings.argon2_iterations, settings.argon2_parallelism);
+    let strong = p >= 1 && OWASP_MINIMUMS.iter().any(|&(min_m, min_t)| m >= min_m && t >= min_t);
+    anyhow::ensure!(
+        strong,
+        "TASKLANE_ARGON2_MEMORY_KIB={m}, TASKLANE_ARGON2_ITERATIONS={t}, \
+         TASKLANE_ARGON2_PARALLELISM={p} is below OWASP's minimum for argon2id (for example \
+         19456 KiB with 2 iterations, or 47104 KiB with 1)"
+    );
+    Ok(())
+}
+
 /// Checks a new password; the error names the field it was given as.
 pub fn check_policy(
     field: &str,
@@ -144,6 +180,7 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
+        check_cost(settings)?;
         let params = Params::new(
             settings.argon2_memory_kib,
             settings.argon2_iterations,
@@ -206,6 +243,48 @@ mod tests {
     }
 
     #[test]
+    fn sign_in_refuses_only_what_no_policy_accepts() {
+        assert!(check_length("password", &"x".repeat(MAX_CHARS)).is_ok());
+        assert!(check_length("password", &"é".repeat(MAX_CHARS)).is_ok());
+        assert!(check_length("password", "short").is_ok());
+        let huge = "x".repeat(1 << 20);
+        assert_eq!(check_length("password", &huge).unwrap_err().code, "too_long");
+    }
+
+    fn auth(m: u32, t: u32, p: u32) -> AuthSettings {
+        let mut settings =
+            tasklane_shared::config::Settings::from_vars(Default::default()).expect("dev").auth;
+        (settings.argon2_memory_kib, settings.argon2_iterations, settings.argon2_parallelism) =
+            (m, t, p);
+        settings
+    }
+
+    #[test]
+    fn the_default_cost_is_owasps_and_weaker_costs_are_refused() {
+        let defaults = auth(19_456, 2, 1);
+        let dev = tasklane_shared::config::Settings::from_vars(Default::default()).expect("dev");
+        assert_eq!(
+            (dev.auth.argon2_memory_kib, dev.auth.argon2_iterations, dev.auth.argon2_parallelism),
+            (19_456, 2, 1)
+        );
+        assert!(check_cost(&defaults).is_ok());
+        assert!(check_cost(&auth(47_104, 1, 1)).is_ok());
+        assert!(check_cost(&auth(65_536, 3, 4)).is_ok());
+        for (m, t, p) in [(19_455, 2, 1), (19_456, 1, 1), (4_096, 3, 1), (19_456, 2, 0)] {
+            assert!(check_cost(&auth(m, t, p)).is_err(), "m={m} t={t} p={p}");
+        }
+        assert!(PasswordHasher::new(&auth(8, 1, 1)).is_err());
+    }
+
+    #[test]
+    fn a_hash_carries_the_configured_parameters() {
+        let hasher = PasswordHasher::new(&auth(19_456, 2, 1)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let hash = runtime.block_on(hasher.hash("a long enough passphrase".into())).unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    }
+
+    #[test]
     fn common_and_personal_passwords_are_refused() {
         assert_eq!(
             check_policy("password", "password1234", "a@b.co", None).unwrap_err().code,
@@ -225,13 +304,9 @@ mod tests {
         );
     }
 
+    /// At the default cost: a cheaper one is refused (argon2 is built optimised in dev).
     fn hasher() -> PasswordHasher {
-        let mut settings = tasklane_shared::config::Settings::from_vars(Default::default())
-            .expect("dev settings")
-            .auth;
-        settings.argon2_memory_kib = 64;
-        settings.argon2_iterations = 1;
-        PasswordHasher::new(&settings).expect("valid params")
+        PasswordHasher::new(&auth(19_456, 2, 1)).expect("valid params")
     }
 
     #[tokio::test]

@@ -3,6 +3,10 @@
 //! An access token carries `sub iat exp iss aud jti role sid` (`sid`: the login's refresh
 //! family, so "sign out other sessions" knows which one is current) and every claim is
 //! checked. The algorithm is pinned: a token signed otherwise, or `alg: none`, is refused.
+//! The header is typed explicitly (RFC 8725, 3.11): it must be exactly `{"alg": "HS256",
+//! "typ": "JWT"}`, as issued. Key hints the server never uses (`kid`, `jku`, `jwk`, `x5u`,
+//! `x5c`, ...), `crit` or any other member make a token invalid, even when its signature is
+//! right: nothing a client writes in a header can steer how it is checked.
 //! Refresh and email tokens are 256 random bits, base64url, stored only as SHA-256 hashes;
 //! they are not JWTs, so one can never pass as a bearer token.
 
@@ -83,9 +87,50 @@ impl TokenIssuer {
 
     /// The claims of a valid token.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, jsonwebtoken::errors::Error> {
+        if !is_as_issued(&jsonwebtoken::decode_header(token)?) {
+            return Err(jsonwebtoken::errors::ErrorKind::InvalidToken.into());
+        }
         jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
     }
+}
+
+/// Whether a header is the one [`TokenIssuer::issue`] writes, and nothing more.
+fn is_as_issued(header: &Header) -> bool {
+    let Header {
+        typ,
+        alg,
+        cty,
+        jku,
+        jwk,
+        kid,
+        x5u,
+        x5c,
+        x5t,
+        x5t_s256,
+        crit,
+        enc,
+        zip,
+        url,
+        nonce,
+        extras,
+    } = header;
+    *alg == Algorithm::HS256
+        && typ.as_deref() == Some("JWT")
+        && cty.is_none()
+        && jku.is_none()
+        && jwk.is_none()
+        && kid.is_none()
+        && x5u.is_none()
+        && x5c.is_none()
+        && x5t.is_none()
+        && x5t_s256.is_none()
+        && crit.is_none()
+        && enc.is_none()
+        && zip.is_none()
+        && url.is_none()
+        && nonce.is_none()
+        && extras.inner().is_empty()
 }
 
 /// 256 random bits, base64url without padding (43 characters).
@@ -114,6 +159,40 @@ mod tests {
         let claims = issuer().verify(&issuer().issue(user, Role::Admin, session).unwrap()).unwrap();
         assert_eq!((claims.sub, claims.role, claims.sid), (user, Role::Admin, session));
         assert_eq!(claims.exp - claims.iat, 900);
+    }
+
+    /// A token over the right claims, signed with the right key, under a header of our own.
+    fn signed_with_header(header: serde_json::Value) -> String {
+        let issued = issuer().issue(Uuid::now_v7(), Role::User, Uuid::now_v7()).unwrap();
+        let claims = issued.split('.').nth(1).unwrap();
+        let head = URL_SAFE_NO_PAD.encode(header.to_string());
+        let signing_input = format!("{head}.{claims}");
+        let settings = Settings::from_vars(Default::default()).expect("dev settings");
+        let key = EncodingKey::from_secret(settings.jwt_secret.expose_secret().as_bytes());
+        let signature =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{signing_input}.{signature}")
+    }
+
+    #[test]
+    fn a_correctly_signed_token_with_the_issued_header_verifies() {
+        let token = signed_with_header(serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        assert!(issuer().verify(&token).is_ok());
+    }
+
+    #[test]
+    fn correctly_signed_tokens_with_other_headers_are_refused() {
+        for header in [
+            serde_json::json!({"alg": "HS256"}),
+            serde_json::json!({"alg": "HS256", "typ": "at+jwt"}),
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "other"}),
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "jku": "https://evil.example/jwks"}),
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "x5u": "https://evil.example/cert"}),
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}),
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "extra": 1}),
+        ] {
+            assert!(issuer().verify(&signed_with_header(header.clone())).is_err(), "{header}");
+        }
     }
 
     #[test]
