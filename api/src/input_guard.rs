@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::problem::{FieldError, Problem};
 
 /// The operations of the document, as far as their input goes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InputGuard {
     operations: Vec<Operation>,
     /// `components.schemas` of the document, for `$ref`s.
@@ -79,8 +79,10 @@ impl InputGuard {
         Self { operations, schemas }
     }
 
-    /// The operation `method` on `path` (a request's raw path) reaches, if any.
+    /// The operation `method` on `path` (a request's raw path) reaches, if any. `HEAD` runs
+    /// the `GET` handler (poem answers it without the body), so it is checked as one.
     pub fn operation(&self, method: &str, path: &str) -> Option<&Operation> {
+        let method = if method == "HEAD" { "GET" } else { method };
         let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
         let parts: Vec<&str> = path.split('/').collect();
         self.operations.iter().find(|op| {
@@ -294,6 +296,7 @@ mod tests {
         assert_eq!(guard.operation("PATCH", "/tasks/bulk/").unwrap().path(), "/tasks/{id}");
         assert!(guard.operation("PATCH", "/tasks").is_none());
         assert!(guard.operation("GET", "/tasks/").is_some());
+        assert_eq!(guard.operation("HEAD", "/tasks").unwrap().path(), "/tasks");
     }
 
     #[test]
