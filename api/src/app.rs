@@ -15,6 +15,7 @@ use crate::auth::password::PasswordHasher;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::TokenIssuer;
 use crate::http::HttpPolicy;
+use crate::input_guard::InputGuard;
 use crate::openapi;
 use crate::services::tasks::TaskWriter;
 use crate::state::AppState;
@@ -82,6 +83,7 @@ impl Application {
         let policy = HttpPolicy {
             cors_origins: self.state.settings.cors_origins.clone(),
             max_body_bytes: self.state.settings.max_body_bytes,
+            input: Arc::new(InputGuard::from_document(&openapi::document())),
         };
         tracing::info!(addr = %self.local_addr, "API listening");
         self.state.hub.spawn_listener(&self.state.settings)?;
@@ -103,9 +105,14 @@ impl Application {
 /// Every route of the service.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
     let api = openapi::service();
-    let docs = api.swagger_ui();
+    let docs_html = openapi::swagger_ui_html();
+    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone()));
     let spec = poem::endpoint::make_sync(|_| {
         poem::Response::builder().content_type("application/json").body(openapi::spec_json())
     });
-    Route::new().nest("/docs", docs).at("/api/openapi.json", spec).nest("/", api).data(state)
+    Route::new()
+        .nest("/docs", Route::new().at("/", docs))
+        .at("/api/openapi.json", spec)
+        .nest("/", api)
+        .data(state)
 }

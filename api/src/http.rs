@@ -3,7 +3,8 @@
 //! One middleware, outermost, so that nothing — not a 404 from the router, a 405 from
 //! poem-openapi, a body it cannot parse, nor a panic-free internal error — escapes without
 //! the request id, the security headers, CORS and a problem+json body. It also enforces
-//! the body limit and records the request metrics.
+//! the body limit, runs the [`InputGuard`] (NUL characters, non-strings for strings) before
+//! the handler, and records the request metrics.
 //!
 //! Why not poem's own middlewares: `SizeLimit` answers 411 to every request without a
 //! `Content-Length` (so to plain GETs) and never bounds a chunked body; `Cors` answers 403 to
@@ -17,6 +18,7 @@ use poem::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response, Result};
 use tracing::Instrument;
 
+use crate::input_guard::InputGuard;
 use crate::problem::Problem;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -38,6 +40,8 @@ pub struct RequestId(pub String);
 pub struct HttpPolicy {
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
+    /// NUL characters and non-strings for strings, refused before any handler runs.
+    pub input: Arc<InputGuard>,
 }
 
 impl<E: Endpoint> Middleware<E> for HttpPolicy {
@@ -101,6 +105,9 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
         if let Err(problem) = self.limit_body(&mut req).await {
             return (problem.with_request_id(request_id).into_response(), "unmatched".into());
         }
+        if let Err((problem, route)) = self.guard_input(&mut req).await {
+            return (problem.with_request_id(request_id).into_response(), route);
+        }
         match self.inner.call(req).await {
             Ok(resp) => {
                 let resp = resp.into_response();
@@ -118,6 +125,31 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
                 (problem.with_request_id(request_id).into_response(), route)
             }
         }
+    }
+
+    /// The [`InputGuard`] over the operation the request reaches, with its JSON body read
+    /// (already bounded by [`Self::limit_body`]) and handed on. A refusal comes with the
+    /// operation's route pattern, for the metrics.
+    async fn guard_input(&self, req: &mut Request) -> Result<(), (Problem, String)> {
+        let guard = &self.policy.input;
+        let Some(op) = guard.operation(req.method().as_str(), req.uri().path()) else {
+            return Ok(());
+        };
+        let route = || op.path().replace('{', ":").replace('}', "");
+        let body = if op.takes_body() && is_json(req) {
+            let bytes = req.take_body().into_bytes().await.map_err(|err| {
+                let detail = format!("the request body could not be read: {err}");
+                (Problem::new(StatusCode::BAD_REQUEST, "bad_request", detail), route())
+            })?;
+            req.set_body(Body::from_bytes(bytes.clone()));
+            Some(bytes)
+        } else {
+            None
+        };
+        let path = req.uri().path().to_owned();
+        guard
+            .check(op, &path, req.uri().query(), body.as_deref())
+            .map_err(|problem| (problem, route()))
     }
 
     /// 413 for a body over the limit: by `Content-Length` when given, otherwise by reading
@@ -195,6 +227,17 @@ fn incoming_request_id(req: &Request) -> Option<String> {
     let value = req.headers().get(REQUEST_ID)?.to_str().ok()?;
     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
     (!value.is_empty() && value.len() <= 128 && value.chars().all(plain)).then(|| value.to_owned())
+}
+
+/// `application/json` or a `+json` type, as poem-openapi's `Json` payload accepts them.
+fn is_json(req: &Request) -> bool {
+    let Some(content_type) = req.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let essence = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default();
+    let essence = essence.trim().to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn is_preflight(req: &Request) -> bool {

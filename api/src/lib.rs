@@ -19,7 +19,8 @@
 //! - [`hub`]: the real-time event hub (SSE and WebSocket streams), one Redis subscription
 //!   per instance.
 //! - [`http`]: the policy every response passes through (request id, problem+json, security
-//!   headers, CORS, body limit, metrics).
+//!   headers, CORS, body limit, metrics); [`input_guard`]: NUL characters and non-strings
+//!   for strings refused before any handler, against the document's operations.
 //! - [`problem`]: the RFC 9457 error shape; [`raw_json`]: a JSON body rendered once and
 //!   sent as is (cached responses).
 
@@ -31,6 +32,7 @@ pub mod app;
 pub mod auth;
 pub mod http;
 pub mod hub;
+pub mod input_guard;
 pub mod openapi;
 pub mod ops;
 pub mod problem;

@@ -567,6 +567,69 @@ async fn a_nul_character_in_any_string_is_422_naming_the_field_never_500() {
     assert_eq!(app.get_as("/api/v1/me", token).await.status(), StatusCode::OK);
 }
 
+/// poem-openapi reads `false` for a string as `"false"`; the API refuses what its schema
+/// forbids instead (400 naming the field), on every operation, signed in or not.
+#[tokio::test]
+async fn a_boolean_or_number_where_the_schema_says_string_is_400_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap();
+    let mut failures = Vec::new();
+    for (path, request, field, auth) in [
+        ("/api/v1/tasks", json!({ "title": false }), "title", Some(token)),
+        ("/api/v1/tasks", json!({ "title": 12 }), "title", Some(token)),
+        (
+            "/api/v1/tasks/bulk",
+            json!({ "tasks": [{ "title": true }] }),
+            "tasks[0].title",
+            Some(token),
+        ),
+        ("/api/v1/auth/forgot-password", json!({ "email": false }), "email", None),
+        ("/api/v1/auth/logout", json!({ "refresh_token": false }), "refresh_token", None),
+        ("/api/v1/auth/login", json!({ "email": 1, "password": PASSWORD }), "email", None),
+    ] {
+        let resp = app.post(path, &request, auth).await;
+        let status = resp.status();
+        let problem = body(resp).await;
+        let named =
+            problem["errors"][0]["field"] == field && problem["errors"][0]["code"] == "wrong_type";
+        if status != StatusCode::BAD_REQUEST || !named {
+            failures.push(format!("POST {path} {request}: {status} {problem}"));
+        }
+    }
+    assert_none_failed(&failures, "a non-string for a string must be refused, not coerced");
+    // Nothing was created on the way.
+    let list = body(app.get_as("/api/v1/tasks", token).await).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0, "{list}");
+}
+
+/// A NUL in an attachment's filename is refused like any other, not silently dropped.
+#[tokio::test]
+async fn a_nul_character_in_an_attachment_filename_is_422_naming_it() {
+    let app = TestApp::spawn().await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap();
+    let task =
+        body(app.post("/api/v1/tasks", &json!({ "title": "with a file" }), Some(token)).await)
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let path = format!("/api/v1/tasks/{task}/attachments");
+    let declared =
+        json!({ "filename": "plan\u{0}.png", "content_type": "image/png", "size_bytes": 10 });
+    let resp = app.post(&path, &declared, Some(token)).await;
+    assert_none_failed(
+        &refused_naming(resp, "filename", Some("nul_character"))
+            .await
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "a NUL in a filename must be refused",
+    );
+    let list = body(app.get_as(&path, token).await).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0, "nothing was declared: {list}");
+}
+
 // --- Attachments ------------------------------------------------------------------------
 
 #[tokio::test]

@@ -164,6 +164,44 @@ async fn etags_and_conditional_requests() {
     assert!(reopened["completed_at"].is_null());
 }
 
+/// The body is checked before the precondition: a patch that could never apply is 422
+/// whatever `If-Match` says, and an empty `If-Match` is as good as none (428).
+#[tokio::test]
+async fn a_patch_body_is_checked_before_its_precondition() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let id = user.created(json!({ "title": "t" })).await["id"].as_str().unwrap().to_owned();
+    for if_match in [None, Some(""), Some("\"7\""), Some("\"1\"")] {
+        for invalid in
+            [json!({ "owner_id": "x" }), json!({ "title": "  " }), json!({ "status": null })]
+        {
+            let resp = user.patch(&id, if_match, invalid.clone()).await;
+            assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{if_match:?} {invalid}");
+        }
+    }
+    let empty = user.patch(&id, Some(""), json!({ "title": "u" })).await;
+    assert_eq!(empty.status(), StatusCode::PRECONDITION_REQUIRED);
+    let stale = user.patch(&id, Some("\"7\""), json!({ "title": "u" })).await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let task = json(user.get(&format!("/api/v1/tasks/{id}")).await).await;
+    assert_eq!((task["title"].as_str(), task["version"].as_i64()), (Some("t"), Some(1)));
+}
+
+/// A field with no value is sent as `null`, never left out (and the document says
+/// `nullable`, see `openapi_drift`).
+#[tokio::test]
+async fn optional_fields_without_a_value_are_sent_as_null() {
+    let app = TestApp::spawn().await;
+    let user = User::new(&app).await;
+    let task = user.created(json!({ "title": "t" })).await;
+    for field in ["description", "due_at", "completed_at", "deleted_at"] {
+        assert_eq!(task.get(field), Some(&Value::Null), "{field}: {task}");
+    }
+    let list = json(user.get("/api/v1/tasks").await).await;
+    assert_eq!(list.get("next_cursor"), Some(&Value::Null), "{list}");
+    assert_eq!(list.get("total"), Some(&Value::Null), "{list}");
+}
+
 #[tokio::test]
 async fn moving_the_due_date_into_the_future_clears_overdue() {
     let app = TestApp::spawn().await;

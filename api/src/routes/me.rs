@@ -73,7 +73,8 @@ pub enum ChangePasswordResponse {
     /// Changed; every other session is signed out and a notice is emailed.
     #[oai(status = 204)]
     NoContent,
-    /// The current password is wrong, or the new one breaks the policy.
+    /// The current password is wrong or too long, or the new one breaks the policy (both
+    /// checked before any hashing).
     #[oai(status = 422, content_type = "application/problem+json")]
     Invalid(Json<Problem>),
     /// Too many wrong current passwords (5 per 15 minutes).
@@ -224,6 +225,23 @@ impl MeApi {
                 .fetch_one(&state.db)
                 .await?;
         let (hash, display_name) = (user.password_hash, user.display_name);
+        // Both fields before the limit and argon2: a megabyte of current password costs a
+        // length check, and a new password the policy refuses is not worth a guess.
+        let errors: Vec<FieldError> = [
+            password::check_length("current_password", &body.current_password),
+            password::check_policy(
+                "new_password",
+                &body.new_password,
+                &auth.0.email,
+                display_name.as_deref(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+        if !errors.is_empty() {
+            return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(errors))));
+        }
         // The same limit as sign-in: a stolen access token must not buy unlimited guesses
         // at the password that would let it take the account over.
         let throttle_key = format!("user:{}", auth.0.id);
@@ -238,14 +256,6 @@ impl MeApi {
         if !state.hasher.verify(body.current_password, Some(hash)).await? {
             let error =
                 FieldError::new("current_password", "incorrect", "is not your current password");
-            return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
-        }
-        if let Err(error) = password::check_policy(
-            "new_password",
-            &body.new_password,
-            &auth.0.email,
-            display_name.as_deref(),
-        ) {
             return Ok(ChangePasswordResponse::Invalid(Json(Problem::validation(vec![error]))));
         }
         if let Err(err) = state.throttle.clear(&throttle_key, None).await {

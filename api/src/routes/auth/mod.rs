@@ -108,7 +108,8 @@ impl AuthApi {
     /// Sign in with email and password.
     ///
     /// One answer (401, same body) for an unknown email, a wrong password and a disabled
-    /// account. After 5 failures for an email from one address within 15 minutes: 429.
+    /// account. A password longer than the policy allows is 422 `too_long` before anything
+    /// is looked up or hashed. After 5 failures for an email from one address within 15 minutes: 429.
     #[oai(path = "/login", method = "post")]
     async fn login(
         &self,
@@ -116,6 +117,11 @@ impl AuthApi {
         req: &Request,
         body: Json<LoginRequest>,
     ) -> Result<LoginResponse, ServerError> {
+        // Before the limit, the database and argon2: a megabyte of password costs a length
+        // check, and the answer says nothing about the account.
+        if let Err(error) = password::check_length("password", &body.password) {
+            return Ok(LoginResponse::Invalid(Json(Problem::validation(vec![error]))));
+        }
         let email =
             normalize_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
         let peer = req.remote_addr().as_socket_addr().map(|addr| addr.ip());

@@ -105,6 +105,9 @@ pub enum LoginResponse {
     /// Unknown email, wrong password or disabled account (one answer for all three).
     #[oai(status = 401, content_type = "application/problem+json")]
     Unauthorized(Json<Problem>),
+    /// The password is longer than any the policy accepts (`too_long`); nothing was checked.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Invalid(Json<Problem>),
     /// Too many failures for this email from this address; retry after `Retry-After` seconds.
     #[oai(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),

@@ -196,8 +196,10 @@ impl TasksApi {
 
     /// Change a task (JSON merge patch).
     ///
-    /// Requires `If-Match: "<version>"` from a previous read: without it 428, with a stale
-    /// version 412 (two concurrent changes of one version: exactly one wins). Absent fields
+    /// The body is checked first (422 for an invalid one, whatever the headers). Then
+    /// `If-Match: "<version>"` from a previous read is required: without it (or empty) 428,
+    /// with a stale version 412 (two concurrent changes of one version: exactly one wins),
+    /// and 404 comes before 412 for a task that is not yours. Absent fields
     /// stay; `null` clears `description`, `due_at` and `tags`. Setting `done` stamps
     /// `completed_at`; moving `due_at` into the future clears `overdue`.
     #[oai(path = "/:id", method = "patch")]
@@ -209,7 +211,14 @@ impl TasksApi {
         #[oai(name = "If-Match")] if_match: Header<Option<String>>,
         body: Json<UpdateTaskRequest>,
     ) -> Result<PatchResponse, AuthedError> {
-        let Some(expected) = if_match.0.as_deref() else {
+        // The body first: a patch that could never apply is 422 whatever the precondition.
+        let mut errors = Vec::new();
+        let patch = validate::patch(body.0, &mut errors);
+        if !errors.is_empty() {
+            return Ok(PatchResponse::Invalid(Json(Problem::validation(errors))));
+        }
+        // An empty `If-Match` names no version: as good as none.
+        let Some(expected) = if_match.0.as_deref().filter(|v| !v.trim().is_empty()) else {
             return Ok(PatchResponse::PreconditionRequired(Json(precondition_required())));
         };
         let user = auth.0.id;
@@ -221,11 +230,7 @@ impl TasksApi {
             let problem = version_mismatch(before.version);
             return Ok(PatchResponse::PreconditionFailed(Json(problem), etag(before.version)));
         }
-        let mut errors = Vec::new();
-        let after = validate::patched(&before, body.0, &mut errors);
-        if !errors.is_empty() {
-            return Ok(PatchResponse::Invalid(Json(Problem::validation(errors))));
-        }
+        let after = validate::patched(&before, patch);
         let changes = before.diff(&after);
         if changes.is_empty() {
             tx.commit().await?;

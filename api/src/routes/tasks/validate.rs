@@ -33,40 +33,58 @@ pub fn new_row(
     TaskRow::new(task, Utc::now().trunc_subsecs(6))
 }
 
-/// The task `before` with a JSON merge patch applied: absent fields stay, `null` clears
-/// the nullable ones, and the derived fields follow ([`TaskRow::settle`]).
-pub fn patched(
-    before: &TaskRow,
-    patch: UpdateTaskRequest,
-    errors: &mut Vec<FieldError>,
-) -> TaskRow {
+/// Checks a JSON merge patch on its own, before the task is read or its version compared
+/// (a bad body is 422 whatever `If-Match` says); the patch comes back normalised (title
+/// trimmed, tags deduplicated) for [`patched`].
+pub fn patch(patch: UpdateTaskRequest, errors: &mut Vec<FieldError>) -> UpdateTaskRequest {
+    let cannot_be_null = |field: &str| FieldError::new(field, "required", "cannot be null");
+    let title = match patch.title {
+        MaybeUndefined::Value(raw) => MaybeUndefined::Value(title("", &raw, errors)),
+        MaybeUndefined::Null => {
+            errors.push(cannot_be_null("title"));
+            MaybeUndefined::Undefined
+        }
+        MaybeUndefined::Undefined => MaybeUndefined::Undefined,
+    };
+    let description = match patch.description {
+        MaybeUndefined::Value(d) => {
+            MaybeUndefined::from_opt_undefined(description("", Some(d), errors))
+        }
+        other => other,
+    };
+    if patch.status.is_null() {
+        errors.push(cannot_be_null("status"));
+    }
+    if patch.priority.is_null() {
+        errors.push(cannot_be_null("priority"));
+    }
+    let tags = match patch.tags {
+        MaybeUndefined::Value(raw) => MaybeUndefined::Value(tags("", raw, errors)),
+        other => other,
+    };
+    UpdateTaskRequest { title, description, tags, ..patch }
+}
+
+/// The task `before` with a patch checked by [`patch`] applied: absent fields stay, `null`
+/// clears the nullable ones, and the derived fields follow ([`TaskRow::settle`]).
+pub fn patched(before: &TaskRow, patch: UpdateTaskRequest) -> TaskRow {
     let mut after = before.clone();
-    match patch.title {
-        MaybeUndefined::Value(raw) => after.title = title("", &raw, errors),
-        MaybeUndefined::Null => errors.push(FieldError::new("title", "required", "cannot be null")),
-        MaybeUndefined::Undefined => {}
+    if let MaybeUndefined::Value(title) = patch.title {
+        after.title = title;
     }
     match patch.description {
-        MaybeUndefined::Value(d) => after.description = description("", Some(d), errors),
+        MaybeUndefined::Value(d) => after.description = Some(d),
         MaybeUndefined::Null => after.description = None,
         MaybeUndefined::Undefined => {}
     }
-    match patch.status {
-        MaybeUndefined::Value(status) => after.status = status,
-        MaybeUndefined::Null => {
-            errors.push(FieldError::new("status", "required", "cannot be null"))
-        }
-        MaybeUndefined::Undefined => {}
+    if let MaybeUndefined::Value(status) = patch.status {
+        after.status = status;
     }
-    match patch.priority {
-        MaybeUndefined::Value(priority) => after.priority = priority,
-        MaybeUndefined::Null => {
-            errors.push(FieldError::new("priority", "required", "cannot be null"))
-        }
-        MaybeUndefined::Undefined => {}
+    if let MaybeUndefined::Value(priority) = patch.priority {
+        after.priority = priority;
     }
     match patch.tags {
-        MaybeUndefined::Value(raw) => after.tags = tags("", raw, errors),
+        MaybeUndefined::Value(tags) => after.tags = tags,
         MaybeUndefined::Null => after.tags = Vec::new(),
         MaybeUndefined::Undefined => {}
     }
