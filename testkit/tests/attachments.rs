@@ -781,6 +781,8 @@ async fn expired_tampered_and_borrowed_links_are_refused() {
         // The file's signature does not open the thumbnail, nor the other way round.
         download.replace("/content?", "/thumbnail?"),
         thumbnail.replace("/thumbnail?", "/content?"),
+        // Ids that are not even UUIDs are no link of ours either (not a 400).
+        download.replace(&id, "null,null"),
     ] {
         assert_eq!(refusal(&app, &tampered).await, invalid, "{tampered}");
     }
@@ -852,4 +854,28 @@ async fn a_25_mib_download_streams_through_an_api_with_a_1_mib_body_limit() {
     assert_eq!(received, size);
     assert!(chunks > 1, "the body came in {chunks} chunk(s)");
     assert_eq!(hasher.finalize(), expected);
+}
+
+#[tokio::test]
+async fn a_download_while_the_store_is_down_is_503_and_works_once_it_is_back() {
+    // The API reads objects through the gate; it still signs uploads for the real store.
+    let gate = TcpGate::s3(GateMode::Forward).await;
+    let app = TestApp::spawn_with(|settings| settings.s3.endpoint = gate.url("http")).await;
+    let _worker = app.spawn_worker().await;
+    let user = User::new(&app).await;
+    let task = user.task().await;
+    let text = b"kept safe\n".to_vec();
+    let ready = ready_attachment(&user, &task, "kept.txt", "text/plain", text.clone()).await;
+    let url = ready["download"]["url"].as_str().unwrap();
+
+    gate.set(GateMode::Refuse);
+    let resp = app.client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+
+    gate.set(GateMode::Forward);
+    let resp = app.client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), text.as_slice());
 }

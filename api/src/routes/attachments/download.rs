@@ -77,12 +77,13 @@ impl DownloadsApi {
 }
 
 #[derive(ApiResponse)]
+#[oai(bad_request_handler = "unparsable_link")]
 pub enum DownloadResponse {
     /// The object's bytes, streamed from the store.
     #[oai(status = 200)]
     Ok(FileBody),
     /// The link is not one the server signed for this attachment (`invalid_link`: a changed
-    /// id, expiry or signature, or a missing one), or its time is up (`link_expired`: get a
+    /// or malformed id, expiry or signature, or a missing one), or its time is up (`link_expired`: get a
     /// new one from `GET .../{aid}`).
     #[oai(status = 403, content_type = "application/problem+json")]
     Forbidden(Json<Problem>),
@@ -133,6 +134,11 @@ impl IntoResponse for FileBody {
 
 fn forbidden(code: &str, detail: &str) -> DownloadResponse {
     DownloadResponse::Forbidden(Json(Problem::new(StatusCode::FORBIDDEN, code, detail)))
+}
+
+/// A path that does not even parse (an id that is no UUID) is no link the server signed.
+fn unparsable_link(_err: poem::Error) -> DownloadResponse {
+    forbidden("invalid_link", "this download link is not valid")
 }
 
 fn gone() -> DownloadResponse {
