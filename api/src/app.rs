@@ -1,7 +1,7 @@
 //! Builds and runs the API server: the seam between `main` and the test harness.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use poem::listener::{Acceptor, Listener, TcpListener};
@@ -9,6 +9,7 @@ use poem::{EndpointExt, Route, Server};
 use tasklane_shared::config::Settings;
 use tasklane_shared::queue::{QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
+use tasklane_shared::storage::Bucket;
 
 use crate::auth::accounts::AccountCache;
 use crate::auth::password::PasswordHasher;
@@ -17,6 +18,7 @@ use crate::auth::tokens::TokenIssuer;
 use crate::http::HttpPolicy;
 use crate::input_guard::InputGuard;
 use crate::openapi;
+use crate::services::download_links::DownloadLinks;
 use crate::services::tasks::TaskWriter;
 use crate::state::AppState;
 
@@ -34,6 +36,17 @@ impl Application {
         let db = tasklane_shared::db::connect(&settings)?;
         let redis = tasklane_shared::redis::connect(&settings)?;
         let keys = Keys::new(settings.redis_prefix.clone());
+        let acceptor = TcpListener::bind(settings.api_addr).into_acceptor().await?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().copied())
+            .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        let downloads = DownloadLinks::new(
+            &settings.jwt_secret,
+            api_origin(&settings, local_addr)?,
+            settings.attachments.download_url_ttl,
+        );
         let accounts = Arc::new(AccountCache::new(redis.clone(), keys.clone()));
         let task_writer = TaskWriter::spawn(db.clone(), redis.clone(), keys.clone());
         let state = AppState {
@@ -41,6 +54,11 @@ impl Application {
             throttle: LoginThrottle::new(redis.clone(), keys.clone()),
             queue: QueueStore::new(redis.clone(), keys.clone(), QueueSettings::from(&settings)),
             s3: tasklane_shared::storage::public_client(&settings.s3),
+            store: Bucket {
+                client: tasklane_shared::storage::internal_client(&settings.s3),
+                name: settings.s3.bucket.clone(),
+            },
+            downloads,
             task_writer,
             hub: crate::hub::Hub::new(
                 &settings,
@@ -56,12 +74,6 @@ impl Application {
             tokens: TokenIssuer::new(&settings),
             settings: Arc::new(settings),
         };
-        let acceptor = TcpListener::bind(state.settings.api_addr).into_acceptor().await?;
-        let local_addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|addr| addr.as_socket_addr().copied())
-            .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
         Ok(Self { acceptor, local_addr, state })
     }
 
@@ -100,6 +112,23 @@ impl Application {
         tracing::info!("API stopped");
         Ok(())
     }
+}
+
+/// The origin of the links that lead back to this API: `TASKLANE_API_PUBLIC_URL`, or else
+/// the address it listens on (a wildcard address read as loopback), which is right for a
+/// local run and for tests on port 0; prod refuses to start without the setting.
+fn api_origin(settings: &Settings, local_addr: SocketAddr) -> anyhow::Result<url::Url> {
+    if let Some(url) = &settings.api_public_url {
+        return Ok(url.clone());
+    }
+    let mut addr = local_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Ok(url::Url::parse(&format!("http://{addr}"))?)
 }
 
 /// Every route of the service.

@@ -265,10 +265,13 @@ fn apply_headers(resp: &mut Response, request_id: &str, origin: Option<HeaderVal
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(if docs { DOCS_CSP } else { API_CSP }),
-    );
+    // A handler that sets its own policy (a download's `sandbox`) means it.
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(if docs { DOCS_CSP } else { API_CSP }),
+        );
+    }
     // A handler that sets its own caching (an ETag, an explicit Cache-Control) means it.
     if !headers.contains_key(header::CACHE_CONTROL) && !headers.contains_key(header::ETAG) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -14,6 +14,7 @@ use crate::ops::OpsApi;
 use crate::routes::admin_jobs::AdminJobsApi;
 use crate::routes::admin_users::AdminUsersApi;
 use crate::routes::attachments::AttachmentsApi;
+use crate::routes::attachments::download::DownloadsApi;
 use crate::routes::auth::AuthApi;
 use crate::routes::events::EventsApi;
 use crate::routes::flags::{AdminFlagsApi, FlagsApi};
@@ -26,6 +27,7 @@ pub type Apis = (
     FlagsApi,
     TasksApi,
     AttachmentsApi,
+    DownloadsApi,
     EventsApi,
     AdminUsersApi,
     AdminFlagsApi,
@@ -41,6 +43,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             FlagsApi,
             TasksApi,
             AttachmentsApi,
+            DownloadsApi,
             EventsApi,
             AdminUsersApi,
             AdminFlagsApi,

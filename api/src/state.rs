@@ -29,6 +29,10 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     /// Presigns object-store URLs for `S3_PUBLIC_ENDPOINT` (no network involved).
     pub s3: aws_sdk_s3::Client,
+    /// The bucket on `S3_ENDPOINT`, which downloads are streamed from.
+    pub store: tasklane_shared::storage::Bucket,
+    /// Signs and checks the links ready attachments download by.
+    pub downloads: crate::services::download_links::DownloadLinks,
     /// Callers' accounts, cached while account changes are being heard.
     pub accounts: Arc<crate::auth::accounts::AccountCache>,
     /// Writes new tasks, many requests per statement under load.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tasklane_api::services::download_links::{DownloadLinks, DownloadTarget, LinkTarget};
 use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::Queue;
 use tasklane_testkit::{GateMode, TcpGate, TestApp, TestWorker, email_address, wait_until};
@@ -617,4 +618,264 @@ async fn the_list_pages_newest_first_with_an_opaque_cursor() {
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "cursor {bad}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
     }
+}
+
+// --- Downloads through the API --------------------------------------------------------------
+
+/// Declares, uploads and completes a file, and waits until it is ready.
+async fn ready_attachment(
+    user: &User<'_>,
+    task: &str,
+    filename: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> Value {
+    let declared = user.declared(task, filename, content_type, bytes.len()).await;
+    let id = declared["attachment"]["id"].as_str().unwrap().to_owned();
+    let put = upload(user.app, &declared, bytes).await;
+    assert_eq!(put.status(), StatusCode::OK, "{}", put.text().await.unwrap());
+    assert_eq!(user.complete(task, &id).await.status(), StatusCode::ACCEPTED);
+    let ready = user.settled(task, &id, Duration::from_secs(60)).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    ready
+}
+
+/// The problem a refused link gets: its status and the code of its `type`.
+async fn refusal(app: &TestApp, url: &str) -> (StatusCode, String) {
+    let resp = app.client.get(url).send().await.unwrap();
+    let status = resp.status();
+    assert_eq!(resp.headers()["content-type"], "application/problem+json", "{url}");
+    let problem: Value = resp.json().await.unwrap();
+    let code = problem["type"].as_str().unwrap().strip_prefix("urn:tasklane:problem:").unwrap();
+    (status, code.to_owned())
+}
+
+/// `url` with query parameter `name` set to `value`.
+fn with_query(url: &str, name: &str, value: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == name { value.to_owned() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    url.to_string()
+}
+
+fn query_of(url: &str, name: &str) -> String {
+    let url = url::Url::parse(url).unwrap();
+    url.query_pairs().find(|(k, _)| k == name).unwrap().1.into_owned()
+}
+
+#[tokio::test]
+async fn downloads_come_from_the_api_with_nosniff_a_sandbox_and_a_disposition() {
+    let app = TestApp::spawn().await;
+    let _worker = app.spawn_worker().await;
+    let user = User::new(&app).await;
+    let task = user.task().await;
+    let bytes = png(640, 480);
+    let ready = ready_attachment(&user, &task, PNG_NAME, "image/png", bytes.clone()).await;
+    let id = ready["id"].as_str().unwrap();
+
+    for (link, segment) in [("download", "content"), ("thumbnail", "thumbnail")] {
+        let url = url::Url::parse(ready[link]["url"].as_str().unwrap()).unwrap();
+        // The link leads to the API, not to the store, and names the attachment.
+        assert_eq!(url.origin(), url::Url::parse(&app.address).unwrap().origin(), "{link}");
+        assert_eq!(url.path(), format!("/api/v1/tasks/{task}/attachments/{id}/{segment}"));
+        let expires_at: chrono::DateTime<chrono::Utc> =
+            ready[link]["expires_at"].as_str().unwrap().parse().unwrap();
+        let ttl = expires_at - chrono::Utc::now();
+        assert!(ttl <= chrono::Duration::seconds(300) && ttl > chrono::Duration::zero(), "{ttl}");
+        assert_eq!(query_of(url.as_str(), "expires"), expires_at.timestamp().to_string());
+
+        // Followed like a browser would: no bearer token.
+        let resp = app.client.get(url.as_str()).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{link}");
+        let headers = resp.headers().clone();
+        let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+        assert_eq!(header("x-content-type-options"), "nosniff", "{link}");
+        assert_eq!(header("content-security-policy"), "sandbox; default-src 'none'", "{link}");
+        assert_eq!(header("content-type"), "image/png", "{link}");
+        assert!(header("cache-control").contains("no-store"), "{link}");
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(header("content-length"), body.len().to_string(), "{link}");
+        if link == "download" {
+            let disposition = header("content-disposition");
+            assert!(disposition.starts_with("attachment;"), "{disposition}");
+            assert!(
+                disposition.contains("filename*=UTF-8''Plan%20%C3%A9t%C3%A9%20%22v2%22.png"),
+                "{disposition}"
+            );
+            assert_eq!(body.as_ref(), bytes.as_slice());
+        } else {
+            assert!(header("content-disposition").starts_with("inline;"));
+            let thumbnail = image::load_from_memory(&body).unwrap();
+            assert_eq!((thumbnail.width(), thumbnail.height()), (256, 192));
+        }
+    }
+
+    // A text file is served as text, under its name.
+    let text = b"plain words\n".to_vec();
+    let ready = ready_attachment(&user, &task, "notes.txt", "text/plain", text.clone()).await;
+    assert!(ready["thumbnail"].is_null(), "{ready}");
+    let resp = app.client.get(ready["download"]["url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/plain");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        resp.headers()["content-disposition"].to_str().unwrap().contains("notes.txt"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), text.as_slice());
+}
+
+#[tokio::test]
+async fn expired_tampered_and_borrowed_links_are_refused() {
+    let app = TestApp::spawn().await;
+    let _worker = app.spawn_worker().await;
+    let owner = User::new(&app).await;
+    let other = User::new(&app).await;
+    let task = owner.task().await;
+    let ready = ready_attachment(&owner, &task, "plan.png", "image/png", png(64, 48)).await;
+    let id = ready["id"].as_str().unwrap().to_owned();
+    let download = ready["download"]["url"].as_str().unwrap().to_owned();
+    let thumbnail = ready["thumbnail"]["url"].as_str().unwrap().to_owned();
+    assert_eq!(app.client.get(&download).send().await.unwrap().status(), StatusCode::OK);
+
+    // Signed by the server's key, but already over: refused as expired.
+    let links = DownloadLinks::new(
+        &app.settings.jwt_secret,
+        url::Url::parse(&app.address).unwrap(),
+        app.settings.attachments.download_url_ttl,
+    );
+    let what = LinkTarget {
+        task: task.parse().unwrap(),
+        attachment: id.parse().unwrap(),
+        target: DownloadTarget::File,
+    };
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let expired = links.url_until(what, past);
+    assert_eq!(refusal(&app, &expired).await, (StatusCode::FORBIDDEN, "link_expired".into()));
+    // The same key makes a live link: the refusal above is the expiry, nothing else.
+    let live = links.url_until(what, chrono::Utc::now() + chrono::Duration::seconds(60));
+    assert_eq!(app.client.get(&live).send().await.unwrap().status(), StatusCode::OK);
+
+    // Any change to a link breaks its signature.
+    let invalid = (StatusCode::FORBIDDEN, "invalid_link".to_owned());
+    let signature = query_of(&download, "signature");
+    let mut flipped = signature.clone().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let expires: i64 = query_of(&download, "expires").parse().unwrap();
+    let mut no_signature = url::Url::parse(&download).unwrap();
+    no_signature.set_query(Some(&format!("expires={expires}")));
+    for tampered in [
+        with_query(&download, "signature", &flipped),
+        with_query(&download, "signature", "not base64!"),
+        with_query(&download, "expires", &(expires + 3600).to_string()),
+        with_query(&download, "expires", "soon"),
+        no_signature.to_string(),
+        // The file's signature does not open the thumbnail, nor the other way round.
+        download.replace("/content?", "/thumbnail?"),
+        thumbnail.replace("/thumbnail?", "/content?"),
+        // Ids that are not even UUIDs are no link of ours either (not a 400).
+        download.replace(&id, "null,null"),
+    ] {
+        assert_eq!(refusal(&app, &tampered).await, invalid, "{tampered}");
+    }
+
+    // Another user's attachment with a valid-looking link: the owner's signature does not
+    // carry over to other ids, and no bearer token helps.
+    let other_task = other.task().await;
+    let theirs =
+        ready_attachment(&other, &other_task, "theirs.png", "image/png", png(64, 48)).await;
+    let their_id = theirs["id"].as_str().unwrap();
+    let borrowed = download.replace(&task, &other_task).replace(&id, their_id);
+    assert_ne!(borrowed, download);
+    assert_eq!(refusal(&app, &borrowed).await, invalid);
+    let resp = app.client.get(&borrowed).bearer_auth(&owner.token).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let only_id = download.replace(&id, their_id);
+    assert_eq!(refusal(&app, &only_id).await, invalid);
+    // Their own link works for them: the refusals above are the signature.
+    let their_link = theirs["download"]["url"].as_str().unwrap();
+    assert_eq!(app.client.get(their_link).send().await.unwrap().status(), StatusCode::OK);
+
+    // A link outlives neither its task in the trash nor its attachment.
+    assert_eq!(
+        owner.delete(&format!("/api/v1/tasks/{task}")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(refusal(&app, &download).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    let restored =
+        app.post(&format!("/api/v1/tasks/{task}/restore"), &json!({}), Some(&owner.token)).await;
+    assert_eq!(restored.status(), StatusCode::OK);
+    assert_eq!(app.client.get(&download).send().await.unwrap().status(), StatusCode::OK);
+    let resp = owner.delete(&format!("/api/v1/tasks/{task}/attachments/{id}")).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(refusal(&app, &download).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(refusal(&app, &thumbnail).await, (StatusCode::NOT_FOUND, "not_found".into()));
+}
+
+#[tokio::test]
+async fn a_25_mib_download_streams_through_an_api_with_a_1_mib_body_limit() {
+    let app = TestApp::spawn_with(|settings| settings.max_body_bytes = 1024 * 1024).await;
+    let _worker = app.spawn_worker().await;
+    let user = User::new(&app).await;
+    let task = user.task().await;
+    let size = usize::try_from(app.settings.attachments.max_bytes).unwrap();
+    assert_eq!(size, 25 * 1024 * 1024);
+    // Text that differs line by line, so a truncated or reordered body shows in the hash.
+    let mut bytes = Vec::with_capacity(size);
+    let mut line = 0u64;
+    while bytes.len() < size {
+        bytes.extend_from_slice(format!("line {line:>12} of a large download\n").as_bytes());
+        line += 1;
+    }
+    bytes.truncate(size - 1);
+    bytes.push(b'\n');
+    let expected = Sha256::digest(&bytes);
+    let ready = ready_attachment(&user, &task, "large.txt", "text/plain", bytes).await;
+
+    let mut resp = app.client.get(ready["download"]["url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-length"], size.to_string());
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    // Read as a stream, chunk by chunk: the body arrives in pieces, never as one buffer.
+    let (mut hasher, mut received, mut chunks) = (Sha256::new(), 0, 0);
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        hasher.update(&chunk);
+        received += chunk.len();
+        chunks += 1;
+    }
+    assert_eq!(received, size);
+    assert!(chunks > 1, "the body came in {chunks} chunk(s)");
+    assert_eq!(hasher.finalize(), expected);
+}
+
+#[tokio::test]
+async fn a_download_while_the_store_is_down_is_503_and_works_once_it_is_back() {
+    // The API reads objects through the gate; it still signs uploads for the real store.
+    let gate = TcpGate::s3(GateMode::Forward).await;
+    let app = TestApp::spawn_with(|settings| settings.s3.endpoint = gate.url("http")).await;
+    let _worker = app.spawn_worker().await;
+    let user = User::new(&app).await;
+    let task = user.task().await;
+    let text = b"kept safe\n".to_vec();
+    let ready = ready_attachment(&user, &task, "kept.txt", "text/plain", text.clone()).await;
+    let url = ready["download"]["url"].as_str().unwrap();
+
+    gate.set(GateMode::Refuse);
+    let resp = app.client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+
+    gate.set(GateMode::Forward);
+    let resp = app.client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), text.as_slice());
 }

@@ -7,7 +7,7 @@
 //! - [`auth`]: register, sign in, refresh, sign out, verification, password reset.
 //! - [`me`]: the caller's own account; [`flags`]: feature flags (the caller's and admins').
 //! - [`admin_users`]: account administration; [`admin_jobs`]: queues and schedules.
-//! - [`tasks`], [`attachments`]: tasks and their files.
+//! - [`tasks`], [`attachments`]: tasks and their files (and the signed links files download by).
 //! - [`events`]: the event streams (SSE, WebSocket) and their tickets.
 //! - [`user_view`]: how an account is shown, shared by the account routes.
 

@@ -79,6 +79,34 @@ pub async fn find(
     .await
 }
 
+/// What a download link serves: a `ready` attachment of a live task.
+#[derive(Debug)]
+pub struct Downloadable {
+    pub filename: String,
+    pub object_key: String,
+    pub thumbnail_key: Option<String>,
+    pub detected_type: Option<String>,
+}
+
+/// The attachment behind a download link, if it is still `ready` on a live task. The link's
+/// signature stands in for the owner: only the owner was ever handed it.
+pub async fn find_downloadable(
+    conn: &mut PgConnection,
+    task: Uuid,
+    id: Uuid,
+) -> Result<Option<Downloadable>, sqlx::Error> {
+    sqlx::query_as!(
+        Downloadable,
+        r#"select a.filename, a.object_key, a.thumbnail_key, a.detected_type
+           from attachments a join tasks t on t.id = a.task_id
+           where a.id = $1 and a.task_id = $2 and a.status = 'ready' and t.deleted_at is null"#,
+        id,
+        task,
+    )
+    .fetch_optional(conn)
+    .await
+}
+
 /// Like [`find`], locking the attachment until the transaction ends.
 pub async fn find_for_update(
     conn: &mut PgConnection,

@@ -69,6 +69,11 @@ pub struct Settings {
     pub jwt_secret: SecretString,
     /// Origin used to build links in emails; never taken from a request's `Host`.
     pub public_url: url::Url,
+    /// Origin at which clients reach this API (`TASKLANE_API_PUBLIC_URL`), used for the
+    /// links the API hands out that lead back to itself (attachment downloads). Unset, the
+    /// API uses the address it listens on; prod requires it (behind a proxy the listening
+    /// address is not what clients reach), and it must be https there.
+    pub api_public_url: Option<url::Url>,
     /// Origins allowed to call the API from a browser; empty means no cross-origin access.
     pub cors_origins: Vec<String>,
     /// Largest request body accepted, in bytes; larger ones get a 413.
@@ -113,7 +118,8 @@ pub struct AttachmentSettings {
     pub allowed_types: Vec<String>,
     /// How long a presigned upload URL works (`TASKLANE_UPLOAD_URL_TTL_SECS`, at most 900).
     pub upload_url_ttl: Duration,
-    /// How long a presigned download URL works (`TASKLANE_DOWNLOAD_URL_TTL_SECS`).
+    /// How long a download link works (`TASKLANE_DOWNLOAD_URL_TTL_SECS`): a link the API
+    /// signs and serves itself, so every download carries its security headers.
     pub download_url_ttl: Duration,
 }
 
@@ -207,6 +213,13 @@ impl Settings {
         };
         let jwt_secret = r.secret("JWT_SECRET", DEV_JWT_SECRET);
         let public_url = r.parsed("PUBLIC_URL", "http://127.0.0.1:8080");
+        let api_public_url = r.raw("TASKLANE_API_PUBLIC_URL").and_then(|raw| {
+            let parsed = url::Url::parse(raw.trim()).ok().filter(|url| url.has_host());
+            if parsed.is_none() {
+                r.problems.push(format!("TASKLANE_API_PUBLIC_URL: {raw:?} is not an absolute URL"));
+            }
+            parsed
+        });
         let cors_origins = r
             .string_any("TASKLANE_CORS_ORIGINS", "")
             .split(',')
@@ -286,6 +299,7 @@ impl Settings {
             s3,
             jwt_secret,
             public_url,
+            api_public_url,
             cors_origins,
             max_body_bytes,
             log_filter,
@@ -360,6 +374,16 @@ impl Settings {
             || self.s3.secret_access_key.expose_secret() == DEV_AWS_SECRET_ACCESS_KEY
         {
             problems.push("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are the dev defaults; set real credentials in prod".into());
+        }
+        match &self.api_public_url {
+            None => problems.push(
+                "TASKLANE_API_PUBLIC_URL must be set in prod (the https origin clients reach the API at)"
+                    .into(),
+            ),
+            Some(url) if url.scheme() != "https" => {
+                problems.push(format!("TASKLANE_API_PUBLIC_URL must be https in prod (got {url})"));
+            }
+            Some(_) => {}
         }
         if self.public_url.scheme() != "https" {
             problems.push(format!("PUBLIC_URL must be https in prod (got {})", self.public_url));

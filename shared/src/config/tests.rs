@@ -51,11 +51,42 @@ fn prod_refuses_a_short_jwt_secret_and_dev_credentials() {
         ("AWS_SECRET_ACCESS_KEY", "tasklane-dev-secret"),
         ("JWT_SECRET", "short"),
         ("PUBLIC_URL", "https://tasklane.example"),
+        ("TASKLANE_API_PUBLIC_URL", "https://api.tasklane.example"),
     ]))
     .expect_err("must fail");
     assert_eq!(err.problems.len(), 2, "{err}");
     assert!(err.problems[0].contains("JWT_SECRET"));
     assert!(err.problems[1].contains("dev defaults"));
+}
+
+#[test]
+fn prod_needs_an_https_api_public_url_for_download_links() {
+    let prod = |api_public_url: Option<&str>| {
+        let mut pairs = vec![
+            ("TASKLANE_ENV", "prod"),
+            ("TASKLANE_API_ADDR", "0.0.0.0:8080"),
+            ("TASKLANE_WORKER_ADDR", "0.0.0.0:8081"),
+            ("DATABASE_URL", "postgres://db/tasklane"),
+            ("REDIS_URL", "redis://redis"),
+            ("SMTP_URL", "smtp://mail:25"),
+            ("S3_ENDPOINT", "https://s3.example"),
+            ("S3_BUCKET", "b"),
+            ("AWS_ACCESS_KEY_ID", "prod-key"),
+            ("AWS_SECRET_ACCESS_KEY", "prod-secret"),
+            ("JWT_SECRET", "super-secret-value-0123456789abcdef-0123456789"),
+            ("PUBLIC_URL", "https://tasklane.example"),
+        ];
+        pairs.extend(api_public_url.map(|url| ("TASKLANE_API_PUBLIC_URL", url)));
+        Settings::from_vars(vars(&pairs))
+    };
+    let missing = prod(None).expect_err("unset in prod");
+    assert!(missing.to_string().contains("TASKLANE_API_PUBLIC_URL must be set"), "{missing}");
+    let plain = prod(Some("http://api.tasklane.example")).expect_err("http in prod");
+    assert!(plain.to_string().contains("TASKLANE_API_PUBLIC_URL must be https"), "{plain}");
+    let settings = prod(Some("https://api.tasklane.example")).expect("valid");
+    assert_eq!(settings.api_public_url.unwrap().as_str(), "https://api.tasklane.example/");
+    let relative = Settings::from_vars(vars(&[("TASKLANE_API_PUBLIC_URL", "/api")]));
+    assert!(relative.expect_err("relative").to_string().contains("TASKLANE_API_PUBLIC_URL"));
 }
 
 #[test]

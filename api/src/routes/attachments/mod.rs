@@ -4,18 +4,22 @@
 //! The API never carries the bytes. It checks the declaration, picks the object key under
 //! the owner's prefix and presigns one PUT that signs the content type, length and
 //! disposition, so the store itself refuses anything else. `complete` hands the object to the
-//! `process_upload` job through the outbox; downloads are presigned GETs issued only once
-//! the attachment is `ready`. Only the owner of a live (not trashed) task reaches any of it.
+//! `process_upload` job through the outbox. Downloads go through the API, by signed links
+//! handed out only once the attachment is `ready` ([`download`]), so every one carries the
+//! API's security headers. Only the owner of a live (not trashed) task reaches any of it.
 //!
 //! # Layout
 //! - [`types`]: the requests and responses.
 //! - [`validate`]: the checks of a declaration and of the list's parameters.
-//! - [`presign`]: the presigned upload and download requests.
+//! - [`presign`]: the presigned upload and the download's `Content-Disposition`.
+//! - [`download`]: the routes the download links lead to, which stream the objects.
 
+pub mod download;
 pub mod presign;
 pub mod types;
 pub mod validate;
 
+use chrono::Utc;
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::OpenApi;
@@ -30,6 +34,7 @@ use crate::http::RequestId;
 use crate::problem::{AuthedError, Problem};
 use crate::security::BearerAuth;
 use crate::services::attachments::{self as records, NewAttachment as NewRow};
+use crate::services::download_links::{DownloadTarget, LinkTarget};
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
@@ -57,6 +62,7 @@ impl AttachmentsApi {
     /// 3. `POST /tasks/{id}/attachments/{aid}/complete`.
     /// 4. Poll `GET /tasks/{id}/attachments/{aid}` until `ready` (with a download link) or
     ///    `rejected` (with a reason).
+    /// 5. Follow `download.url` (no bearer token needed) before `download.expires_at`.
     ///
     /// Types outside the allow list (by default PNG, JPEG, GIF, WebP, PDF, ZIP, plain text
     /// and CSV; never HTML, SVG or executables) and sizes over the limit are refused here.
@@ -140,6 +146,10 @@ impl AttachmentsApi {
     }
 
     /// One attachment; when `ready`, with short-lived download and thumbnail links.
+    ///
+    /// The links lead to this API (`GET .../{aid}/content` and `.../thumbnail`), work
+    /// without a bearer token until their `expires_at`, and serve the file with
+    /// `X-Content-Type-Options: nosniff` and a sandboxing `Content-Security-Policy`.
     #[oai(path = "/:id/attachments/:aid", method = "get")]
     async fn get(
         &self,
@@ -154,19 +164,17 @@ impl AttachmentsApi {
         };
         drop(conn);
         let ready = row.status == AttachmentStatus::Ready;
-        let (key, thumbnail_key) = (row.object_key.clone(), row.thumbnail_key.clone());
-        let disposition = presign::content_disposition(&row.filename);
-        let detected = row.detected_type.clone();
+        let has_thumbnail = row.thumbnail_key.is_some();
         let mut view = AttachmentView::from(row);
         if ready {
-            view.download = Some(
-                presign::download_link(&state, &key, Some(disposition), detected.as_deref())
-                    .await?,
-            );
-            if let Some(thumbnail) = thumbnail_key {
-                view.thumbnail = Some(
-                    presign::download_link(&state, &thumbnail, None, Some("image/png")).await?,
-                );
+            let now = Utc::now();
+            let link = |target| {
+                let what = LinkTarget { task: id.0, attachment: aid.0, target };
+                PresignedLink::from(state.downloads.link(what, now))
+            };
+            view.download = Some(link(DownloadTarget::File));
+            if has_thumbnail {
+                view.thumbnail = Some(link(DownloadTarget::Thumbnail));
             }
         }
         Ok(GetResponse::Ok(Json(view)))

@@ -1,11 +1,12 @@
-//! Presigned object-store requests: the one PUT a client uploads with, and the GETs that
-//! download a ready attachment under its original name. Signing needs no network: the
-//! client for `S3_PUBLIC_ENDPOINT` signs locally.
+//! The presigned object-store request a client uploads with, and the `Content-Disposition`
+//! that names the file (signed into the upload, sent again by every download). Signing
+//! needs no network: the client for `S3_PUBLIC_ENDPOINT` signs locally. Downloads are not
+//! presigned: they go through the API ([`super::download`]).
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use chrono::Utc;
 
-use super::types::{PresignedLink, UploadInstructions};
+use super::types::UploadInstructions;
 use crate::problem::ServerError;
 use crate::state::AppState;
 
@@ -65,28 +66,6 @@ pub async fn upload(
         headers,
         expires_at,
     })
-}
-
-/// A presigned GET of `key` that downloads as `disposition`.
-pub async fn download_link(
-    state: &AppState,
-    key: &str,
-    disposition: Option<String>,
-    content_type: Option<&str>,
-) -> Result<PresignedLink, ServerError> {
-    let ttl = state.settings.attachments.download_url_ttl;
-    let expires_at = Utc::now() + ttl;
-    let request = state
-        .s3
-        .get_object()
-        .bucket(&state.settings.s3.bucket)
-        .key(key)
-        .set_response_content_disposition(disposition)
-        .set_response_content_type(content_type.map(str::to_owned))
-        .presigned(presigning(ttl)?)
-        .await
-        .map_err(ServerError::internal)?;
-    Ok(PresignedLink { url: request.uri().to_owned(), expires_at })
 }
 
 #[cfg(test)]

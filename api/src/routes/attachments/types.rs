@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::problem::Problem;
 use crate::routes::tasks::types::parse_problem;
 use crate::services::attachments::AttachmentRow;
+use crate::services::download_links::SignedLink;
 
 /// What you are about to upload. Unknown fields are refused (422).
 #[derive(Debug, Object)]
@@ -48,18 +49,27 @@ pub struct AttachmentView {
     pub has_thumbnail: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// Only on `GET .../{aid}` of a `ready` attachment: a short-lived link that downloads the
-    /// file under its original name.
+    /// Only on `GET .../{aid}` of a `ready` attachment: a short-lived link, to this API, that
+    /// downloads the file under its original name (no bearer token needed).
     pub download: Option<PresignedLink>,
-    /// Only on `GET .../{aid}` of a `ready` image: a short-lived link to its PNG thumbnail
-    /// (longest side 256 px).
+    /// Only on `GET .../{aid}` of a `ready` image: a short-lived link, to this API, to its
+    /// PNG thumbnail (longest side 256 px).
     pub thumbnail: Option<PresignedLink>,
 }
 
+/// A link signed by the server: anyone holding it can follow it (a browser included, with
+/// no bearer token) until `expires_at`, and no longer.
 #[derive(Debug, Object)]
 pub struct PresignedLink {
+    /// `GET` this absolute URL.
     pub url: String,
     pub expires_at: DateTime<Utc>,
+}
+
+impl From<SignedLink> for PresignedLink {
+    fn from(link: SignedLink) -> Self {
+        Self { url: link.url, expires_at: link.expires_at }
+    }
 }
 
 /// Exactly the request to send with the file as its body.
