@@ -253,7 +253,7 @@ impl MeApi {
         }
         let hash = state.hasher.hash(body.new_password).await?;
         let mut tx = state.db.begin().await?;
-        users::change_password(
+        let ended = users::change_password(
             &mut tx,
             auth.0.id,
             &auth.0.email,
@@ -264,6 +264,7 @@ impl MeApi {
         )
         .await?;
         tx.commit().await?;
+        state.accounts.sessions_ended(auth.0.id, ended).await;
         Ok(ChangePasswordResponse::NoContent)
     }
 }

@@ -11,6 +11,7 @@ use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
+use tasklane_shared::domain::email_tokens;
 use tasklane_shared::domain::users::EmailTokenPurpose;
 use tasklane_shared::jobs::{EmailMessage, SendEmail};
 use tasklane_shared::outbox;
@@ -21,7 +22,7 @@ use crate::auth::tokens::hash_token;
 use crate::auth::{client_ip, normalize_email, password};
 use crate::http::RequestId;
 use crate::problem::{FieldError, Problem, ServerError};
-use crate::services::users::{self, EmailToken, RefreshGrant, UserRow};
+use crate::services::users::{self, RefreshGrant, UserRow};
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
@@ -227,6 +228,7 @@ impl AuthApi {
             .await?
             .rows_affected();
             tx.commit().await?;
+            state.accounts.sessions_ended(user_id, vec![family]).await;
             tracing::warn!(user = %user_id, %family, revoked, "refresh token reused; the login's tokens are revoked");
             return Ok(unauthorized(
                 "this refresh token was already used; the session has been revoked",
@@ -248,21 +250,26 @@ impl AuthApi {
         Ok(RefreshResponse::Ok(Json(session(&state, user, grant)?)))
     }
 
-    /// Sign out: revokes the login the refresh token belongs to. Always 204.
+    /// Sign out: ends the login the refresh token belongs to, its access tokens included
+    /// (they are refused from then on). Always 204.
     #[oai(path = "/logout", method = "post")]
     async fn logout(
         &self,
         state: Data<&AppState>,
         body: Json<RefreshRequest>,
     ) -> Result<NoContentResponse, ServerError> {
-        sqlx::query!(
+        let ended = sqlx::query!(
             "update refresh_tokens set revoked_at = now()
              where revoked_at is null
-               and family_id = (select family_id from refresh_tokens where token_hash = $1)",
+               and family_id = (select family_id from refresh_tokens where token_hash = $1)
+             returning user_id, family_id",
             hash_token(&body.refresh_token)
         )
-        .execute(&state.db)
+        .fetch_all(&state.db)
         .await?;
+        if let Some(session) = ended.first() {
+            state.accounts.sessions_ended(session.user_id, vec![session.family_id]).await;
+        }
         Ok(NoContentResponse::NoContent)
     }
 
@@ -309,12 +316,12 @@ impl AuthApi {
         )
         .execute(&mut *tx)
         .await?;
-        let EmailToken { id: token_id, token } =
-            users::create_email_token(&mut tx, user_id, purpose, RESET_TTL).await?;
+        // The worker mints the token as it sends (no raw token in the outbox or Redis).
+        let token_id = email_tokens::create(&mut tx, user_id, purpose, RESET_TTL).await?;
         let email_job = SendEmail {
             idempotency_key: format!("{}:{token_id}", purpose.as_str()),
             to: email,
-            message: EmailMessage::ResetPassword { display_name, token },
+            message: EmailMessage::ResetPassword { display_name, token_id },
         };
         outbox::enqueue(&mut tx, &email_job, Some(&request_id.0.0)).await?;
         tx.commit().await?;
@@ -371,7 +378,7 @@ impl AuthApi {
         if used != 1 {
             return Ok(TokenActionResponse::InvalidToken(Json(invalid_token())));
         }
-        users::change_password(
+        let ended = users::change_password(
             &mut tx,
             user_id,
             &email,
@@ -382,6 +389,7 @@ impl AuthApi {
         )
         .await?;
         tx.commit().await?;
+        state.accounts.sessions_ended(user_id, ended).await;
         tracing::info!(user = %user_id, "password reset");
         Ok(TokenActionResponse::NoContent)
     }
