@@ -250,8 +250,10 @@ impl AuthApi {
         Ok(RefreshResponse::Ok(Json(session(&state, user, grant)?)))
     }
 
-    /// Sign out: ends the login the refresh token belongs to, its access tokens included
-    /// (they are refused from then on). Always 204.
+    /// Sign out: revokes the login the refresh token belongs to. Always 204.
+    ///
+    /// The login's access tokens stop working at once too (401); the account's other
+    /// sessions are not affected.
     #[oai(path = "/logout", method = "post")]
     async fn logout(
         &self,
