@@ -11,8 +11,7 @@ use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
-use tasklane_shared::domain::email_tokens;
-use tasklane_shared::domain::users::EmailTokenPurpose;
+use tasklane_shared::domain::{email_tokens, users::EmailTokenPurpose};
 use tasklane_shared::jobs::{EmailMessage, SendEmail};
 use tasklane_shared::outbox;
 use uuid::Uuid;
@@ -318,7 +317,6 @@ impl AuthApi {
         )
         .execute(&mut *tx)
         .await?;
-        // The worker mints the token as it sends (no raw token in the outbox or Redis).
         let token_id = email_tokens::create(&mut tx, user_id, purpose, RESET_TTL).await?;
         let email_job = SendEmail {
             idempotency_key: format!("{}:{token_id}", purpose.as_str()),
