@@ -228,6 +228,35 @@ pub async fn send_verification(
     Ok(())
 }
 
+/// Voids earlier reset links and queues a new one, on the caller's transaction (the caller
+/// holds the hourly limit).
+pub async fn send_reset(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    email: String,
+    display_name: Option<String>,
+    ttl: Duration,
+    request_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update email_tokens set used_at = now()
+             where user_id = $1 and purpose = 'reset_password' and used_at is null",
+        user_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    let purpose = EmailTokenPurpose::ResetPassword;
+    // The worker mints the token as it sends (no raw token in the outbox or Redis).
+    let token_id = email_tokens::create(tx, user_id, purpose, ttl).await?;
+    let job = SendEmail {
+        idempotency_key: format!("{}:{token_id}", purpose.as_str()),
+        to: email,
+        message: EmailMessage::ResetPassword { display_name, token_id },
+    };
+    outbox::enqueue(tx, &job, Some(request_id)).await?;
+    Ok(())
+}
+
 /// How many email tokens of `purpose` `user` got in the last hour (the hourly email limits).
 pub async fn email_tokens_last_hour(
     db: impl PgExecutor<'_>,

@@ -11,9 +11,7 @@ use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
-use tasklane_shared::domain::{email_tokens, users::EmailTokenPurpose};
-use tasklane_shared::jobs::{EmailMessage, SendEmail};
-use tasklane_shared::outbox;
+use tasklane_shared::domain::users::EmailTokenPurpose;
 use uuid::Uuid;
 
 pub use self::types::*;
@@ -310,20 +308,8 @@ impl AuthApi {
             tracing::info!(user = %user_id, "reset email limit reached; sending nothing");
             return Ok(accepted);
         }
-        sqlx::query!(
-            "update email_tokens set used_at = now()
-             where user_id = $1 and purpose = 'reset_password' and used_at is null",
-            user_id
-        )
-        .execute(&mut *tx)
-        .await?;
-        let token_id = email_tokens::create(&mut tx, user_id, purpose, RESET_TTL).await?;
-        let email_job = SendEmail {
-            idempotency_key: format!("{}:{token_id}", purpose.as_str()),
-            to: email,
-            message: EmailMessage::ResetPassword { display_name, token_id },
-        };
-        outbox::enqueue(&mut tx, &email_job, Some(&request_id.0.0)).await?;
+        users::send_reset(&mut tx, user_id, email, display_name, RESET_TTL, &request_id.0.0)
+            .await?;
         tx.commit().await?;
         Ok(accepted)
     }
