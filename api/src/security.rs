@@ -4,10 +4,12 @@
 //! It reads [`AppState`], so it sits above [`crate::state`] and beside the routes that use
 //! it, not among the [`crate::auth`] services the state is made of.
 //!
-//! The token must verify (HS256, every claim), and the account must still exist and not be
-//! disabled: the role comes from the account, not the token, so demoting or disabling
-//! someone takes effect at once rather than when their token expires (see
-//! [`crate::auth::accounts`] for how that stays true with the account cached).
+//! The token must verify (HS256, every claim), the account must still exist and not be
+//! disabled, and the token's login session (`sid`) must not have ended: the role comes from
+//! the account, not the token, so demoting or disabling someone takes effect at once rather
+//! than when their token expires, and so does signing out (logout, a password change or
+//! reset, refresh-token reuse). See [`crate::auth::accounts`] for how that stays true, and
+//! cheap, with accounts and sessions cached.
 
 use poem::Request;
 use poem::http::StatusCode;
@@ -59,7 +61,8 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<CurrentUser
     authenticate_user(state, claims.sub, claims.sid).await?.ok_or_else(unauthorized)
 }
 
-/// The account behind a verified credential, unless it is gone or disabled.
+/// The account behind a verified credential, unless it is gone or disabled or the
+/// credential's login session ended.
 pub async fn authenticate_user(
     state: &AppState,
     user: Uuid,
@@ -67,7 +70,7 @@ pub async fn authenticate_user(
 ) -> poem::Result<Option<CurrentUser>> {
     let account = state
         .accounts
-        .get(&state.db, user)
+        .get(&state.db, user, session)
         .await
         .map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
     Ok(account.map(|account| CurrentUser {

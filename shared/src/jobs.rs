@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
+use uuid::Uuid;
 
 /// The Redis queues. Each is drained by its own apalis worker(s), so a flood of one kind of
 /// work (uploads) never starves another (emails).
@@ -94,10 +95,12 @@ pub struct SendEmail {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "template", rename_all = "snake_case")]
 pub enum EmailMessage {
-    /// Confirms the address after registration.
-    VerifyEmail { display_name: Option<String>, token: String },
-    /// Carries a password reset link (30 minutes, single use).
-    ResetPassword { display_name: Option<String>, token: String },
+    /// Confirms the address after registration. `token_id` is the `email_tokens` row whose
+    /// token the worker mints as it sends (SPEC section 14: no raw token in a job).
+    VerifyEmail { display_name: Option<String>, token_id: Uuid },
+    /// Carries a password reset link (30 minutes, single use), minted like the verification
+    /// link.
+    ResetPassword { display_name: Option<String>, token_id: Uuid },
     /// Tells the owner the password changed, so an unexpected change is noticed.
     PasswordChanged { display_name: Option<String> },
     /// The daily digest: open, due-soon and overdue tasks, times in the user's zone.
@@ -127,6 +130,17 @@ impl EmailMessage {
             Self::ResetPassword { .. } => "reset_password",
             Self::PasswordChanged { .. } => "password_changed",
             Self::DailyDigest { .. } => "daily_digest",
+        }
+    }
+
+    /// The `email_tokens` row whose link this email carries, if it carries one
+    /// ([`crate::domain::email_tokens::mint`]).
+    pub fn link_token(&self) -> Option<Uuid> {
+        match self {
+            Self::VerifyEmail { token_id, .. } | Self::ResetPassword { token_id, .. } => {
+                Some(*token_id)
+            }
+            Self::PasswordChanged { .. } | Self::DailyDigest { .. } => None,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`outbox`]: writing jobs in the caller's transaction, and the relay that moves them to
 //!   Redis.
 //! - [`storage`]: the S3 client and the object keys of attachments.
+//! - [`tokens`]: opaque tokens (refresh tokens, tickets, email links) and their stored hash.
 //! - [`telemetry`]: tracing and the Prometheus recorder; [`shutdown`]: the signal to stop.
 
 pub mod config;
@@ -28,3 +29,4 @@ pub mod schedules;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod tokens;

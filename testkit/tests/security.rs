@@ -1,10 +1,8 @@
 //! Secrets at rest and hostile input (SPEC section 14, issue 18) against the real API,
 //! worker, Postgres, Redis, SMTP capture and S3 store: one test per item of the checklist.
 //!
-//! Several of these fail on purpose until the fixes listed in issue 18 land (a megabyte of
-//! password on login, raw tokens in the outbox and Redis, NUL characters reaching Postgres,
-//! logout leaving the access token alive, `nosniff` on downloads). Each such test collects
-//! every case first and fails once, naming all of them, so one run shows the whole gap.
+//! A test that checks several cases collects every failing case first and fails once, naming
+//! all of them, so one run shows the whole gap.
 
 // Test helpers fail loudly: an unwrap here is an assertion.
 #![allow(clippy::unwrap_used)]

@@ -33,11 +33,14 @@ impl WorkerApp {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         tasklane_shared::schedules::validate(&settings)?;
         let settings = Arc::new(settings);
-        // Every send_email attempt holds a connection across its SMTP send; the relay's
-        // listener holds one for good; the relay, each maintenance kind and readiness need
-        // theirs. A pool smaller than that would fail jobs whenever SMTP is slow.
-        let needed =
-            u32::try_from(settings.worker_concurrency).unwrap_or(u32::MAX).saturating_add(8);
+        // Every send_email attempt holds a connection across its SMTP send, and one with a
+        // link takes a second for a moment to mint its token; the relay's listener holds one
+        // for good; the relay, each maintenance kind and readiness need theirs. A pool smaller
+        // than that would stall or fail jobs whenever SMTP is slow.
+        let needed = u32::try_from(settings.worker_concurrency)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(2)
+            .saturating_add(8);
         let db = tasklane_shared::db::connect_sized(
             &settings,
             settings.database_max_connections.max(needed),

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use minijinja::{Environment, context};
 use tasklane_shared::jobs::EmailMessage;
 
@@ -41,14 +42,17 @@ impl Templates {
         Ok(Self { env: Arc::new(env), public_url })
     }
 
-    pub fn render(&self, message: &EmailMessage) -> anyhow::Result<Rendered> {
+    /// Renders `message`; `token` is the token just minted for an email that carries a link
+    /// ([`EmailMessage::link_token`]), which only ever exists here and in the email.
+    pub fn render(&self, message: &EmailMessage, token: Option<&str>) -> anyhow::Result<Rendered> {
         let public_url = self.public_url.as_str().trim_end_matches('/');
+        let token = || token.context("this email carries a link but no token was minted");
         let ctx = match message {
-            EmailMessage::VerifyEmail { display_name, token } => {
-                context! { display_name, public_url, link => self.link("verify-email", token)? }
+            EmailMessage::VerifyEmail { display_name, .. } => {
+                context! { display_name, public_url, link => self.link("verify-email", token()?)? }
             }
-            EmailMessage::ResetPassword { display_name, token } => {
-                context! { display_name, public_url, link => self.link("reset-password", token)? }
+            EmailMessage::ResetPassword { display_name, .. } => {
+                context! { display_name, public_url, link => self.link("reset-password", token()?)? }
             }
             EmailMessage::PasswordChanged { display_name } => context! { display_name, public_url },
             EmailMessage::DailyDigest { display_name, date, open, due_soon, overdue } => {
@@ -76,6 +80,8 @@ impl Templates {
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
 
     fn templates() -> Templates {
@@ -86,8 +92,11 @@ mod tests {
     #[test]
     fn every_email_renders_subject_text_and_html() {
         let messages = [
-            EmailMessage::VerifyEmail { display_name: Some("Ada".into()), token: "t1".into() },
-            EmailMessage::ResetPassword { display_name: None, token: "t2".into() },
+            EmailMessage::VerifyEmail {
+                display_name: Some("Ada".into()),
+                token_id: Uuid::now_v7(),
+            },
+            EmailMessage::ResetPassword { display_name: None, token_id: Uuid::now_v7() },
             EmailMessage::PasswordChanged { display_name: None },
             EmailMessage::DailyDigest {
                 display_name: Some("Ada".into()),
@@ -104,7 +113,8 @@ mod tests {
             },
         ];
         for message in &messages {
-            let rendered = templates().render(message).expect("renders");
+            let token = message.link_token().map(|_| "t1");
+            let rendered = templates().render(message, token).expect("renders");
             assert!(!rendered.subject.is_empty() && !rendered.subject.contains('\n'));
             assert!(rendered.text.contains("Hello"));
             assert!(rendered.html.starts_with("<!doctype html>"));
@@ -114,10 +124,10 @@ mod tests {
     #[test]
     fn links_come_from_public_url() {
         let rendered = templates()
-            .render(&EmailMessage::ResetPassword {
-                display_name: None,
-                token: "abc_DEF-123".into(),
-            })
+            .render(
+                &EmailMessage::ResetPassword { display_name: None, token_id: Uuid::now_v7() },
+                Some("abc_DEF-123"),
+            )
             .expect("renders");
         assert!(
             rendered.text.contains("https://tasklane.example/reset-password?token=abc_DEF-123")
@@ -125,11 +135,18 @@ mod tests {
     }
 
     #[test]
+    fn a_link_email_without_a_minted_token_does_not_render() {
+        let message = EmailMessage::VerifyEmail { display_name: None, token_id: Uuid::now_v7() };
+        assert!(templates().render(&message, None).is_err());
+    }
+
+    #[test]
     fn html_escapes_what_users_typed() {
         let rendered = templates()
-            .render(&EmailMessage::PasswordChanged {
-                display_name: Some("<script>x</script>".into()),
-            })
+            .render(
+                &EmailMessage::PasswordChanged { display_name: Some("<script>x</script>".into()) },
+                None,
+            )
             .expect("renders");
         assert!(!rendered.html.contains("<script>"));
         assert!(rendered.html.contains("&lt;script&gt;"));

@@ -7,18 +7,16 @@
 //! "typ": "JWT"}`, as issued. Key hints the server never uses (`kid`, `jku`, `jwk`, `x5u`,
 //! `x5c`, ...), `crit` or any other member make a token invalid, even when its signature is
 //! right: nothing a client writes in a header can steer how it is checked.
-//! Refresh and email tokens are 256 random bits, base64url, stored only as SHA-256 hashes;
-//! they are not JWTs, so one can never pass as a bearer token.
+//! Refresh tokens, tickets and email links are opaque tokens ([`tasklane_shared::tokens`]),
+//! re-exported here: 256 random bits, stored only as SHA-256 hashes, never JWTs, so one can
+//! never pass as a bearer token.
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::RngCore as _;
 use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
 use tasklane_shared::config::Settings;
+pub use tasklane_shared::tokens::{hash_token, new_opaque_token};
 use uuid::Uuid;
 
 use super::Role;
@@ -133,20 +131,11 @@ fn is_as_issued(header: &Header) -> bool {
         && extras.inner().is_empty()
 }
 
-/// 256 random bits, base64url without padding (43 characters).
-pub fn new_opaque_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// What is stored of an opaque token.
-pub fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     fn issuer() -> TokenIssuer {
@@ -193,13 +182,5 @@ mod tests {
         ] {
             assert!(issuer().verify(&signed_with_header(header.clone())).is_err(), "{header}");
         }
-    }
-
-    #[test]
-    fn opaque_tokens_are_256_bits_and_hash_stably() {
-        let token = new_opaque_token();
-        assert_eq!(URL_SAFE_NO_PAD.decode(&token).unwrap().len(), 32);
-        assert_ne!(token, new_opaque_token());
-        assert_eq!(hash_token(&token), hash_token(&token));
     }
 }

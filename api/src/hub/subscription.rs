@@ -17,8 +17,8 @@ pub trait Listener: Send + Sync + 'static {
     /// The channel to subscribe to.
     fn channel(&self, keys: &Keys) -> String;
 
-    /// A message arrived on [`Listener::channel`].
-    fn heard(&self);
+    /// `message` arrived on [`Listener::channel`].
+    fn heard(&self, message: &str);
 
     /// Whether messages are being heard: `false` when the subscription dropped (messages may
     /// be missed until it is back), `true` once it is up again.
@@ -72,7 +72,7 @@ impl Hub {
             let channel = message.get_channel_name();
             if channel != events_channel {
                 if let Some(at) = channels.iter().position(|c| c == channel) {
-                    self.listeners[at].heard();
+                    self.listeners[at].heard(&message.get_payload::<String>().unwrap_or_default());
                 }
                 continue;
             }

@@ -17,7 +17,6 @@ use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 use sha2::{Digest, Sha256};
 use tasklane_shared::events::EventId;
-use uuid::Uuid;
 
 use crate::hub::{EventType, StreamEvent};
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
@@ -72,8 +71,13 @@ async fn redeem(req: &Request, key: ApiKey) -> poem::Result<CurrentUser> {
         .query_async(&mut state.redis.clone())
         .await
         .map_err(|err| poem::Error::from(ServerError::from(err)))?;
-    let user = user.and_then(|raw| raw.parse().ok()).ok_or_else(unauthorized)?;
-    authenticate_user(state, user, Uuid::nil()).await?.ok_or_else(unauthorized)
+    // The ticket names the session it was taken in: it works while that session does.
+    let (user, session) = user
+        .as_deref()
+        .and_then(|raw| raw.split_once(' '))
+        .and_then(|(user, session)| Some((user.parse().ok()?, session.parse().ok()?)))
+        .ok_or_else(unauthorized)?;
+    authenticate_user(state, user, session).await?.ok_or_else(unauthorized)
 }
 
 #[derive(Debug, Object)]
@@ -152,7 +156,7 @@ impl EventsApi {
         let expires_at = Utc::now() + TICKET_TTL;
         let _: () = redis::cmd("SET")
             .arg(tasklane_shared::events::ticket_key(&state.keys, &ticket_hash(&ticket)))
-            .arg(auth.0.id.to_string())
+            .arg(format!("{} {}", auth.0.id, auth.0.session))
             .arg("EX")
             .arg(TICKET_TTL.as_secs())
             .query_async(&mut state.redis.clone())

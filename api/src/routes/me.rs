@@ -263,7 +263,7 @@ impl MeApi {
         }
         let hash = state.hasher.hash(body.new_password).await?;
         let mut tx = state.db.begin().await?;
-        users::change_password(
+        let ended = users::change_password(
             &mut tx,
             auth.0.id,
             &auth.0.email,
@@ -274,6 +274,7 @@ impl MeApi {
         )
         .await?;
         tx.commit().await?;
+        state.accounts.sessions_ended(auth.0.id, ended).await;
         Ok(ChangePasswordResponse::NoContent)
     }
 }

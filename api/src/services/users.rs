@@ -1,12 +1,13 @@
 //! Accounts as the routes share them: reading an account, login sessions (refresh
-//! families), the configured-admin promotion, and the single-use email tokens behind
-//! verification and password resets. Every function runs on the caller's connection or
+//! families), the configured-admin promotion, and the verification emails (their single-use
+//! tokens are minted by the worker, see [`tasklane_shared::domain::email_tokens`]). Every function runs on the caller's connection or
 //! transaction, so a handler composes them into one commit.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
+use tasklane_shared::domain::email_tokens;
 use tasklane_shared::domain::users::{EmailTokenPurpose, Role};
 use tasklane_shared::jobs::{EmailMessage, SendEmail};
 use tasklane_shared::outbox;
@@ -38,14 +39,6 @@ pub struct RefreshGrant {
     /// The login session; access tokens carry it as `sid`.
     pub family: Uuid,
     /// The opaque refresh token handed to the client (stored only as a hash).
-    pub token: String,
-}
-
-/// A single-use email token just stored: its row id (the email's idempotency key) and the
-/// token that goes in the link (stored only as a hash).
-#[derive(Debug, Clone)]
-pub struct EmailToken {
-    pub id: Uuid,
     pub token: String,
 }
 
@@ -102,21 +95,26 @@ pub async fn count(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(r#"select count(*) as "count!" from users"#).fetch_one(db).await
 }
 
-/// Revokes every live refresh token of a user, optionally sparing one session.
+/// Revokes every live refresh token of a user, optionally sparing one session; returns the
+/// sessions (refresh families) that ended, for [`crate::auth::accounts::AccountCache::sessions_ended`]
+/// once committed.
 pub async fn revoke_sessions(
     db: impl PgExecutor<'_>,
     user: Uuid,
     except: Option<Uuid>,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!(
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut ended = sqlx::query_scalar!(
         "update refresh_tokens set revoked_at = now()
-         where user_id = $1 and revoked_at is null and ($2::uuid is null or family_id <> $2)",
+         where user_id = $1 and revoked_at is null and ($2::uuid is null or family_id <> $2)
+         returning family_id",
         user,
         except
     )
-    .execute(db)
-    .await?
-    .rows_affected())
+    .fetch_all(db)
+    .await?;
+    ended.sort_unstable();
+    ended.dedup();
+    Ok(ended)
 }
 
 /// Makes a verified address from `TASKLANE_ADMIN_EMAILS` an admin (SPEC section 4: the first
@@ -175,7 +173,8 @@ pub async fn issue_refresh(
 }
 
 /// Sets a new password hash, revokes sessions (all, or all but `keep`) and queues the
-/// "password changed" email, on the caller's transaction.
+/// "password changed" email, on the caller's transaction. Returns the sessions that ended:
+/// announce them once committed, so their access tokens stop working.
 pub async fn change_password(
     tx: &mut PgConnection,
     user: Uuid,
@@ -184,7 +183,7 @@ pub async fn change_password(
     hash: &str,
     keep: Option<Uuid>,
     request_id: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query!(
         "update users set password_hash = $2, updated_at = now() where id = $1",
         user,
@@ -192,14 +191,14 @@ pub async fn change_password(
     )
     .execute(&mut *tx)
     .await?;
-    revoke_sessions(&mut *tx, user, keep).await?;
+    let ended = revoke_sessions(&mut *tx, user, keep).await?;
     let job = SendEmail {
         idempotency_key: format!("password_changed:{}", Uuid::now_v7()),
         to: email.to_owned(),
         message: EmailMessage::PasswordChanged { display_name },
     };
     outbox::enqueue(tx, &job, Some(request_id)).await?;
-    Ok(())
+    Ok(ended)
 }
 
 /// Voids earlier verification links and sends a new one, on the caller's transaction.
@@ -218,11 +217,41 @@ pub async fn send_verification(
     .execute(&mut *tx)
     .await?;
     let purpose = EmailTokenPurpose::VerifyEmail;
-    let EmailToken { id, token } = create_email_token(tx, user, purpose, VERIFY_TTL).await?;
+    // The worker mints the token as it sends (no raw token in the outbox or Redis).
+    let token_id = email_tokens::create(tx, user, purpose, VERIFY_TTL).await?;
     let job = SendEmail {
-        idempotency_key: format!("{}:{id}", purpose.as_str()),
+        idempotency_key: format!("{}:{token_id}", purpose.as_str()),
         to: email.to_owned(),
-        message: EmailMessage::VerifyEmail { display_name, token },
+        message: EmailMessage::VerifyEmail { display_name, token_id },
+    };
+    outbox::enqueue(tx, &job, Some(request_id)).await?;
+    Ok(())
+}
+
+/// Voids earlier reset links and queues a new one, on the caller's transaction (the caller
+/// holds the hourly limit).
+pub async fn send_reset(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    email: String,
+    display_name: Option<String>,
+    ttl: Duration,
+    request_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update email_tokens set used_at = now()
+             where user_id = $1 and purpose = 'reset_password' and used_at is null",
+        user_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    let purpose = EmailTokenPurpose::ResetPassword;
+    // The worker mints the token as it sends (no raw token in the outbox or Redis).
+    let token_id = email_tokens::create(tx, user_id, purpose, ttl).await?;
+    let job = SendEmail {
+        idempotency_key: format!("{}:{token_id}", purpose.as_str()),
+        to: email,
+        message: EmailMessage::ResetPassword { display_name, token_id },
     };
     outbox::enqueue(tx, &job, Some(request_id)).await?;
     Ok(())
@@ -242,27 +271,4 @@ pub async fn email_tokens_last_hour(
     )
     .fetch_one(db)
     .await
-}
-
-/// Stores a new single-use token (hashed) and returns its id and the token.
-pub async fn create_email_token(
-    tx: &mut PgConnection,
-    user: Uuid,
-    purpose: EmailTokenPurpose,
-    ttl: Duration,
-) -> Result<EmailToken, sqlx::Error> {
-    let id = Uuid::now_v7();
-    let token = new_opaque_token();
-    sqlx::query!(
-        "insert into email_tokens (id, user_id, purpose, token_hash, expires_at)
-         values ($1, $2, $3, $4, now() + make_interval(secs => $5))",
-        id,
-        user,
-        purpose.as_str(),
-        hash_token(&token),
-        ttl.as_secs_f64()
-    )
-    .execute(tx)
-    .await?;
-    Ok(EmailToken { id, token })
 }

@@ -9,9 +9,12 @@
 //! - [`tasks`]: a task's fields, states and rules, and its JSON as clients see it.
 //! - [`attachments`]: an attachment's states and the rule of rejecting one.
 //! - [`users`]: roles and the account rules both binaries apply.
+//! - [`email_tokens`]: the single-use tokens of verification and reset links, minted by the
+//!   worker as it sends (no raw token at rest).
 //! - [`jobs`]: the states of a job in the queue.
 
 pub mod attachments;
+pub mod email_tokens;
 pub mod jobs;
 pub mod tasks;
 pub mod users;

@@ -5,10 +5,20 @@
 //! same time waits on the key's row and then finds it taken, and a later duplicate finds it
 //! committed. The one window left is a crash between the server accepting the mail and the
 //! commit, which SMTP offers no way to close.
+//!
+//! A verification or reset email carries only its token's row id (SPEC section 14). Once
+//! the key is claimed, and so by one job only, the token is minted
+//! ([`email_tokens::mint`]): its hash committed on a connection of its own, so the link
+//! works the moment the email arrives, the token itself only rendered into the email. A
+//! retry mints again, so the link of an email that did not go out never works. A row used,
+//! voided by a newer link or expired meanwhile keeps no hash: its email still goes, with a
+//! dead link, as it did when the API minted tokens (each accepted request gets its email;
+//! the newest link is the one that works).
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
+use tasklane_shared::domain::email_tokens;
 use tasklane_shared::jobs::{PermanentError, SendEmail};
 
 use crate::mailer::{Email, MailError, Mailer};
@@ -20,9 +30,7 @@ pub async fn send_email(
     templates: Data<Templates>,
     db: Data<PgPool>,
 ) -> Result<(), BoxDynError> {
-    // A template that does not render never will: no retry.
-    let rendered =
-        templates.render(&job.message).map_err(|err| PermanentError(format!("{err:#}")))?;
+    let template = job.message.template();
     let mut tx = db.begin().await?;
     let claimed = sqlx::query!(
         "insert into sent_emails (idempotency_key, recipient) values ($1, $2)
@@ -34,9 +42,23 @@ pub async fn send_email(
     .await?
     .rows_affected();
     if claimed == 0 {
-        tracing::info!(key = %job.idempotency_key, template = job.message.template(), "email already sent; skipping");
+        tracing::info!(key = %job.idempotency_key, template, "email already sent; skipping");
         return Ok(());
     }
+    let token = match job.message.link_token() {
+        None => None,
+        Some(id) => {
+            let minted = email_tokens::mint(&*db, id).await?;
+            if !minted.live {
+                tracing::info!(key = %job.idempotency_key, template, "the link was used, replaced or expired before it was sent; it will not work");
+            }
+            Some(minted.token)
+        }
+    };
+    // A template that does not render never will: no retry.
+    let rendered = templates
+        .render(&job.message, token.as_deref())
+        .map_err(|err| PermanentError(format!("{err:#}")))?;
     let email = Email {
         to: &job.to,
         subject: &rendered.subject,
@@ -49,6 +71,6 @@ pub async fn send_email(
         Err(err) => return Err(Box::new(err)),
     }
     tx.commit().await?;
-    tracing::info!(key = %job.idempotency_key, template = job.message.template(), "email sent");
+    tracing::info!(key = %job.idempotency_key, template, "email sent");
     Ok(())
 }

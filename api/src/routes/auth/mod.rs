@@ -12,8 +12,6 @@ use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
 use tasklane_shared::domain::users::EmailTokenPurpose;
-use tasklane_shared::jobs::{EmailMessage, SendEmail};
-use tasklane_shared::outbox;
 use uuid::Uuid;
 
 pub use self::types::*;
@@ -21,7 +19,7 @@ use crate::auth::tokens::hash_token;
 use crate::auth::{client_ip, normalize_email, password};
 use crate::http::RequestId;
 use crate::problem::{FieldError, Problem, ServerError};
-use crate::services::users::{self, EmailToken, RefreshGrant, UserRow};
+use crate::services::users::{self, RefreshGrant, UserRow};
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
@@ -233,6 +231,7 @@ impl AuthApi {
             .await?
             .rows_affected();
             tx.commit().await?;
+            state.accounts.sessions_ended(user_id, vec![family]).await;
             tracing::warn!(user = %user_id, %family, revoked, "refresh token reused; the login's tokens are revoked");
             return Ok(unauthorized(
                 "this refresh token was already used; the session has been revoked",
@@ -255,20 +254,27 @@ impl AuthApi {
     }
 
     /// Sign out: revokes the login the refresh token belongs to. Always 204.
+    ///
+    /// The login's access tokens stop working at once too (401); the account's other
+    /// sessions are not affected.
     #[oai(path = "/logout", method = "post")]
     async fn logout(
         &self,
         state: Data<&AppState>,
         body: Json<RefreshRequest>,
     ) -> Result<NoContentResponse, ServerError> {
-        sqlx::query!(
+        let ended = sqlx::query!(
             "update refresh_tokens set revoked_at = now()
              where revoked_at is null
-               and family_id = (select family_id from refresh_tokens where token_hash = $1)",
+               and family_id = (select family_id from refresh_tokens where token_hash = $1)
+             returning user_id, family_id",
             hash_token(&body.refresh_token)
         )
-        .execute(&state.db)
+        .fetch_all(&state.db)
         .await?;
+        if let Some(session) = ended.first() {
+            state.accounts.sessions_ended(session.user_id, vec![session.family_id]).await;
+        }
         Ok(NoContentResponse::NoContent)
     }
 
@@ -308,21 +314,8 @@ impl AuthApi {
             tracing::info!(user = %user_id, "reset email limit reached; sending nothing");
             return Ok(accepted);
         }
-        sqlx::query!(
-            "update email_tokens set used_at = now()
-             where user_id = $1 and purpose = 'reset_password' and used_at is null",
-            user_id
-        )
-        .execute(&mut *tx)
-        .await?;
-        let EmailToken { id: token_id, token } =
-            users::create_email_token(&mut tx, user_id, purpose, RESET_TTL).await?;
-        let email_job = SendEmail {
-            idempotency_key: format!("{}:{token_id}", purpose.as_str()),
-            to: email,
-            message: EmailMessage::ResetPassword { display_name, token },
-        };
-        outbox::enqueue(&mut tx, &email_job, Some(&request_id.0.0)).await?;
+        users::send_reset(&mut tx, user_id, email, display_name, RESET_TTL, &request_id.0.0)
+            .await?;
         tx.commit().await?;
         Ok(accepted)
     }
@@ -377,7 +370,7 @@ impl AuthApi {
         if used != 1 {
             return Ok(TokenActionResponse::InvalidToken(Json(invalid_token())));
         }
-        users::change_password(
+        let ended = users::change_password(
             &mut tx,
             user_id,
             &email,
@@ -388,6 +381,7 @@ impl AuthApi {
         )
         .await?;
         tx.commit().await?;
+        state.accounts.sessions_ended(user_id, ended).await;
         tracing::info!(user = %user_id, "password reset");
         Ok(TokenActionResponse::NoContent)
     }
