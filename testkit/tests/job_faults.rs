@@ -344,6 +344,17 @@ async fn after_a_redis_restart_relay_and_workers_reconnect_by_themselves() {
     let after = address();
     enqueue(&app, &email(&after)).await;
     app.wait_for_emails(&after, 1, Duration::from_secs(30)).await;
+    // Then nothing is left to run, and each email went out exactly once.
+    let store = store(&app, QueueSettings::default());
+    wait_until(Duration::from_secs(30), "the outbox and the emails queue idle", || async {
+        let depth = store.depth(Queue::Emails).await.ok()?;
+        let idle = depth.pending == 0 && depth.running == 0 && depth.scheduled == 0;
+        (idle && app.outbox_len().await == 0).then_some(())
+    })
+    .await;
+    for to in [&before, &during, &after] {
+        assert_eq!(app.emails_to(to).await.len(), 1, "exactly one email to {to}");
+    }
     assert!(worker.try_wait().unwrap().is_none(), "the worker process survived the restart");
     signal(&worker, "TERM");
     worker.wait().await.unwrap();
@@ -496,4 +507,27 @@ async fn the_worker_reports_an_eviction_policy_that_can_lose_jobs() {
         !tasklane_shared::redis::check_eviction_policy(&mut conn).await,
         "allkeys-lru is reported"
     );
+}
+
+#[tokio::test]
+async fn an_email_carries_the_message_id_of_its_idempotency_key() {
+    let app = TestApp::spawn().await;
+    let _worker = app.spawn_worker().await;
+    let to = address();
+    let (first, second) = (email(&to), email(&to));
+    enqueue(&app, &first).await;
+    enqueue(&app, &second).await;
+    let mail = app.wait_for_emails(&to, 2, Duration::from_secs(30)).await;
+    let from: lettre::message::Mailbox = app.settings.mail_from.parse().unwrap();
+    let mut got: Vec<String> = mail
+        .iter()
+        .map(|m| m["headers"]["message-id"].as_str().expect("a Message-ID header").to_owned())
+        .collect();
+    let mut expected = vec![
+        tasklane_worker::mailer::message_id(&first.idempotency_key, &from),
+        tasklane_worker::mailer::message_id(&second.idempotency_key, &from),
+    ];
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
 }

@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
+use secrecy::SecretString;
 use tasklane_shared::jobs::{EmailMessage, Job, Queue, SendEmail};
 use tasklane_shared::outbox::{self, Relay};
 use tasklane_shared::queue::{QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
-use tasklane_testkit::{TestApp, TestRedis, unique, wait_until};
+use tasklane_testkit::{GateMode, TcpGate, TestApp, TestRedis, TestWorker, unique, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -150,21 +151,30 @@ async fn a_row_pushed_twice_is_one_job() {
 
 #[tokio::test]
 async fn duplicate_email_jobs_send_one_email() {
+    // Both duplicates run at once: the first to take the email's idempotency key hangs at an
+    // SMTP server that never answers, so the other is in its handler at the same time,
+    // waiting on that key. When the hung send times out, its attempt rolls the key back and
+    // the other sends; the retried first then finds the key taken and sends nothing.
     let app = TestApp::spawn().await;
+    let hung_smtp = TcpGate::smtp(GateMode::Hold).await;
+    let mut settings = app.worker_settings();
+    settings.smtp_url = SecretString::from(hung_smtp.url("smtp"));
+    let _worker = TestWorker::spawn(settings).await;
     let to = address();
     let key = unique("same-key");
     enqueue_committed(&app, &email(&to, &key)).await;
     enqueue_committed(&app, &email(&to, &key)).await;
-    let _worker = app.spawn_worker().await;
-    // A third job with another key, enqueued after both, marks the point where both
-    // duplicates have been handled (one queue, FIFO, one worker per kind per process).
-    let marker = address();
-    enqueue_committed(&app, &email(&marker, &unique("marker"))).await;
-    app.wait_for_emails(&marker, 1, DEADLINE).await;
     let store = store_for(&app);
-    wait_until(DEADLINE, "both duplicates done", || async {
+    wait_until(DEADLINE, "both duplicates running at once", || async {
         let depth = store.depth(Queue::Emails).await.unwrap();
-        (depth.pending == 0 && depth.running == 0 && depth.done == 3).then_some(())
+        (depth.running == 2 && hung_smtp.accepted() >= 1).then_some(())
+    })
+    .await;
+    hung_smtp.set(GateMode::Forward);
+    wait_until(Duration::from_secs(60), "both duplicates done", || async {
+        let depth = store.depth(Queue::Emails).await.unwrap();
+        let idle = depth.pending == 0 && depth.running == 0 && depth.scheduled == 0;
+        (idle && depth.done == 2).then_some(())
     })
     .await;
     assert_eq!(app.emails_to(&to).await.len(), 1);
@@ -188,12 +198,20 @@ async fn the_worker_serves_health_and_queue_metrics() {
 
 #[tokio::test]
 async fn a_worker_process_stops_on_sigterm_and_leaves_nothing_held() {
+    const JOBS: usize = 200;
     let app = TestApp::spawn().await;
     let mut child = app.worker_process().spawn().unwrap();
     let to = address();
-    enqueue_committed(&app, &email(&to, &unique("k"))).await;
-    app.wait_for_emails(&to, 1, DEADLINE).await;
-
+    for _ in 0..JOBS {
+        enqueue_committed(&app, &email(&to, &unique("k"))).await;
+    }
+    // TERM lands while the worker holds jobs: some sent, some running.
+    let store = store_for(&app);
+    wait_until(DEADLINE, "jobs in flight", || async {
+        let depth = store.depth(Queue::Emails).await.unwrap();
+        (depth.running > 0 && depth.done > 0).then_some(())
+    })
+    .await;
     let pid = child.id().unwrap();
     let status =
         std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
@@ -203,6 +221,17 @@ async fn a_worker_process_stops_on_sigterm_and_leaves_nothing_held() {
         .expect("exits within the grace")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
-    let depth = store_for(&app).depth(Queue::Emails).await.unwrap();
-    assert_eq!((depth.running, depth.pending), (0, 0));
+    let depth = store.depth(Queue::Emails).await.unwrap();
+    assert_eq!(depth.running, 0, "nothing held after the worker exited");
+
+    // What it did not finish was handed back, not lost: another worker sends the rest, each
+    // email exactly once.
+    let _next = app.spawn_worker().await;
+    app.wait_for_emails(&to, JOBS, Duration::from_secs(60)).await;
+    wait_until(DEADLINE, "every job done", || async {
+        let depth = store.depth(Queue::Emails).await.unwrap();
+        (depth.done == JOBS as u64 && depth.running == 0 && depth.pending == 0).then_some(())
+    })
+    .await;
+    assert_eq!(app.emails_to(&to).await.len(), JOBS);
 }

@@ -1,4 +1,10 @@
 //! Sends email over SMTP with lettre, to `SMTP_URL`.
+//!
+//! Every message carries a `Message-ID` derived from the email's idempotency key
+//! ([`message_id`]), never a random one: when a send fails ambiguously (the connection cut
+//! after `DATA`, so the server may have taken the message) and the job sends again, the
+//! resend is recognisably the same message, and receiving systems that deduplicate by
+//! `Message-ID` show it once.
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -14,6 +20,8 @@ pub struct Mailer {
 
 /// An email ready to send.
 pub struct Email<'a> {
+    /// The idempotency key of the email (SPEC section 7); its `Message-ID` comes from it.
+    pub idempotency_key: &'a str,
     pub to: &'a str,
     pub subject: &'a str,
     pub text: &'a str,
@@ -44,7 +52,11 @@ impl Mailer {
             .to
             .parse()
             .map_err(|err| MailError::Invalid(format!("recipient {:?}: {err}", email.to)))?;
-        let builder = Message::builder().from(self.from.clone()).to(to).subject(email.subject);
+        let builder = Message::builder()
+            .message_id(Some(message_id(email.idempotency_key, &self.from)))
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject);
         let message = match email.html {
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(
                 email.text.to_owned(),
@@ -55,5 +67,29 @@ impl Mailer {
         .map_err(|err| MailError::Invalid(err.to_string()))?;
         self.transport.send(message).await?;
         Ok(())
+    }
+}
+
+/// The `Message-ID` of the email with idempotency key `key` sent from `from`:
+/// `<UUIDv5(key)@domain of from>`, the same for every attempt of the same email and
+/// different for every other email.
+pub fn message_id(key: &str, from: &Mailbox) -> String {
+    /// UUIDv5 namespace of Tasklane's Message-IDs (a fixed random UUID).
+    const NAMESPACE: uuid::Uuid = uuid::uuid!("4f0c2a7e-9b1d-4c55-8e3a-6d2f1b7a9c40");
+    let id = uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes());
+    format!("<{id}@{}>", from.email.domain())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_id_is_the_same_for_a_key_and_differs_between_keys() {
+        let from: Mailbox = "Tasklane <no-reply@tasklane.test>".parse().unwrap();
+        let once = message_id("reset_password:1", &from);
+        assert_eq!(once, message_id("reset_password:1", &from));
+        assert_ne!(once, message_id("reset_password:2", &from));
+        assert!(once.starts_with('<') && once.ends_with("@tasklane.test>"), "{once}");
     }
 }

@@ -60,6 +60,7 @@ pub async fn send_email(
         .render(&job.message, token.as_deref())
         .map_err(|err| PermanentError(format!("{err:#}")))?;
     let email = Email {
+        idempotency_key: &job.idempotency_key,
         to: &job.to,
         subject: &rendered.subject,
         text: &rendered.text,
