@@ -51,11 +51,46 @@ async fn check_postgres(db: &PgPool) -> Result<(), String> {
     }
 }
 
+/// Redis answers, and has room: over `maxmemory` (with `noeviction`) it refuses every new job,
+/// so an instance that cannot enqueue or cache says so instead of failing request by request.
 async fn check_redis(redis: &ConnectionManager) -> Result<(), String> {
     let mut conn = redis.clone();
-    match tokio::time::timeout(CHECK_TIMEOUT, crate::redis::ping(&mut conn)).await {
-        Ok(Ok(())) => Ok(()),
+    let mut command = redis::cmd("INFO");
+    command.arg("memory");
+    let info = command.query_async::<String>(&mut conn);
+    match tokio::time::timeout(CHECK_TIMEOUT, info).await {
+        Ok(Ok(info)) => memory_verdict(&info),
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Whether `INFO memory` shows room below `maxmemory` (0: no limit).
+fn memory_verdict(info: &str) -> Result<(), String> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok())
+    };
+    match (field("used_memory"), field("maxmemory")) {
+        (Some(used), Some(max)) if max > 0 && used >= max => Err(format!(
+            "out of memory: {used} bytes used of maxmemory {max}; new jobs wait in the outbox"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory_verdict;
+
+    #[test]
+    fn redis_over_maxmemory_is_not_ready_and_no_limit_is_fine() {
+        let info = |used: u64, max: u64| {
+            format!("# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\nmaxmemory:{max}\r\n")
+        };
+        assert!(memory_verdict(&info(10, 0)).is_ok());
+        assert!(memory_verdict(&info(10, 100)).is_ok());
+        let full = memory_verdict(&info(100, 100)).unwrap_err();
+        assert!(full.contains("out of memory"), "{full}");
     }
 }

@@ -531,3 +531,67 @@ async fn an_email_carries_the_message_id_of_its_idempotency_key() {
     expected.sort();
     assert_eq!(got, expected);
 }
+
+#[tokio::test]
+async fn redis_over_maxmemory_refuses_new_work_whole_keeps_leases_and_says_so() {
+    let redis = TestRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(|s| s.redis_url = url.into()).await;
+    let store = store(&app, QueueSettings::default());
+    let new_job = || NewJob {
+        id: uuid::Uuid::now_v7(),
+        kind: "send_email".into(),
+        payload: serde_json::to_string(&email(&address())).unwrap(),
+        max_attempts: 8,
+        request_id: None,
+        unique: None,
+    };
+    let waiting = new_job();
+    store.push(Queue::Emails, &[new_job(), waiting.clone()]).await.unwrap();
+    let claims = store.claim(Queue::Emails, "send_email", "w1", 1).await.unwrap();
+    let running = &claims[0];
+
+    let conn = store.connection();
+    let keys = || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("DBSIZE").query_async::<u64>(&mut conn).await.unwrap() }
+    };
+    let set_maxmemory = |bytes: u64| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set_maxmemory(1).await;
+    let before = keys().await;
+
+    // New work is refused whole, before anything of it is written.
+    let refused = store.push(Queue::Emails, &[new_job()]).await.unwrap_err();
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+    assert_eq!(keys().await, before, "nothing of the refused push was written");
+    // So is a claim: the waiting job stays pending, its attempt not counted.
+    assert!(store.claim(Queue::Emails, "send_email", "w2", 1).await.is_err());
+    let job = store.job(Queue::Emails, &waiting.id.to_string()).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Pending, 0));
+    // The running job keeps its lease, and its outcome is recorded.
+    assert_eq!(store.renew(Queue::Emails, &[running.claim_ref()]).await.unwrap(), 1);
+    assert!(store.finish(running, &Outcome::Succeeded, Duration::from_millis(5)).await.unwrap());
+    // Readiness says so.
+    let ready = app.client.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("out of memory"), "{body}");
+
+    // Memory freed: work flows again.
+    set_maxmemory(0).await;
+    let claimed = store.claim(Queue::Emails, "send_email", "w2", 1).await.unwrap();
+    assert_eq!(claimed[0].id, waiting.id.to_string());
+    let ready = app.client.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

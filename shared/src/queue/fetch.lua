@@ -1,3 +1,7 @@
+#!lua
+-- Declared (a shebang with no flags) so that Redis refuses the whole script when it is over
+-- maxmemory, before it runs, instead of failing at its first write and leaving the writes
+-- before it applied (SPEC section 9, "Redis full").
 -- Claims up to N jobs of one kind for a worker. Before claiming it does the queue's
 -- housekeeping, with Redis' clock as the only clock: due retries return to their kind's
 -- pending list, expired leases (a worker that died or hung) are recovered, and finished jobs

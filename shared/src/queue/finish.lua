@@ -1,3 +1,7 @@
+#!lua flags=allow-oom
+-- allow-oom: runs even when Redis is over maxmemory, so running jobs keep their leases and
+-- their outcomes are recorded while new work waits (SPEC section 9, "Redis full"); what it
+-- writes is bounded by the jobs already claimed.
 -- Records the outcomes of a batch of attempts, each fenced by its attempt's token: a worker
 -- whose lease expired (and whose job was handed to another worker) cannot overwrite the new
 -- run's result. Returns, per job, 1 when recorded and 0 when refused.

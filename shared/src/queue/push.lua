@@ -1,3 +1,7 @@
+#!lua
+-- Declared (a shebang with no flags) so that Redis refuses the whole script when it is over
+-- maxmemory, before it runs, instead of failing at its first write and leaving the writes
+-- before it applied (SPEC section 9, "Redis full").
 -- Adds a batch of jobs. A job is skipped when its id already exists (a row the relay pushed
 -- twice is still one job) or when it carries a unique key that is already claimed (a cron
 -- tick that another replica enqueued first). The claim and the push are one atomic step.

@@ -1,3 +1,7 @@
+#!lua flags=allow-oom
+-- allow-oom: runs even when Redis is over maxmemory, so running jobs keep their leases and
+-- their outcomes are recorded while new work waits (SPEC section 9, "Redis full"); what it
+-- writes is bounded by the jobs already claimed.
 -- Extends the leases of the jobs a live worker still holds (its heartbeat), or, with
 -- mode 'release', hands them back to the front of their kind's queue uncounted (graceful
 -- shutdown). Fenced by each attempt's token.

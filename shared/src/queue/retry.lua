@@ -1,3 +1,7 @@
+#!lua
+-- Declared (a shebang with no flags) so that Redis refuses the whole script when it is over
+-- maxmemory, before it runs, instead of failing at its first write and leaving the writes
+-- before it applied (SPEC section 9, "Redis full").
 -- Sends a dead job back to its kind's queue with a fresh set of attempts (an operator's
 -- decision, after fixing what killed it). Its history is kept. Returns 0 unless it was dead.
 -- KEYS[1]: a key of the namespace, for routing.
