@@ -209,23 +209,16 @@ pub async fn send_verification(
     display_name: Option<String>,
     request_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "update email_tokens set used_at = now()
-         where user_id = $1 and purpose = 'verify_email' and used_at is null",
-        user
+    send_link(
+        tx,
+        user,
+        email.to_owned(),
+        EmailTokenPurpose::VerifyEmail,
+        VERIFY_TTL,
+        request_id,
+        |token_id| EmailMessage::VerifyEmail { display_name, token_id },
     )
-    .execute(&mut *tx)
-    .await?;
-    let purpose = EmailTokenPurpose::VerifyEmail;
-    // The worker mints the token as it sends (no raw token in the outbox or Redis).
-    let token_id = email_tokens::create(tx, user, purpose, VERIFY_TTL).await?;
-    let job = SendEmail {
-        idempotency_key: format!("{}:{token_id}", purpose.as_str()),
-        to: email.to_owned(),
-        message: EmailMessage::VerifyEmail { display_name, token_id },
-    };
-    outbox::enqueue(tx, &job, Some(request_id)).await?;
-    Ok(())
+    .await
 }
 
 /// Voids earlier reset links and queues a new one, on the caller's transaction (the caller
@@ -238,20 +231,37 @@ pub async fn send_reset(
     ttl: Duration,
     request_id: &str,
 ) -> Result<(), sqlx::Error> {
+    send_link(tx, user_id, email, EmailTokenPurpose::ResetPassword, ttl, request_id, |token_id| {
+        EmailMessage::ResetPassword { display_name, token_id }
+    })
+    .await
+}
+
+/// Voids the user's earlier links of `purpose`, creates a new token row (the worker mints the
+/// token itself as it sends, so no raw token sits in the outbox or Redis) and queues its
+/// email, on the caller's transaction.
+async fn send_link(
+    tx: &mut PgConnection,
+    user: Uuid,
+    to: String,
+    purpose: EmailTokenPurpose,
+    ttl: Duration,
+    request_id: &str,
+    message: impl FnOnce(Uuid) -> EmailMessage,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "update email_tokens set used_at = now()
-             where user_id = $1 and purpose = 'reset_password' and used_at is null",
-        user_id
+         where user_id = $1 and purpose = $2 and used_at is null",
+        user,
+        purpose.as_str()
     )
     .execute(&mut *tx)
     .await?;
-    let purpose = EmailTokenPurpose::ResetPassword;
-    // The worker mints the token as it sends (no raw token in the outbox or Redis).
-    let token_id = email_tokens::create(tx, user_id, purpose, ttl).await?;
+    let token_id = email_tokens::create(tx, user, purpose, ttl).await?;
     let job = SendEmail {
         idempotency_key: format!("{}:{token_id}", purpose.as_str()),
-        to: email,
-        message: EmailMessage::ResetPassword { display_name, token_id },
+        to,
+        message: message(token_id),
     };
     outbox::enqueue(tx, &job, Some(request_id)).await?;
     Ok(())
