@@ -157,6 +157,30 @@ impl Job for SendEmail {
     };
 }
 
+/// One user's daily digest of one local day, fanned out by [`DailyDigest`] (one job per user,
+/// so one user's failure costs no other user's digest). The worker builds the digest when it
+/// runs and sends it as the email `digest:<user>:<date>`, at most once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SendDigest {
+    pub user_id: Uuid,
+    /// The user's local date, e.g. `2026-11-21`.
+    pub date: String,
+    /// The tick that fanned it out: "due soon" and "overdue" are relative to it.
+    pub tick: DateTime<Utc>,
+}
+
+impl Job for SendDigest {
+    const SPEC: JobSpec = JobSpec {
+        kind: "send_digest",
+        queue: Queue::Emails,
+        max_attempts: SendEmail::SPEC.max_attempts,
+        backoff: SendEmail::SPEC.backoff,
+        timeout: Duration::from_secs(60),
+        unique: false,
+        schedule: None,
+    };
+}
+
 /// Verifies an uploaded attachment (size, magic bytes, SHA-256), thumbnails images, and ends
 /// it `ready` or `rejected`. After its last failed attempt the attachment is
 /// `rejected: processing_failed`.
@@ -202,9 +226,13 @@ pub trait CronJob: Job {
 }
 
 /// Declares a maintenance job run by a schedule: its payload is the tick that started it;
-/// it runs once per tick and is not retried, since the next tick catches up (SPEC section 7).
+/// it runs once per tick. Most are not retried, since the next tick catches up (SPEC section
+/// 7); a fan-out whose next tick covers other users (the digest) is.
 macro_rules! scheduled_job {
     ($(#[$doc:meta])* $name:ident, kind: $kind:literal, cron: $cron:literal, timeout_secs: $timeout:literal) => {
+        scheduled_job!($(#[$doc])* $name, kind: $kind, cron: $cron, timeout_secs: $timeout, attempts: 1);
+    };
+    ($(#[$doc:meta])* $name:ident, kind: $kind:literal, cron: $cron:literal, timeout_secs: $timeout:literal, attempts: $attempts:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         pub struct $name {
@@ -216,7 +244,7 @@ macro_rules! scheduled_job {
             const SPEC: JobSpec = JobSpec {
                 kind: $kind,
                 queue: Queue::Maintenance,
-                max_attempts: 1,
+                max_attempts: $attempts,
                 backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
                 timeout: Duration::from_secs($timeout),
                 unique: true,
@@ -256,8 +284,10 @@ pub const TRASH_RETENTION_DAYS: i32 = 30;
 
 scheduled_job!(
     /// Hourly: every opted-in, verified user whose local hour is their `digest_hour` gets one
-    /// digest email per local day (a `send_email` job each, keyed by user and local date).
-    DailyDigest, kind: "daily_digest", cron: "0 0 * * * *", timeout_secs: 600
+    /// digest email per local day: the tick fans out one [`SendDigest`] job per user, keyed by
+    /// user and local date, in one statement (retried whole if its worker dies: a rerun adds
+    /// nothing).
+    DailyDigest, kind: "daily_digest", cron: "0 0 * * * *", timeout_secs: 600, attempts: 3
 );
 
 scheduled_job!(
@@ -275,6 +305,7 @@ pub const ABANDONED_UPLOAD_GRACE_MINUTES: i32 = 60;
 /// Every declared kind; the worker's registration list must cover each (a test checks).
 pub const ALL: &[JobSpec] = &[
     SendEmail::SPEC,
+    SendDigest::SPEC,
     ProcessUpload::SPEC,
     DeleteObjects::SPEC,
     PruneSentEmails::SPEC,
@@ -287,6 +318,28 @@ pub const ALL: &[JobSpec] = &[
 /// The spec of a kind by name.
 pub fn spec(kind: &str) -> Option<&'static JobSpec> {
     ALL.iter().find(|spec| spec.kind == kind)
+}
+
+/// Whether `payload` is a valid job of `kind`: the relay quarantines a row that is not
+/// rather than push a job no worker could run (SPEC section 9, "Poison is isolated").
+pub fn check_payload(kind: &str, payload: &str) -> Result<(), String> {
+    fn decodes<J: Job>(payload: &str) -> Result<(), String> {
+        serde_json::from_str::<J>(payload)
+            .map(drop)
+            .map_err(|err| format!("payload does not decode as {}: {err}", J::SPEC.kind))
+    }
+    match kind {
+        k if k == SendEmail::SPEC.kind => decodes::<SendEmail>(payload),
+        k if k == SendDigest::SPEC.kind => decodes::<SendDigest>(payload),
+        k if k == ProcessUpload::SPEC.kind => decodes::<ProcessUpload>(payload),
+        k if k == DeleteObjects::SPEC.kind => decodes::<DeleteObjects>(payload),
+        k if k == PruneSentEmails::SPEC.kind => decodes::<PruneSentEmails>(payload),
+        k if k == MarkOverdue::SPEC.kind => decodes::<MarkOverdue>(payload),
+        k if k == PurgeDeleted::SPEC.kind => decodes::<PurgeDeleted>(payload),
+        k if k == DailyDigest::SPEC.kind => decodes::<DailyDigest>(payload),
+        k if k == ExpireUploads::SPEC.kind => decodes::<ExpireUploads>(payload),
+        other => Err(format!("unknown job kind {other:?}")),
+    }
 }
 
 #[cfg(test)]
