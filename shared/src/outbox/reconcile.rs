@@ -112,7 +112,7 @@ impl Reconciler {
     /// Walks every job in flight; see the module doc.
     pub async fn pass(&self) -> anyhow::Result<Pass> {
         let mut pass = Pass::default();
-        let mut after: (DateTime<Utc>, Uuid) = (DateTime::<Utc>::MIN_UTC, Uuid::nil());
+        let mut after: (DateTime<Utc>, Uuid) = (DateTime::UNIX_EPOCH, Uuid::nil());
         let mut missing: Vec<InFlight> = Vec::new();
         // Records of queues this release does not know are left to the release that does.
         let known: Vec<String> = Queue::ALL.map(|queue| queue.as_str().to_owned()).to_vec();
