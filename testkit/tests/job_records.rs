@@ -398,3 +398,27 @@ async fn redis_killed_with_jobs_pending_scheduled_and_running_finishes_each_once
     assert_eq!(app.emails_to(&to).await.len(), JOBS, "one email per job, none twice");
     assert_eq!(message_ids(&emails).len(), JOBS);
 }
+
+#[tokio::test]
+async fn finished_records_are_pruned_after_the_job_retention() {
+    let app = TestApp::spawn_with(|s| {
+        s.job_retention = Duration::from_secs(1);
+        s.dead_job_retention = Duration::from_secs(3600);
+        s.reconcile_interval = Duration::from_millis(500);
+    })
+    .await;
+    let to = email_address();
+    let mut tx = app.db.begin().await.unwrap();
+    for i in 0..3 {
+        outbox::enqueue(&mut tx, &email(&to, &unique(&format!("k{i}"))), None).await.unwrap();
+    }
+    outbox::enqueue(&mut tx, &email("not an address", &unique("bad")), None).await.unwrap();
+    tx.commit().await.unwrap();
+    let _worker = app.spawn_worker().await;
+    app.wait_for_emails(&to, 3, DEADLINE).await;
+    // Successes go after the (one second) retention; the dead job stays for its own.
+    wait_until(DEADLINE, "the successes pruned", || async {
+        (outcomes(&app).await == HashMap::from([(Some("dead".to_owned()), 1)])).then_some(())
+    })
+    .await;
+}
