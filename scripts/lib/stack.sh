@@ -342,14 +342,22 @@ start_postgres() {
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/tasklane"
 }
 
+# The production settings: every write in the append-only file, fsynced each second (a
+# crash of the machine loses at most the last second, a crash of Redis nothing), RDB
+# snapshots as a second copy, and writes refused rather than keys evicted when full.
+# testkit's TestRedis uses the same (testkit/src/faults.rs).
+REDIS_PERSISTENCE=(--appendonly yes --appendfsync everysec --save '3600 1 300 100 60 10000'
+  --maxmemory-policy noeviction)
+
 start_redis() {
   local state=$1 port
   check_state "$state"
   port=$(free_port "$state")
   mkdir -p "$state/redis"
-  # No persistence: dev and test data in Redis is disposable queue state.
+  # Production persistence (README "Redis in production"), so dev and tests see what a
+  # restart really keeps. Its data stays in STATE/redis from one run to the next.
   spawn "$state" redis TERM 10 redis-server --port "$port" --bind 127.0.0.1 \
-    --dir "$state/redis" --save '' --appendonly no
+    --dir "$state/redis" "${REDIS_PERSISTENCE[@]}"
   wait_ready "$state" redis redis_ok "$port"
   export REDIS_URL="redis://127.0.0.1:$port"
 }

@@ -10,7 +10,8 @@
 //! - [`TestApp`]: the API on port 0 plus helpers (HTTP client, database, mail, S3, workers).
 //! - [`TestWorker`]: a worker in this process; [`TestApp::worker_process`] runs the real
 //!   binary for tests that kill it.
-//! - [`TestRedis`]: a private Redis that a test may stop and start again.
+//! - [`TestRedis`]: a private Redis that a test may stop and start again (with the
+//!   production persistence settings, so a restart keeps its data).
 //! - [`TcpGate`]: a TCP gate in front of a real server, to refuse or hold its connections;
 //!   [`signal`]: SIGTERM or SIGKILL for a child process (both in `faults`).
 //! - `database`: each test's database, cloned from a migrated template.
@@ -34,7 +35,7 @@ mod database;
 mod faults;
 
 use database::create_database;
-pub use faults::{GateMode, TcpGate, TestRedis, signal};
+pub use faults::{GateMode, REDIS_PERSISTENCE, TcpGate, TestRedis, signal};
 
 /// Polls `check` every 25 ms until it yields a value or `deadline` passes.
 pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
