@@ -38,6 +38,17 @@ pg_bin_dir() {
   if [[ -n $dir && -x $dir/initdb ]]; then printf '%s\n' "$dir"; fi
 }
 
+# Debian's libfaketime (package faketime), preloaded into a process to skew its clock.
+libfaketime_path() {
+  local lib
+  for lib in /usr/lib/*/faketime/libfaketime.so.1; do
+    if [[ -f $lib ]]; then
+      printf '%s\n' "$lib"
+      return
+    fi
+  done
+}
+
 maildev_bin() { printf '%s\n' "$TASKLANE_TOOLS_DIR/maildev/node_modules/.bin/maildev"; }
 s3s_fs_bin() { printf '%s\n' "$TASKLANE_TOOLS_DIR/s3s-fs/bin/s3s-fs"; }
 
@@ -80,6 +91,8 @@ ensure_tools() {
   [[ -n $(pg_bin_dir) ]] || pkgs+=(postgresql)
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   command -v curl >/dev/null || pkgs+=(curl)
+  # libfaketime: test F8 runs a worker process with its clock 10 minutes off.
+  [[ -n $(libfaketime_path) ]] || pkgs+=(faketime)
   if ((${#pkgs[@]})); then apt_install "${pkgs[@]}"; fi
   [[ -n $(pg_bin_dir) ]] || die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb found"
 

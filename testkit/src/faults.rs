@@ -198,3 +198,21 @@ pub fn signal(child: &tokio::process::Child, signal: &str) {
         .expect("kill(1)");
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// Runs `command` (a worker process) with its wall clock `offset` off, e.g. `"+10m"` or
+/// `"-10m"`, through Debian's libfaketime (package faketime, which `scripts/test` installs).
+/// Its monotonic clock stays real, as on a machine whose wall clock is merely set wrong:
+/// timers and timeouts keep their length, only the time of day is off.
+pub fn skew_clock<'a>(
+    command: &'a mut tokio::process::Command,
+    offset: &str,
+) -> &'a mut tokio::process::Command {
+    let lib = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+        .find(|lib| lib.exists())
+        .expect("libfaketime under /usr/lib/*/faketime (apt package faketime; scripts/test installs it)");
+    command.env("LD_PRELOAD", lib).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+}

@@ -13,7 +13,8 @@
 //! - [`TestRedis`]: a private Redis that a test may stop and start again (with the
 //!   production persistence settings, so a restart keeps its data).
 //! - [`TcpGate`]: a TCP gate in front of a real server, to refuse or hold its connections;
-//!   [`signal`]: SIGTERM or SIGKILL for a child process (both in `faults`).
+//!   [`signal`]: SIGTERM or SIGKILL for a child process; [`skew_clock`]: a worker process
+//!   whose wall clock is off (all in `faults`).
 //! - `database`: each test's database, cloned from a migrated template.
 //! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
 
@@ -35,7 +36,7 @@ mod database;
 mod faults;
 
 use database::create_database;
-pub use faults::{GateMode, REDIS_PERSISTENCE, TcpGate, TestRedis, signal};
+pub use faults::{GateMode, REDIS_PERSISTENCE, TcpGate, TestRedis, signal, skew_clock};
 
 /// Polls `check` every 25 ms until it yields a value or `deadline` passes.
 pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
