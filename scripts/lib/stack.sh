@@ -175,14 +175,39 @@ pid_of() {
 # which then stops everything in order (workers must still reach Redis while they hand
 # back their jobs). A non-interactive shell's background child is not a group leader, so
 # setsid execs in place and $! is the service's own PID. fd 9 is scripts/dev's lock:
-# children must not hold it.
+# children must not hold it. The command and its working folder are kept in run/NAME.cmd,
+# so respawn can start the same process again (same port, same data).
 spawn() {
   local state=$1 name=$2 sig=$3 grace=$4
   shift 4
-  mkdir -p "$state/logs"
+  local cmd=("$@") dir=$PWD
+  mkdir -p "$state/logs" "$state/run"
+  {
+    declare -p cmd
+    declare -p dir
+  } >"$state/run/$name.cmd"
+  launch "$state" "$name" "$@"
+  register "$state" "$name" "$!" "$sig" "$grace"
+}
+
+launch() {
+  local state=$1 name=$2
+  shift 2
   printf '\n--- %s: %s\n' "$(date -Is)" "$*" >>"$state/logs/$name.log"
   setsid "$@" >>"$state/logs/$name.log" 2>&1 </dev/null 9>&- &
-  register "$state" "$name" "$!" "$sig" "$grace"
+}
+
+# respawn STATE NAME: start a process spawn started (and which has stopped) again, with the
+# same command in the same folder; it keeps its place in the stop order (pid_of gives its
+# new PID). Not in a subshell: the process must be this shell's child.
+respawn() {
+  local state=$1 name=$2 here=$PWD cmd=() dir=
+  # shellcheck source=/dev/null # written by spawn: `declare -a cmd=(...)`, `declare -- dir=...`
+  . "$state/run/$name.cmd"
+  cd "$dir" || return 1
+  launch "$state" "$name" "${cmd[@]}"
+  printf '%s %s\n' "$!" "$(proc_start "$!" || echo 0)" >"$state/run/$name.pid"
+  cd "$here" || return 1
 }
 
 # run_job CMD...: run a long command (cargo) in the foreground in a way that lets the
