@@ -151,6 +151,15 @@ async fn postgres_stopped_for_a_minute_under_traffic_costs_503s_never_500s_and_l
         }
     }
 
+    let count = |status: u16| answers.iter().filter(|a| a.status == status).count();
+    eprintln!(
+        "F4: {} answers ({} during the {OUTAGE:?} outage): {} created, {} unavailable",
+        answers.len(),
+        during_outage.len(),
+        count(201),
+        count(503)
+    );
+
     // Nothing that was answered 2xx is lost: its task is there, its email arrives once.
     let mut registered = Vec::new();
     for answer in answers.iter().filter(|a| (200..300).contains(&a.status)) {
