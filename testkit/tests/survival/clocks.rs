@@ -192,3 +192,40 @@ async fn a_schedule_ticks_once_per_tick_and_never_early_on_workers_ten_minutes_o
         assert!(late_ms < 5_000, "tick {tick} enqueued {late_ms} ms late");
     }
 }
+
+/// The start-up catch-up judges "missed" by Redis' clock: a worker ten minutes fast that
+/// starts after a pause enqueues the latest tick Redis has reached, not one ten minutes
+/// ahead of it.
+#[tokio::test]
+async fn a_worker_ten_minutes_fast_catches_up_no_tick_from_the_future() {
+    let app = TestApp::spawn().await;
+    let store = app.spawn_store();
+    let (seconds, _): (i64, i64) =
+        redis::cmd("TIME").query_async(&mut store.connection()).await.unwrap();
+    // The every-minute schedule last ran two minutes ago: one tick was missed since.
+    store.record_tick("prune_sent_emails", (seconds - 120) * 1000).await.unwrap();
+    let mut fast = skew_clock(&mut app.worker_process(), "+10m")
+        .env("TASKLANE_CRON_PRUNE_SENT_EMAILS", "0 * * * * *")
+        .spawn()
+        .unwrap();
+
+    let (tick, created_ms) = wait_until(Duration::from_secs(30), "the catch-up tick", || async {
+        for state in JobState::ALL {
+            for id in store.ids(Queue::Maintenance, state, 1000).await.unwrap() {
+                let job = store.job(Queue::Maintenance, &id).await.unwrap()?;
+                if job.kind == "prune_sent_emails" {
+                    let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap();
+                    let tick = payload["tick"].as_str().unwrap().to_owned();
+                    return Some((tick, job.created_ms));
+                }
+            }
+        }
+        None
+    })
+    .await;
+    let tick = chrono::DateTime::parse_from_rfc3339(&tick).unwrap().timestamp_millis();
+    assert!(tick <= created_ms, "tick {tick} enqueued {} ms before it was due", tick - created_ms);
+    assert!(created_ms - tick < 120_000, "the latest missed tick, not an older one");
+    signal(&fast, "TERM");
+    fast.wait().await.unwrap();
+}
