@@ -65,20 +65,12 @@ def alive(pid):
 
 
 class Service:
-    """A running process that can be killed and started again exactly as it was."""
+    """A running process that can be killed and started again exactly as it was: a service
+    through stack.sh's `respawn` (the command `spawn` recorded), a worker with its own
+    command and environment."""
 
-    def __init__(self, name):
-        self.name = name
-        pid = pid_of(name)
-        # The command as spawned (a server may rewrite its /proc cmdline, as Redis does).
-        with open(f"{STATE}/run/{name}.argv", "rb") as f:
-            self.argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            self.env = dict(
-                kv.decode().split("=", 1) for kv in f.read().split(b"\0") if b"=" in kv
-            )
-        self.cwd = os.readlink(f"/proc/{pid}/cwd")
-        self.log = f"{STATE}/logs/{name}.log"
+    def __init__(self, name, argv=None, env=None):
+        self.name, self.argv, self.env = name, argv, env
 
     def stop(self, sig):
         pid = pid_of(self.name)
@@ -93,13 +85,14 @@ class Service:
             os.kill(pid, signal.SIGKILL)
 
     def start(self):
-        with open(self.log, "a") as log:
-            child = subprocess.Popen(
-                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
+        if self.argv is None:
+            subprocess.run(["bash", "-c", '. scripts/lib/stack.sh && respawn "$0" "$1"',
+                            STATE, self.name], check=True)
+            return
+        with open(f"{STATE}/logs/{self.name}.log", "a") as log:
+            child = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         record_pid(self.name, child.pid)
-        return child
 
 
 def wait_port(port, deadline=60):
@@ -296,15 +289,10 @@ def main():
     record_pid("api", api.pid)
     env = dict(os.environ, SMTP_URL=f"smtp://127.0.0.1:{gate.port}",
                TASKLANE_WORKER_ADDR="127.0.0.1:0")
-    workers = []
-    for i in range(WORKERS):
-        with open(f"{STATE}/run/worker{i}.argv", "wb") as f:
-            f.write(b"target/debug/tasklane-worker\0")
-        child = subprocess.Popen(["target/debug/tasklane-worker"], env=env,
-                                 stdout=open(f"{STATE}/logs/worker{i}.log", "a"),
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        record_pid(f"worker{i}", child.pid)
-        workers.append(Service(f"worker{i}"))
+    workers = [Service(f"worker{i}", ["target/debug/tasklane-worker"], env)
+               for i in range(WORKERS)]
+    for worker in workers:
+        worker.start()
     redis, postgres = Service("redis"), Service("postgres")
     wait_port(int(os.environ["TASKLANE_API_ADDR"].rsplit(":", 1)[1]))
 
