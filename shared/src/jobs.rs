@@ -33,8 +33,11 @@ impl Queue {
     }
 }
 
-/// Exponential backoff with full jitter: attempt `n` waits a random time in
-/// `[0, min(cap, base * 2^(n-1))]`, so retries of many jobs that failed together spread out.
+/// Exponential backoff with equal jitter: attempt `n` waits a random time in
+/// `[ceiling(n) / 2, ceiling(n)]`, where `ceiling(n) = min(cap, base * 2^(n-1))`. The jitter
+/// spreads out retries of many jobs that failed together; the floor keeps a schedule's
+/// length predictable, so a kind's promise ("retries span at least 24 h") holds for every
+/// draw ([`Backoff::min_span`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
@@ -48,10 +51,16 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 
-    /// A random wait in `[0, ceiling(attempt)]`.
+    /// A random wait in `[ceiling(attempt) / 2, ceiling(attempt)]`.
     pub fn delay(self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt).as_millis() as u64;
-        Duration::from_millis(rand::random_range(0..=ceiling))
+        Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
+    }
+
+    /// The shortest time from the first failure to the last attempt of a job with
+    /// `max_attempts` attempts that fails every time: the sum of the shortest waits.
+    pub fn min_span(self, max_attempts: u32) -> Duration {
+        (1..max_attempts).map(|attempt| self.ceiling(attempt) / 2).sum()
     }
 }
 
@@ -149,8 +158,11 @@ impl Job for SendEmail {
     const SPEC: JobSpec = JobSpec {
         kind: "send_email",
         queue: Queue::Emails,
-        max_attempts: 8,
-        backoff: Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(300) },
+        // Failures of the email itself (a mailbox busy, a greylisting server) are retried
+        // for more than a day (SPEC section 9): 30 s doubling to a 6 h cap, 17 retries, at
+        // least 25 h in all. An SMTP outage costs no attempt at all (the breaker holds it).
+        max_attempts: 18,
+        backoff: Backoff { base: Duration::from_secs(30), cap: Duration::from_secs(6 * 3600) },
         timeout: Duration::from_secs(30),
         unique: false,
         schedule: None,
@@ -300,8 +312,22 @@ mod tests {
         assert_eq!(backoff.ceiling(3), Duration::from_secs(8));
         assert_eq!(backoff.ceiling(40), Duration::from_secs(60));
         for attempt in 1..10 {
-            assert!(backoff.delay(attempt) <= backoff.ceiling(attempt));
+            let delay = backoff.delay(attempt);
+            assert!(delay <= backoff.ceiling(attempt) && delay >= backoff.ceiling(attempt) / 2);
         }
+    }
+
+    #[test]
+    fn send_email_retries_span_at_least_a_day_whatever_the_jitter() {
+        let spec = SendEmail::SPEC;
+        let span = spec.backoff.min_span(spec.max_attempts);
+        assert!(span >= Duration::from_secs(24 * 3600), "{span:?}");
+        // And the drawn delays honour it: each at least half its ceiling.
+        let drawn: Duration =
+            (1..spec.max_attempts).map(|attempt| spec.backoff.delay(attempt)).sum();
+        assert!(drawn >= span, "{drawn:?} < {span:?}");
+        let backoff = Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(8) };
+        assert_eq!(backoff.min_span(4), Duration::from_secs(1 + 2 + 4));
     }
 
     #[test]
@@ -332,3 +358,62 @@ mod tests {
 #[derive(Debug, thiserror::Error)]
 #[error("permanent failure: {0}")]
 pub struct PermanentError(pub String);
+
+/// A failure of the world, not of the job: the dependency a handler needs (`"smtp"`, `"s3"`,
+/// `"postgres"`) could not be reached. Return it boxed from a handler: the attempt is handed
+/// back uncounted and the kind is held until the dependency answers again (SPEC section 9;
+/// `tasklane_shared::queue::breaker`).
+#[derive(Debug, thiserror::Error)]
+#[error("{dependency} is down: {error}")]
+pub struct DependencyDown {
+    pub dependency: &'static str,
+    pub error: String,
+}
+
+impl DependencyDown {
+    pub fn new(dependency: &'static str, error: impl std::fmt::Display) -> Self {
+        Self { dependency, error: error.to_string() }
+    }
+
+    /// Postgres is down when it cannot be reached or will not take connections now (the
+    /// pool timed out, the socket failed, the server is shutting down or starting up); a
+    /// query it answered with an error is the job's failure.
+    pub fn postgres(error: &sqlx::Error) -> Option<Self> {
+        let down = match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // 08: connection exception; 57P01-03: shutting down, crashed, starting up;
+                // 53300: too many connections.
+                code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            }),
+            _ => false,
+        };
+        down.then(|| Self::new("postgres", error))
+    }
+
+    /// The outage a handler's error reports: a [`DependencyDown`] it returned, or anywhere
+    /// in its chain a Postgres error that means Postgres is down or an S3 request that could
+    /// not reach the store (so every kind that uses them is held by them, whatever its
+    /// handler does with the error).
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(down) = error.downcast_ref::<DependencyDown>() {
+                return Some(Self::new(down.dependency, &down.error));
+            }
+            if let Some(down) = error.downcast_ref::<sqlx::Error>().and_then(Self::postgres) {
+                return Some(down);
+            }
+            // The S3 client could not reach the store (refused, reset, timed out).
+            if error.downcast_ref::<aws_sdk_s3::error::ConnectorError>().is_some() {
+                return Some(Self::new("s3", error));
+            }
+            next = error.source();
+        }
+        None
+    }
+}

@@ -19,7 +19,7 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
 use tasklane_shared::domain::email_tokens;
-use tasklane_shared::jobs::{PermanentError, SendEmail};
+use tasklane_shared::jobs::{DependencyDown, PermanentError, SendEmail};
 
 use crate::mailer::{Email, MailError, Mailer};
 use crate::templates::Templates;
@@ -69,6 +69,8 @@ pub async fn send_email(
     match mailer.send(&email).await {
         Ok(()) => {}
         Err(MailError::Invalid(why)) => return Err(Box::new(PermanentError(why))),
+        // The kind is held until SMTP answers again; this attempt does not count.
+        Err(err) if err.is_outage() => return Err(Box::new(DependencyDown::new("smtp", err))),
         Err(err) => return Err(Box::new(err)),
     }
     tx.commit().await?;
