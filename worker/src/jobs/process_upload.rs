@@ -13,8 +13,9 @@
 //!    the attachment's own key (clients cannot write there), the upload is deleted, and the
 //!    row becomes `ready`, in that order: an attachment is never ready without its object.
 //!
-//! A rejection deletes what was uploaded. Store or database failures are retried with
-//! backoff; after the last attempt the attachment is `rejected: processing_failed` (and the
+//! A rejection deletes what was uploaded. A store or database that cannot be reached holds
+//! the kind without using attempts (`DependencyDown`, recognised from the S3 connector or
+//! `sqlx` error); other failures are retried with backoff; after the last attempt the attachment is `rejected: processing_failed` (and the
 //! `expire_uploads` sweep catches an attempt that died with its worker).
 
 use std::io::Cursor;

@@ -14,6 +14,11 @@
 //! voided by a newer link or expired meanwhile keeps no hash: its email still goes, with a
 //! dead link, as it did when the API minted tokens (each accepted request gets its email;
 //! the newest link is the one that works).
+//!
+//! An SMTP server that cannot be reached, times out or answers 421 is an outage, not a
+//! failure of the email: the handler returns [`DependencyDown`], the attempt is handed back
+//! uncounted and the kind held until a probe gets through (a Postgres outage is recognised
+//! the same way, from the `sqlx` error). A 5xx or another 4xx fails the email itself.
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
