@@ -345,6 +345,20 @@ mod tests {
     }
 
     #[test]
+    fn an_outage_is_told_from_a_failure_of_the_job() {
+        let timed_out: apalis_core::error::BoxDynError = Box::new(sqlx::Error::PoolTimedOut);
+        let down = DependencyDown::of(timed_out.as_ref()).expect("postgres down");
+        assert_eq!(down.dependency, "postgres");
+        let missing: apalis_core::error::BoxDynError = Box::new(sqlx::Error::RowNotFound);
+        assert!(DependencyDown::of(missing.as_ref()).is_none(), "a query's answer");
+        let smtp: apalis_core::error::BoxDynError =
+            Box::new(DependencyDown::new("smtp", "refused"));
+        assert_eq!(DependencyDown::of(smtp.as_ref()).expect("returned").dependency, "smtp");
+        let own: apalis_core::error::BoxDynError = Box::new(PermanentError("bad input".into()));
+        assert!(DependencyDown::of(own.as_ref()).is_none());
+    }
+
+    #[test]
     fn kinds_are_unique() {
         let mut kinds: Vec<_> = ALL.iter().map(|spec| spec.kind).collect();
         kinds.sort_unstable();
