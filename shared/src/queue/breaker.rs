@@ -105,7 +105,10 @@ impl Breaker {
             state: Mutex::new(State { phase: Phase::Closed, opened: 0, outage: None }),
             held,
         });
-        tokio::spawn(publish(store.clone(), Arc::downgrade(&inner), worker, watching));
+        // Outside a runtime (never in a worker) the breaker still holds, unpublished.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(publish(store.clone(), Arc::downgrade(&inner), worker, watching));
+        }
         Self(inner)
     }
 
