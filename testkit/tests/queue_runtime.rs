@@ -176,7 +176,9 @@ async fn a_claim_whose_renewal_is_refused_cancels_its_handler() {
 
 #[tokio::test]
 async fn a_worker_partitioned_from_redis_stops_its_job_before_another_worker_takes_it() {
-    let lease = Duration::from_secs(3);
+    // Long enough that the margin (lease/5) dwarfs scheduling noise; short enough that the
+    // hung SMTP send (10 s timeout) is still waiting when the handler must stop.
+    let lease = Duration::from_secs(5);
     let app = TestApp::spawn_with(|s| s.job_lease = lease).await;
     let store = store(&app, QueueSettings::default());
     let smtp = TcpGate::smtp(GateMode::Hold).await;
