@@ -390,11 +390,13 @@ impl DependencyDown {
     }
 
     /// Postgres is down when it cannot be reached or will not take connections now (the
-    /// pool timed out, the socket failed, the server is shutting down or starting up); a
-    /// query it answered with an error is the job's failure.
+    /// pool timed out, the socket failed or was closed mid-handshake, as a proxy in front of
+    /// a dead server does, the server is shutting down or starting up); a query it answered
+    /// with an error is the job's failure.
     pub fn postgres(error: &sqlx::Error) -> Option<Self> {
         let down = match error {
             sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed

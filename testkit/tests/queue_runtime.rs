@@ -479,3 +479,49 @@ async fn smtp_down_longer_than_the_whole_retry_schedule_loses_no_email() {
     signal(&worker, "TERM");
     worker.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn postgres_unreachable_holds_send_email_and_costs_no_attempt() {
+    use secrecy::ExposeSecret;
+    let app = TestApp::spawn().await;
+    let store = store(&app, QueueSettings::default());
+    let mut url = url::Url::parse(app.settings.database_url.expose_secret()).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let postgres = TcpGate::start(upstream.parse().unwrap(), GateMode::Refuse).await;
+    url.set_port(Some(postgres.port)).unwrap();
+    let mut worker = app.worker_process().env("DATABASE_URL", url.as_str()).spawn().unwrap();
+    // Pushed straight to Redis: the worker's relay cannot reach the outbox either.
+    let to = address();
+    let job = NewJob {
+        id: uuid::Uuid::now_v7(),
+        kind: SendEmail::SPEC.kind.into(),
+        payload: serde_json::to_string(&email(&to)).unwrap(),
+        max_attempts: SendEmail::SPEC.max_attempts,
+        request_id: None,
+        unique: None,
+    };
+    let id = job.id.to_string();
+    store.push(Queue::Emails, &[job]).await.unwrap();
+
+    let held = wait_until(Duration::from_secs(30), "send_email held by Postgres", || async {
+        let held = store.held_kinds().await.unwrap();
+        held.into_iter().find(|held| held.kind == "send_email")
+    })
+    .await;
+    assert_eq!(held.dependency, "postgres", "{held:?}");
+    let during = store.job(Queue::Emails, &id).await.unwrap().unwrap();
+    assert!(during.attempts <= 1 && during.history.is_empty(), "{during:?}");
+
+    postgres.set(GateMode::Forward);
+    app.wait_for_emails(&to, 1, Duration::from_secs(30)).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Done).await;
+    assert_eq!(store.job(Queue::Emails, &id).await.unwrap().unwrap().attempts, 1);
+    wait_until(Duration::from_secs(20), "send_email no longer held", || async {
+        let held = store.held_kinds().await.unwrap();
+        held.iter().all(|held| held.kind != "send_email").then_some(())
+    })
+    .await;
+    assert_eq!(app.emails_to(&to).await.len(), 1);
+    signal(&worker, "TERM");
+    worker.wait().await.unwrap();
+}
