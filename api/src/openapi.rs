@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::ops::OpsApi;
 use crate::routes::admin_jobs::AdminJobsApi;
+use crate::routes::admin_outbox::AdminOutboxApi;
 use crate::routes::admin_users::AdminUsersApi;
 use crate::routes::attachments::AttachmentsApi;
 use crate::routes::attachments::download::DownloadsApi;
@@ -32,6 +33,7 @@ pub type Apis = (
     AdminUsersApi,
     AdminFlagsApi,
     AdminJobsApi,
+    AdminOutboxApi,
     OpsApi,
 );
 
@@ -48,6 +50,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             AdminUsersApi,
             AdminFlagsApi,
             AdminJobsApi,
+            AdminOutboxApi,
             OpsApi,
         ),
         "Tasklane API",

@@ -1,9 +1,9 @@
 //! Real-time events (SPEC section 8): recorded in the outbox with the change that causes
 //! them, published to Redis by the relay after commit.
 //!
-//! An event is an outbox row of the pseudo-queue [`OUTBOX_QUEUE`], written in the change's
-//! own transaction (a rolled-back change emits nothing). The relay publishes each with one
-//! script: `XADD` to the user's capped stream (its entry id becomes the event id, and the
+//! An event is an outbox row of the pseudo-queue [`crate::outbox::EVENTS`], written in the
+//! change's own transaction by [`crate::outbox::record_event`] (a rolled-back change emits
+//! nothing). The relay publishes each with one script: `XADD` to the user's capped stream (its entry id becomes the event id, and the
 //! stream is what a reconnecting client replays from with `Last-Event-ID`), then `PUBLISH` on
 //! one channel that every API instance subscribes to and fans out to its connections.
 //! Delivery is at least once: a relay that dies between Redis and its commit publishes a
@@ -14,13 +14,10 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::Script;
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::redis::Keys;
 
-/// The outbox `queue` of event rows; the relay publishes them instead of queueing jobs.
-pub const OUTBOX_QUEUE: &str = "events";
 /// Events kept per user for `Last-Event-ID` replay (approximately: Redis trims in blocks).
 pub const STREAM_CAP: usize = 1_000;
 /// A user's stream expires this long after their last event.
@@ -54,33 +51,6 @@ pub struct Recorded {
     pub user_id: Uuid,
     pub at: DateTime<Utc>,
     pub data: serde_json::Value,
-}
-
-/// Records an event for `user` in the caller's transaction.
-pub async fn record(
-    conn: &mut PgConnection,
-    user: Uuid,
-    event_type: &str,
-    data: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    let payload = payload(user, data)?;
-    sqlx::query!(
-        "insert into outbox (id, queue, kind, payload, max_attempts) values ($1, $2, $3, $4, 1)",
-        Uuid::now_v7(),
-        OUTBOX_QUEUE,
-        event_type,
-        payload,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The outbox payload of an event for `user`, for statements that write event rows
-/// themselves (several at once); [`record`] writes one.
-pub fn payload(user: Uuid, data: serde_json::Value) -> Result<serde_json::Value, sqlx::Error> {
-    serde_json::to_value(Recorded { user_id: user, at: Utc::now(), data })
-        .map_err(|err| sqlx::Error::Encode(Box::new(err)))
 }
 
 /// A user's event stream.

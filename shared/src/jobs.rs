@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
+
+pub use crate::outage::DependencyDown;
 use uuid::Uuid;
 
 /// The Redis queues. Each is drained by its own apalis worker(s), so a flood of one kind of
@@ -169,6 +171,30 @@ impl Job for SendEmail {
     };
 }
 
+/// One user's daily digest of one local day, fanned out by [`DailyDigest`] (one job per user,
+/// so one user's failure costs no other user's digest). The worker builds the digest when it
+/// runs and sends it as the email `digest:<user>:<date>`, at most once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SendDigest {
+    pub user_id: Uuid,
+    /// The user's local date, e.g. `2026-11-21`.
+    pub date: String,
+    /// The tick that fanned it out: "due soon" and "overdue" are relative to it.
+    pub tick: DateTime<Utc>,
+}
+
+impl Job for SendDigest {
+    const SPEC: JobSpec = JobSpec {
+        kind: "send_digest",
+        queue: Queue::Emails,
+        max_attempts: SendEmail::SPEC.max_attempts,
+        backoff: SendEmail::SPEC.backoff,
+        timeout: Duration::from_secs(60),
+        unique: false,
+        schedule: None,
+    };
+}
+
 /// Verifies an uploaded attachment (size, magic bytes, SHA-256), thumbnails images, and ends
 /// it `ready` or `rejected`. After its last failed attempt the attachment is
 /// `rejected: processing_failed`.
@@ -214,9 +240,13 @@ pub trait CronJob: Job {
 }
 
 /// Declares a maintenance job run by a schedule: its payload is the tick that started it;
-/// it runs once per tick and is not retried, since the next tick catches up (SPEC section 7).
+/// it runs once per tick. Most are not retried, since the next tick catches up (SPEC section
+/// 7); a fan-out whose next tick covers other users (the digest) is.
 macro_rules! scheduled_job {
     ($(#[$doc:meta])* $name:ident, kind: $kind:literal, cron: $cron:literal, timeout_secs: $timeout:literal) => {
+        scheduled_job!($(#[$doc])* $name, kind: $kind, cron: $cron, timeout_secs: $timeout, attempts: 1);
+    };
+    ($(#[$doc:meta])* $name:ident, kind: $kind:literal, cron: $cron:literal, timeout_secs: $timeout:literal, attempts: $attempts:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         pub struct $name {
@@ -228,7 +258,7 @@ macro_rules! scheduled_job {
             const SPEC: JobSpec = JobSpec {
                 kind: $kind,
                 queue: Queue::Maintenance,
-                max_attempts: 1,
+                max_attempts: $attempts,
                 backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
                 timeout: Duration::from_secs($timeout),
                 unique: true,
@@ -268,8 +298,10 @@ pub const TRASH_RETENTION_DAYS: i32 = 30;
 
 scheduled_job!(
     /// Hourly: every opted-in, verified user whose local hour is their `digest_hour` gets one
-    /// digest email per local day (a `send_email` job each, keyed by user and local date).
-    DailyDigest, kind: "daily_digest", cron: "0 0 * * * *", timeout_secs: 600
+    /// digest email per local day: the tick fans out one [`SendDigest`] job per user, keyed by
+    /// user and local date, in one statement (retried whole if its worker dies: a rerun adds
+    /// nothing).
+    DailyDigest, kind: "daily_digest", cron: "0 0 * * * *", timeout_secs: 600, attempts: 3
 );
 
 scheduled_job!(
@@ -287,6 +319,7 @@ pub const ABANDONED_UPLOAD_GRACE_MINUTES: i32 = 60;
 /// Every declared kind; the worker's registration list must cover each (a test checks).
 pub const ALL: &[JobSpec] = &[
     SendEmail::SPEC,
+    SendDigest::SPEC,
     ProcessUpload::SPEC,
     DeleteObjects::SPEC,
     PruneSentEmails::SPEC,
@@ -299,6 +332,28 @@ pub const ALL: &[JobSpec] = &[
 /// The spec of a kind by name.
 pub fn spec(kind: &str) -> Option<&'static JobSpec> {
     ALL.iter().find(|spec| spec.kind == kind)
+}
+
+/// Whether `payload` is a valid job of `kind`: the relay quarantines a row that is not
+/// rather than push a job no worker could run (SPEC section 9, "Poison is isolated").
+pub fn check_payload(kind: &str, payload: &str) -> Result<(), String> {
+    fn decodes<J: Job>(payload: &str) -> Result<(), String> {
+        serde_json::from_str::<J>(payload)
+            .map(drop)
+            .map_err(|err| format!("payload does not decode as {}: {err}", J::SPEC.kind))
+    }
+    match kind {
+        k if k == SendEmail::SPEC.kind => decodes::<SendEmail>(payload),
+        k if k == SendDigest::SPEC.kind => decodes::<SendDigest>(payload),
+        k if k == ProcessUpload::SPEC.kind => decodes::<ProcessUpload>(payload),
+        k if k == DeleteObjects::SPEC.kind => decodes::<DeleteObjects>(payload),
+        k if k == PruneSentEmails::SPEC.kind => decodes::<PruneSentEmails>(payload),
+        k if k == MarkOverdue::SPEC.kind => decodes::<MarkOverdue>(payload),
+        k if k == PurgeDeleted::SPEC.kind => decodes::<PurgeDeleted>(payload),
+        k if k == DailyDigest::SPEC.kind => decodes::<DailyDigest>(payload),
+        k if k == ExpireUploads::SPEC.kind => decodes::<ExpireUploads>(payload),
+        other => Err(format!("unknown job kind {other:?}")),
+    }
 }
 
 #[cfg(test)]
@@ -345,20 +400,6 @@ mod tests {
     }
 
     #[test]
-    fn an_outage_is_told_from_a_failure_of_the_job() {
-        let timed_out: apalis_core::error::BoxDynError = Box::new(sqlx::Error::PoolTimedOut);
-        let down = DependencyDown::of(timed_out.as_ref()).expect("postgres down");
-        assert_eq!(down.dependency, "postgres");
-        let missing: apalis_core::error::BoxDynError = Box::new(sqlx::Error::RowNotFound);
-        assert!(DependencyDown::of(missing.as_ref()).is_none(), "a query's answer");
-        let smtp: apalis_core::error::BoxDynError =
-            Box::new(DependencyDown::new("smtp", "refused"));
-        assert_eq!(DependencyDown::of(smtp.as_ref()).expect("returned").dependency, "smtp");
-        let own: apalis_core::error::BoxDynError = Box::new(PermanentError("bad input".into()));
-        assert!(DependencyDown::of(own.as_ref()).is_none());
-    }
-
-    #[test]
     fn kinds_are_unique() {
         let mut kinds: Vec<_> = ALL.iter().map(|spec| spec.kind).collect();
         kinds.sort_unstable();
@@ -372,64 +413,3 @@ mod tests {
 #[derive(Debug, thiserror::Error)]
 #[error("permanent failure: {0}")]
 pub struct PermanentError(pub String);
-
-/// A failure of the world, not of the job: the dependency a handler needs (`"smtp"`, `"s3"`,
-/// `"postgres"`) could not be reached. Return it boxed from a handler: the attempt is handed
-/// back uncounted and the kind is held until the dependency answers again (SPEC section 9;
-/// `tasklane_shared::queue::breaker`).
-#[derive(Debug, thiserror::Error)]
-#[error("{dependency} is down: {error}")]
-pub struct DependencyDown {
-    pub dependency: &'static str,
-    pub error: String,
-}
-
-impl DependencyDown {
-    pub fn new(dependency: &'static str, error: impl std::fmt::Display) -> Self {
-        Self { dependency, error: error.to_string() }
-    }
-
-    /// Postgres is down when it cannot be reached or will not take connections now (the
-    /// pool timed out, the socket failed or was closed mid-handshake, as a proxy in front of
-    /// a dead server does, the server is shutting down or starting up); a query it answered
-    /// with an error is the job's failure.
-    pub fn postgres(error: &sqlx::Error) -> Option<Self> {
-        let down = match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                // 08: connection exception; 57P01-03: shutting down, crashed, starting up;
-                // 53300: too many connections.
-                code.starts_with("08") || code.starts_with("57P") || code == "53300"
-            }),
-            _ => false,
-        };
-        down.then(|| Self::new("postgres", error))
-    }
-
-    /// The outage a handler's error reports: a [`DependencyDown`] it returned, or anywhere
-    /// in its chain a Postgres error that means Postgres is down or an S3 request that could
-    /// not reach the store (so every kind that uses them is held by them, whatever its
-    /// handler does with the error).
-    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if let Some(down) = error.downcast_ref::<DependencyDown>() {
-                return Some(Self::new(down.dependency, &down.error));
-            }
-            if let Some(down) = error.downcast_ref::<sqlx::Error>().and_then(Self::postgres) {
-                return Some(down);
-            }
-            // The S3 client could not reach the store (refused, reset, timed out).
-            if error.downcast_ref::<aws_sdk_s3::error::ConnectorError>().is_some() {
-                return Some(Self::new("s3", error));
-            }
-            next = error.source();
-        }
-        None
-    }
-}

@@ -184,6 +184,7 @@ impl TestApp {
                 "TASKLANE_RELAY_POLL_MS",
                 self.settings.relay_poll_interval.as_millis().to_string(),
             )
+            .env("TASKLANE_RECONCILE_MS", self.settings.reconcile_interval.as_millis().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

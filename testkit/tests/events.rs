@@ -271,7 +271,7 @@ async fn a_rolled_back_change_emits_nothing() {
     let mut events = Sse::connect(&app.address, Auth::Bearer(&token), None).await;
 
     let mut tx = app.db.begin().await.unwrap();
-    tasklane_shared::events::record(
+    tasklane_shared::outbox::record_event(
         &mut tx,
         user,
         "task.deleted",
@@ -281,7 +281,7 @@ async fn a_rolled_back_change_emits_nothing() {
     .unwrap();
     tx.rollback().await.unwrap();
     let mut tx = app.db.begin().await.unwrap();
-    tasklane_shared::events::record(
+    tasklane_shared::outbox::record_event(
         &mut tx,
         user,
         "task.deleted",

@@ -9,7 +9,7 @@ use apalis_core::monitor::Monitor;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Server};
 use tasklane_shared::config::Settings;
-use tasklane_shared::outbox::Relay;
+use tasklane_shared::outbox::{OutcomeRecorder, Reconciler, Relay};
 use tasklane_shared::queue::{HeldClaims, QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
 use tasklane_shared::storage::Bucket;
@@ -27,6 +27,8 @@ pub struct WorkerApp {
     acceptor: poem::listener::TcpAcceptor,
     local_addr: SocketAddr,
     settings: Arc<Settings>,
+    /// Writes jobs' outcomes to Postgres; ends once every store clone is gone.
+    recorder: tokio::task::JoinHandle<()>,
 }
 
 impl WorkerApp {
@@ -48,7 +50,10 @@ impl WorkerApp {
         let redis = tasklane_shared::redis::connect(&settings)?;
         let _ = tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
         let keys = Keys::new(settings.redis_prefix.clone());
-        let store = QueueStore::new(redis, keys.clone(), QueueSettings::from(&*settings));
+        // Jobs' ends go to their Postgres records in batches (SPEC section 9).
+        let (outcomes, recorder) = OutcomeRecorder::spawn(db.clone());
+        let store = QueueStore::new(redis, keys.clone(), QueueSettings::from(&*settings))
+            .with_outcomes(outcomes);
         let task_lists = TaskLists::new(store.connection(), keys);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         let suffix = uuid::Uuid::now_v7().simple().to_string();
@@ -74,7 +79,7 @@ impl WorkerApp {
             .first()
             .and_then(|addr| addr.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
-        Ok(Self { ctx, acceptor, local_addr, settings })
+        Ok(Self { ctx, acceptor, local_addr, settings, recorder })
     }
 
     /// Where `/health/*` and `/metrics` are served.
@@ -110,6 +115,13 @@ impl WorkerApp {
         let relay =
             Relay::new(ctx.db.clone(), ctx.store.clone(), self.settings.relay_poll_interval);
         let relay = tokio::spawn(relay.run(until_stopped()));
+        let reconciler = Reconciler::new(
+            ctx.db.clone(),
+            ctx.store.clone(),
+            self.settings.reconcile_interval,
+            ctx.name.clone(),
+        );
+        let reconciler = tokio::spawn(reconciler.run(until_stopped()));
         let routes = health::routes().data(ctx.clone());
         let http =
             tokio::spawn(Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
@@ -139,8 +151,14 @@ impl WorkerApp {
             ctx.held.release_all(&ctx.store).await;
         }
         let _ = relay.await;
+        let _ = reconciler.await;
         let _ = http.await;
-        tracing::info!(worker = %ctx.name, "worker stopped");
+        // The outcomes reported last are written before the process ends (the reconciler
+        // would copy them from Redis otherwise).
+        let name = ctx.name.clone();
+        drop(ctx);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.recorder).await;
+        tracing::info!(worker = %name, "worker stopped");
         result.map_err(|err| anyhow::anyhow!("worker monitor failed: {err}"))
     }
 }

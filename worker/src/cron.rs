@@ -2,9 +2,9 @@
 //! kind runs, its effective schedule, is `tasklane_shared::schedules`.)
 //!
 //! Every worker runs an apalis-cron tick worker per schedule; a tick does not run the job, it
-//! enqueues it. The job's id is derived from the schedule and the tick's scheduled time, and
-//! the push claims `cron:<kind>:<tick>` in the same atomic step (see the queue's push script),
-//! so of N replicas firing the same tick exactly one enqueues it. There is no leader to
+//! enqueues it through the outbox, under a job id derived from the kind and the tick's
+//! scheduled time: the row's primary key makes the insert of N replicas firing the same tick
+//! add exactly one job, and the job has a record like any other (SPEC section 9). There is no leader to
 //! elect or lose. The job then runs on whichever worker claims it, with the queue's
 //! retries and orphan recovery.
 //!
@@ -15,7 +15,6 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
@@ -27,31 +26,24 @@ use apalis_core::task::data::Data;
 use apalis_core::worker::context::WorkerContext;
 use apalis_cron::{CronScheduler, Tick};
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 use tasklane_shared::jobs::CronJob;
-use tasklane_shared::queue::{NewJob, QueueStore};
-
-/// How long a tick's claim lasts: far longer than any clock skew between workers.
-const TICK_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
+use tasklane_shared::outbox;
+use tasklane_shared::queue::QueueStore;
 
 /// Namespace of tick job ids (UUIDv5 of `<kind>@<unix seconds>`).
 const TICK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3a52_8d0e_4b7a_9f21_5e0c_7d43_a9b1);
 
-/// Enqueues `J` for the tick at `at`; `false` when another worker already did.
+/// Enqueues `J` for the tick at `at`, through the outbox like every job; `false` when
+/// another worker already did (the job id is derived from the kind and the tick).
 pub async fn enqueue_tick_at<J: CronJob>(
+    db: &PgPool,
     store: &QueueStore,
     at: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
     let kind = J::SPEC.kind;
-    let seconds = at.timestamp();
-    let job = NewJob {
-        id: uuid::Uuid::new_v5(&TICK_NAMESPACE, format!("{kind}@{seconds}").as_bytes()),
-        kind: kind.to_owned(),
-        payload: serde_json::to_string(&J::for_tick(at))?,
-        max_attempts: J::SPEC.max_attempts,
-        request_id: None,
-        unique: Some((format!("cron:{kind}:{seconds}"), TICK_CLAIM_TTL)),
-    };
-    let added = store.push(J::SPEC.queue, &[job]).await? == 1;
+    let id = uuid::Uuid::new_v5(&TICK_NAMESPACE, format!("{kind}@{}", at.timestamp()).as_bytes());
+    let added = outbox::enqueue_once(&mut *db.acquire().await?, id, &J::for_tick(at)).await?;
     if added {
         store.record_tick(kind, at.timestamp_millis()).await?;
         tracing::info!(kind, tick = %at, "scheduled job enqueued");
@@ -60,18 +52,23 @@ pub async fn enqueue_tick_at<J: CronJob>(
 }
 
 /// The apalis handler of a tick: enqueue the kind's job for it.
-pub async fn on_tick<J: CronJob>(tick: Tick, store: Data<QueueStore>) -> Result<(), BoxDynError> {
+pub async fn on_tick<J: CronJob>(
+    tick: Tick,
+    db: Data<PgPool>,
+    store: Data<QueueStore>,
+) -> Result<(), BoxDynError> {
     let at = i64::try_from(tick.get_timestamp())
         .ok()
         .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
         .ok_or("tick out of range")?;
-    enqueue_tick_at::<J>(&store, at).await?;
+    enqueue_tick_at::<J>(&db, &store, at).await?;
     Ok(())
 }
 
 /// At start-up: if the schedule ran before and a tick was missed since, enqueue the latest
 /// missed one (once across the fleet).
 pub async fn catch_up<J: CronJob>(
+    db: &PgPool,
     store: &QueueStore,
     schedule: &cron::Schedule,
 ) -> anyhow::Result<()> {
@@ -85,7 +82,7 @@ pub async fn catch_up<J: CronJob>(
     };
     if latest.timestamp_millis() > last_ms && latest <= now {
         tracing::info!(kind = J::SPEC.kind, tick = %latest, "catching up the latest missed tick");
-        enqueue_tick_at::<J>(store, latest).await?;
+        enqueue_tick_at::<J>(db, store, latest).await?;
     }
     Ok(())
 }

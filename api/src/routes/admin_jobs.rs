@@ -8,13 +8,12 @@ use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use serde_json::Value;
 use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::{self, Queue};
-use tasklane_shared::queue::JobRecord;
 use tasklane_shared::schedules;
 
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
+use crate::routes::job_view::JobView;
 use crate::security::BearerAuth;
 use crate::state::AppState;
 use crate::tags::ApiTags;
@@ -63,40 +62,6 @@ pub struct QueueOverview {
     pub queues: Vec<QueueStats>,
     /// Rows in the outbox not yet moved to Redis.
     pub outbox_backlog: i64,
-}
-
-/// One attempt of a job.
-#[derive(Debug, Object)]
-pub struct AttemptView {
-    pub attempt: u32,
-    pub worker: Option<String>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<i64>,
-    /// Why it failed; absent when it succeeded.
-    pub error: Option<String>,
-    /// The backoff chosen before the next attempt, for a failure that was retried.
-    pub retry_in_ms: Option<i64>,
-}
-
-/// A job and its history.
-#[derive(Debug, Object)]
-pub struct JobView {
-    pub id: String,
-    pub queue: String,
-    pub kind: String,
-    pub state: String,
-    pub attempts: u32,
-    pub max_attempts: u32,
-    pub created_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// The worker holding it, while running.
-    pub worker: Option<String>,
-    pub last_error: Option<String>,
-    /// The API request that caused it.
-    pub request_id: Option<String>,
-    /// The payload, with secrets (tokens, passwords) redacted and long strings cut.
-    pub payload: Value,
-    pub history: Vec<AttemptView>,
 }
 
 #[derive(Debug, Object)]
@@ -319,8 +284,11 @@ impl AdminJobsApi {
         if let Err(problem) = auth.require_admin() {
             return Ok(JobResponse::Forbidden(Json(problem)));
         }
-        match state.queue.find_job(&id.0).await? {
-            Some(job) => Ok(JobResponse::Ok(Json(job.into()))),
+        if let Some(job) = state.queue.find_job(&id.0).await? {
+            return Ok(JobResponse::Ok(Json(job.into())));
+        }
+        match super::job_view::record_view(&state, &id.0).await? {
+            Some(record) => Ok(JobResponse::Ok(Json(record))),
             None => Ok(JobResponse::NotFound(Json(not_found()))),
         }
     }
@@ -347,6 +315,10 @@ impl AdminJobsApi {
                 format!("the job is {}; only dead jobs can be retried", job.state),
             );
             return Ok(RetryResponse::Conflict(Json(problem)));
+        }
+        // Its record is in flight again, so the reconciler watches it.
+        if let Ok(uuid) = uuid::Uuid::parse_str(&id.0) {
+            tasklane_shared::outbox::reopen(&state.db, uuid).await?;
         }
         tracing::info!(%admin, job = %id.0, kind = %job.kind, "dead job retried by an admin");
         let job = state
@@ -382,58 +354,5 @@ impl AdminJobsApi {
             });
         }
         Ok(SchedulesResponse::Ok(Json(schedules)))
-    }
-}
-
-impl From<JobRecord> for JobView {
-    fn from(job: JobRecord) -> Self {
-        let payload = serde_json::from_str(&job.payload).map(redact).unwrap_or(Value::Null);
-        Self {
-            id: job.id,
-            queue: job.queue.as_str().into(),
-            kind: job.kind,
-            state: job.state.to_string(),
-            attempts: job.attempts,
-            max_attempts: job.max_attempts,
-            created_at: DateTime::from_timestamp_millis(job.created_ms),
-            finished_at: job.finished_ms.and_then(DateTime::from_timestamp_millis),
-            worker: job.worker,
-            last_error: job.last_error,
-            request_id: job.request_id,
-            payload,
-            history: job
-                .history
-                .into_iter()
-                .map(|a| AttemptView {
-                    attempt: a.attempt,
-                    worker: a.worker,
-                    started_at: a.started_ms.and_then(DateTime::from_timestamp_millis),
-                    duration_ms: a.duration_ms,
-                    error: a.error,
-                    retry_in_ms: a.retry_in_ms,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Hides secrets (reset and verification tokens travel in email jobs) and cuts long strings.
-fn redact(value: Value) -> Value {
-    const SECRET: [&str; 4] = ["token", "password", "secret", "key"];
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| {
-                    let secret = SECRET.iter().any(|s| k.to_ascii_lowercase().contains(s))
-                        && k != "idempotency_key";
-                    (k, if secret { Value::String("[redacted]".into()) } else { redact(v) })
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
-        Value::String(s) if s.chars().count() > 200 => {
-            Value::String(format!("{}…", s.chars().take(200).collect::<String>()))
-        }
-        other => other,
     }
 }

@@ -6,17 +6,20 @@
 //! # Layout
 //! - [`auth`]: register, sign in, refresh, sign out, verification, password reset.
 //! - [`me`]: the caller's own account; [`flags`]: feature flags (the caller's and admins').
-//! - [`admin_users`]: account administration; [`admin_jobs`]: queues and schedules.
+//! - [`admin_users`]: account administration; [`admin_jobs`]: queues and schedules;
+//!   [`admin_outbox`]: the outbox backlog, quarantined rows and job records.
 //! - [`tasks`], [`attachments`]: tasks and their files (and the signed links files download by).
 //! - [`events`]: the event streams (SSE, WebSocket) and their tickets.
 //! - [`user_view`]: how an account is shown, shared by the account routes.
 
 pub mod admin_jobs;
+pub mod admin_outbox;
 pub mod admin_users;
 pub mod attachments;
 pub mod auth;
 pub mod events;
 pub mod flags;
+pub mod job_view;
 pub mod me;
 pub mod tasks;
 pub mod user_view;

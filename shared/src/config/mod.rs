@@ -86,6 +86,9 @@ pub struct Settings {
     /// How often the outbox relay polls when no notification arrives
     /// (`TASKLANE_RELAY_POLL_MS`); LISTEN/NOTIFY makes the common case immediate.
     pub relay_poll_interval: Duration,
+    /// How often a worker compares Postgres' job records with Redis and puts back jobs Redis
+    /// lost (`TASKLANE_RECONCILE_MS`); one worker of the fleet does each pass.
+    pub reconcile_interval: Duration,
     /// How long a job claim lasts without a heartbeat (`TASKLANE_JOB_LEASE_SECS`): a job held
     /// by a worker that died is handed to another worker within about this long.
     pub job_lease: Duration,
@@ -235,6 +238,8 @@ impl Settings {
             Duration::from_secs(r.parsed_any("TASKLANE_SHUTDOWN_GRACE_SECS", "25"));
         let relay_poll_interval =
             Duration::from_millis(r.parsed_any("TASKLANE_RELAY_POLL_MS", "1000"));
+        let reconcile_interval =
+            Duration::from_millis(r.parsed_any("TASKLANE_RECONCILE_MS", "5000"));
 
         let job_lease = Duration::from_secs(r.parsed_any("TASKLANE_JOB_LEASE_SECS", "15"));
         let retry_scale: f64 = r.parsed_any("TASKLANE_RETRY_SCALE", "1");
@@ -309,6 +314,7 @@ impl Settings {
             log_filter,
             shutdown_grace,
             relay_poll_interval,
+            reconcile_interval,
             job_lease,
             retry_scale,
             job_retention,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::events;
+use crate::{events, outbox};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
@@ -116,7 +116,7 @@ pub async fn mark_ready(
     .await?;
     if let Some(ready) = &ready {
         let data = event_data(ready, AttachmentStatus::Ready, None);
-        events::record(conn, ready.owner_id, events::ATTACHMENT_READY, data).await?;
+        outbox::record_event(conn, ready.owner_id, events::ATTACHMENT_READY, data).await?;
     }
     Ok(ready)
 }
@@ -141,7 +141,7 @@ pub async fn reject(
     .await?;
     for attachment in &rejected {
         let data = event_data(attachment, AttachmentStatus::Rejected, Some(reason));
-        events::record(conn, attachment.owner_id, events::ATTACHMENT_REJECTED, data).await?;
+        outbox::record_event(conn, attachment.owner_id, events::ATTACHMENT_REJECTED, data).await?;
     }
     Ok(rejected)
 }

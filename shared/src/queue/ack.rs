@@ -206,7 +206,9 @@ async fn record(store: &QueueStore, batch: &[Ack]) {
         match store.finish_many(queue, &outcomes).await {
             Ok(recorded) => {
                 for (ack, accepted) in batch.iter().zip(recorded) {
-                    if !accepted {
+                    if accepted {
+                        store.report(&ack.claim, &ack.outcome);
+                    } else {
                         tracing::warn!(id = %ack.claim.id, "outcome refused: the lease had expired and the job was handed to another worker");
                     }
                 }

@@ -169,11 +169,14 @@ impl<J: Job> RedisBackend<J> {
                 self.held.remove(&claim);
                 let store = self.store.clone();
                 tokio::spawn(async move {
-                    let outcome = Outcome::Dead {
-                        error: format!("payload does not decode as {}: {err}", claim.kind),
-                    };
-                    if let Err(err) = store.finish(&claim, &outcome, Duration::ZERO).await {
-                        tracing::error!(id = %claim.id, error = %err, "cannot bury an undecodable job");
+                    let error =
+                        format!("quarantined: payload does not decode as {}: {err}", claim.kind);
+                    let outcome = Outcome::Dead { error: error.clone() };
+                    match store.finish(&claim, &outcome, Duration::ZERO).await {
+                        Ok(_) => store.report_quarantined(&claim, error),
+                        Err(err) => {
+                            tracing::error!(id = %claim.id, error = %err, "cannot bury an undecodable job")
+                        }
                     }
                 });
                 None

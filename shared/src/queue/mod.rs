@@ -148,6 +148,40 @@ pub enum Outcome {
     },
 }
 
+/// How a job ended, as its Postgres record keeps it (SPEC section 9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    Succeeded,
+    /// Out of attempts, or failed for good; with the last error.
+    Dead(String),
+    /// Its payload does not decode: it can never run; with the reason.
+    Quarantined(String),
+}
+
+impl Finished {
+    /// The `outcome` column's value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Finished::Succeeded => "succeeded",
+            Finished::Dead(_) => "dead",
+            Finished::Quarantined(_) => "quarantined",
+        }
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Finished::Succeeded => None,
+            Finished::Dead(error) | Finished::Quarantined(error) => Some(error),
+        }
+    }
+}
+
+/// Where a job's end is reported once Redis has recorded it; the outbox's
+/// [`crate::outbox::OutcomeRecorder`] writes the reports to the job records in batches.
+pub trait OutcomeSink: Send + Sync {
+    fn finished(&self, id: &str, how: Finished);
+}
+
 /// The declared kinds of a queue.
 fn kinds_of(queue: Queue) -> impl Iterator<Item = &'static str> {
     crate::jobs::ALL.iter().filter(move |spec| spec.queue == queue).map(|spec| spec.kind)

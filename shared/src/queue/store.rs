@@ -3,13 +3,13 @@
 //! renewing or handing back leases; each step is one Lua script (see the module doc of
 //! [`crate::queue`]).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use super::{Claim, ClaimRef, NewJob, Outcome, QueueSettings, millis};
+use super::{Claim, ClaimRef, Finished, NewJob, Outcome, OutcomeSink, QueueSettings, millis};
 use crate::jobs::Queue;
 use crate::redis::Keys;
 
@@ -48,11 +48,41 @@ pub struct QueueStore {
     pub(super) conn: ConnectionManager,
     pub(super) keys: Keys,
     settings: QueueSettings,
+    /// Where jobs' ends are reported (a worker's Postgres job records); none for producers.
+    outcomes: Option<Arc<dyn OutcomeSink>>,
 }
 
 impl QueueStore {
     pub fn new(conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Self {
-        Self { conn, keys, settings }
+        Self { conn, keys, settings, outcomes: None }
+    }
+
+    /// Reports every job's end to `sink` once Redis has recorded it.
+    pub fn with_outcomes(mut self, sink: Arc<dyn OutcomeSink>) -> Self {
+        self.outcomes = Some(sink);
+        self
+    }
+
+    /// Reports a job's end recorded in Redis: a success, a death, or a quarantine. Retries
+    /// are not ends.
+    pub(super) fn report(&self, claim: &Claim, outcome: &Outcome) {
+        let Some(sink) = &self.outcomes else {
+            return;
+        };
+        match outcome {
+            Outcome::Succeeded => sink.finished(&claim.id, Finished::Succeeded),
+            Outcome::Dead { error } => sink.finished(&claim.id, Finished::Dead(error.clone())),
+            // Not the job's end: it runs again (after its backoff, or once its kind's
+            // dependency is back).
+            Outcome::Retry { .. } | Outcome::Held { .. } => {}
+        }
+    }
+
+    /// Reports a job set aside because its payload does not decode.
+    pub(super) fn report_quarantined(&self, claim: &Claim, reason: String) {
+        if let Some(sink) = &self.outcomes {
+            sink.finished(&claim.id, Finished::Quarantined(reason));
+        }
     }
 
     pub fn keys(&self) -> &Keys {

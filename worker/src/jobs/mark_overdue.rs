@@ -9,8 +9,8 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
 use tasklane_shared::domain::tasks::{self, TaskPriority, TaskRow, TaskStatus};
-use tasklane_shared::events;
 use tasklane_shared::jobs::MarkOverdue;
+use tasklane_shared::{events, outbox};
 use uuid::Uuid;
 
 use crate::context::TaskLists;
@@ -47,22 +47,8 @@ pub async fn mark_overdue(
     .execute(&mut *tx)
     .await?;
     // One task.overdue event per task (SPEC section 8).
-    let mut event_ids = Vec::with_capacity(marked.len());
-    let mut payloads = Vec::with_capacity(marked.len());
-    for task in &marked {
-        event_ids.push(Uuid::now_v7());
-        payloads.push(events::payload(task.owner_id, tasks::event_data(task, None))?);
-    }
-    sqlx::query!(
-        "insert into outbox (id, queue, kind, payload, max_attempts)
-         select id, $3, $4, payload, 1 from unnest($1::uuid[], $2::jsonb[]) as x(id, payload)",
-        &event_ids,
-        &payloads,
-        events::OUTBOX_QUEUE,
-        events::TASK_OVERDUE,
-    )
-    .execute(&mut *tx)
-    .await?;
+    let events = marked.iter().map(|task| (task.owner_id, tasks::event_data(task, None))).collect();
+    outbox::record_events(&mut tx, events::TASK_OVERDUE, events).await?;
     tx.commit().await?;
     let mut owners: Vec<Uuid> = marked.iter().map(|task| task.owner_id).collect();
     owners.sort_unstable();

@@ -23,13 +23,13 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use tasklane_shared::jobs::{
     CronJob, DailyDigest, DeleteObjects, ExpireUploads, Job, JobSpec, MarkOverdue, ProcessUpload,
-    PruneSentEmails, PurgeDeleted, SendEmail,
+    PruneSentEmails, PurgeDeleted, SendDigest, SendEmail,
 };
 
 use crate::context::WorkerContext;
 use crate::cron::{TickSource, on_tick};
 
-pub use daily_digest::daily_digest;
+pub use daily_digest::{daily_digest, send_digest};
 pub use delete_objects::delete_objects;
 pub use expire_uploads::expire_uploads;
 pub use mark_overdue::mark_overdue;
@@ -96,6 +96,10 @@ jobs! {
         concurrency: |ctx| ctx.concurrency,
         data: [mailer, templates, db],
     }
+    job SendDigest => send_digest {
+        concurrency: |ctx| ctx.concurrency,
+        data: [db, mailer, templates],
+    }
     // Each upload may hold a decoded image (up to 512 MiB at the decoder's limit) and spends
     // CPU on it: a few at a time per process, whatever the email concurrency.
     job ProcessUpload => process_upload {
@@ -120,7 +124,7 @@ jobs! {
     }
     cron DailyDigest => daily_digest {
         concurrency: |_| 1,
-        data: [db, store],
+        data: [db],
     }
     cron ExpireUploads => expire_uploads {
         concurrency: |_| 1,
@@ -159,6 +163,7 @@ fn schedule<J: CronJob>(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result
     Ok(monitor.register(move |_| {
         WorkerBuilder::new(c.worker_name(&format!("cron/{}", J::SPEC.kind)))
             .backend(TickSource::new(schedule.cron.clone()))
+            .data(c.db.clone())
             .data(c.store.clone())
             .build(on_tick::<J>)
     }))
@@ -167,7 +172,7 @@ fn schedule<J: CronJob>(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result
 fn catch_up_one<J: CronJob>(ctx: &WorkerContext) -> BoxFuture<'_, anyhow::Result<()>> {
     Box::pin(async move {
         if let Some(schedule) = tasklane_shared::schedules::schedule_of(&J::SPEC, ctx.settings())? {
-            crate::cron::catch_up::<J>(&ctx.store, &schedule.cron).await?;
+            crate::cron::catch_up::<J>(&ctx.db, &ctx.store, &schedule.cron).await?;
         }
         Ok(())
     })

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool};
 use tasklane_shared::domain::tasks::{self, TaskPriority, TaskRow, TaskStatus};
-use tasklane_shared::events;
+use tasklane_shared::{events, outbox};
 use uuid::Uuid;
 
 /// One entry of a task's audit history.
@@ -90,7 +90,7 @@ pub async fn save(
     .fetch_one(&mut *conn)
     .await?;
     let data = tasks::event_data(&updated, Some(&changes));
-    events::record(conn, user, events::TASK_UPDATED, data).await?;
+    outbox::record_event(conn, user, events::TASK_UPDATED, data).await?;
     audit(conn, updated.id, "update", changes, Some(user)).await?;
     Ok(updated)
 }
@@ -113,7 +113,8 @@ pub async fn trash(conn: &mut PgConnection, id: Uuid, owner: Uuid) -> Result<boo
     let mut changes = Map::new();
     changes.insert("deleted_at".into(), serde_json::json!({ "from": null, "to": at }));
     audit(conn, id, "delete", changes, Some(owner)).await?;
-    events::record(conn, owner, events::TASK_DELETED, serde_json::json!({ "task_id": id })).await?;
+    outbox::record_event(conn, owner, events::TASK_DELETED, serde_json::json!({ "task_id": id }))
+        .await?;
     Ok(true)
 }
 
@@ -150,7 +151,8 @@ pub async fn restore(
     let mut changes = Map::new();
     changes.insert("deleted_at".into(), serde_json::json!({ "from": deleted_at, "to": null }));
     audit(conn, id, "restore", changes, Some(owner)).await?;
-    events::record(conn, owner, events::TASK_RESTORED, tasks::event_data(&task, None)).await?;
+    outbox::record_event(conn, owner, events::TASK_RESTORED, tasks::event_data(&task, None))
+        .await?;
     Ok(Some(task))
 }
 

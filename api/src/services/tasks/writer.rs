@@ -21,8 +21,8 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use tasklane_shared::domain::tasks::{self, TaskRow};
-use tasklane_shared::events;
 use tasklane_shared::redis::Keys;
+use tasklane_shared::{events, outbox};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -173,7 +173,7 @@ async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
             audit_id: Uuid::now_v7(),
             audit_changes: task.created_changes(),
             event_id: Uuid::now_v7(),
-            event: events::payload(task.owner_id, tasks::event_data(task, None))?,
+            event: outbox::event_payload(task.owner_id, tasks::event_data(task, None))?,
         });
     }
     let input = serde_json::to_value(&input).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
@@ -197,7 +197,7 @@ async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
          insert into outbox (id, queue, kind, payload, max_attempts)
          select event_id, $2, $3, event, 1 from input",
         input,
-        events::OUTBOX_QUEUE,
+        outbox::EVENTS,
         events::TASK_CREATED,
     )
     .execute(db)

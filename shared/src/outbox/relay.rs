@@ -1,56 +1,26 @@
-//! The transactional outbox and its relay (SPEC section 7).
+//! [`Relay`]: moves committed outbox rows into Redis (SPEC sections 7 and 9).
 //!
-//! The API never pushes to Redis inside a request. It calls [`enqueue`] with the same
-//! transaction as the change that causes the job, so the job exists exactly when the change
-//! does. The [`Relay`] (run by every worker) moves committed rows into the Redis queues:
-//! woken by `NOTIFY` at commit, with a poll as the fallback, locking rows with
-//! `FOR UPDATE SKIP LOCKED` so any number of relays share the work without taking the same
-//! row, and deleting rows in the transaction that pushed them. A push that reached Redis
-//! but whose delete failed to commit is pushed again later; the store skips ids it already
-//! holds, so that is still one job. While Redis is down rows simply stay, and flow when it
-//! returns.
+//! Woken by `NOTIFY` at commit, with a poll as the fallback, it locks waiting rows with
+//! `FOR UPDATE SKIP LOCKED` (any number of relays share the work without taking the same
+//! row), pushes each job to its queue, and marks the rows relayed in the transaction that
+//! pushed them: the row stays as the job's record until its outcome is recorded. A push that
+//! reached Redis but whose transaction failed to commit is pushed again later; the store
+//! skips ids it already holds, so that is still one job. While Redis is down (or out of
+//! memory) rows simply wait, and flow when it returns.
+//!
+//! A row that can never run (a kind this release does not know for its queue, a payload that
+//! does not decode, an event that does not decode) is quarantined with its reason instead
+//! of being pushed: it never stalls the rows behind it.
 
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::PgConnection;
 use sqlx::postgres::{PgListener, PgPool};
 use uuid::Uuid;
 
-use crate::jobs::{Job, Queue};
+use super::{CHANNEL, EVENTS};
+use crate::jobs::{self, Queue};
 use crate::queue::{NewJob, QueueStore};
-
-/// The channel the `outbox_notify` trigger notifies at commit.
-pub const CHANNEL: &str = "tasklane_outbox";
-
-/// Writes a job into the outbox on the caller's connection, normally inside the transaction
-/// of the change that causes it. Returns the job id (also its id in Redis).
-pub async fn enqueue<J: Job>(
-    conn: &mut PgConnection,
-    job: &J,
-    request_id: Option<&str>,
-) -> Result<Uuid, sqlx::Error> {
-    let id = Uuid::now_v7();
-    let payload = serde_json::to_value(job).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
-    sqlx::query!(
-        "insert into outbox (id, queue, kind, payload, max_attempts, request_id)
-         values ($1, $2, $3, $4, $5, $6)",
-        id,
-        J::SPEC.queue.as_str(),
-        J::SPEC.kind,
-        payload,
-        i32::try_from(J::SPEC.max_attempts).unwrap_or(i32::MAX),
-        request_id,
-    )
-    .execute(conn)
-    .await?;
-    Ok(id)
-}
-
-/// Rows waiting to be relayed (the relay backlog), for metrics and health.
-pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(r#"select count(*) as "count!" from outbox"#).fetch_one(pool).await
-}
 
 /// Moves committed outbox rows into Redis.
 #[derive(Clone)]
@@ -68,21 +38,17 @@ impl Relay {
         Self { db, store, batch_size: 200, poll_interval }
     }
 
-    /// Relays one batch; returns how many rows it moved.
+    /// Relays one batch; returns how many rows it took (pushed, published or quarantined).
     pub async fn relay_batch(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         // Rows of a queue this release does not know (written by a newer one) are left for
         // the release that does, without ever filling a batch.
-        let known: Vec<String> = Queue::ALL
-            .map(Queue::as_str)
-            .into_iter()
-            .chain([crate::events::OUTBOX_QUEUE])
-            .map(str::to_owned)
-            .collect();
+        let known: Vec<String> =
+            Queue::ALL.map(Queue::as_str).into_iter().chain([EVENTS]).map(str::to_owned).collect();
         let rows = sqlx::query!(
             r#"select id, queue, kind, payload::text as "payload!", max_attempts, request_id
              from outbox
-             where queue = any($2)
+             where relayed_at is null and finished_at is null and queue = any($2)
              order by created_at, id
              limit $1
              for update skip locked"#,
@@ -94,30 +60,38 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
+        let taken = rows.len();
         let mut by_queue: Vec<(Queue, Vec<NewJob>)> = Vec::new();
         let mut events = Vec::new();
-        let mut ids = Vec::with_capacity(rows.len());
+        let mut poison: Vec<(Uuid, String)> = Vec::new();
         for row in rows {
-            let id = row.id;
-            let queue_name = row.queue;
-            if queue_name == crate::events::OUTBOX_QUEUE {
+            if row.queue == EVENTS {
                 match serde_json::from_str::<crate::events::Recorded>(&row.payload) {
-                    Ok(recorded) => events.push((id, row.kind, recorded)),
+                    Ok(recorded) => events.push((row.id, row.kind, recorded)),
                     Err(err) => {
-                        tracing::error!(%id, error = %err, "outbox event does not decode; dropped")
+                        poison.push((row.id, format!("event payload does not decode: {err}")))
                     }
                 }
-                ids.push(id);
                 continue;
             }
-            let Some(queue) = Queue::ALL.into_iter().find(|q| q.as_str() == queue_name) else {
-                // Written by a newer release that knows a queue we don't: leave it for that
-                // release's workers rather than lose it.
-                tracing::warn!(%id, queue = %queue_name, "outbox row for an unknown queue left in place");
+            let Some(queue) = Queue::ALL.into_iter().find(|q| q.as_str() == row.queue) else {
                 continue;
             };
+            let checked = match jobs::spec(&row.kind) {
+                Some(spec) if spec.queue != queue => Err(format!(
+                    "job kind {:?} belongs to queue {:?}, not {:?}",
+                    row.kind,
+                    spec.queue.as_str(),
+                    row.queue
+                )),
+                _ => jobs::check_payload(&row.kind, &row.payload),
+            };
+            if let Err(reason) = checked {
+                poison.push((row.id, reason));
+                continue;
+            }
             let job = NewJob {
-                id,
+                id: row.id,
                 kind: row.kind,
                 payload: row.payload,
                 max_attempts: u32::try_from(row.max_attempts).unwrap_or(1),
@@ -128,21 +102,11 @@ impl Relay {
                 Some((_, jobs)) => jobs.push(job),
                 None => by_queue.push((queue, vec![job])),
             }
-            ids.push(id);
         }
         for (queue, jobs) in &by_queue {
             if let Err(err) = self.store.push(*queue, jobs).await {
-                // Keep the rows (roll back the locks) but note why they wait.
                 drop(tx);
-                let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
-                sqlx::query!(
-                    "update outbox set relay_attempts = relay_attempts + 1, last_error = $2
-                     where id = any($1)",
-                    &ids,
-                    err.to_string(),
-                )
-                .execute(&self.db)
-                .await?;
+                self.note_failure(jobs.iter().map(|job| job.id).collect(), &err).await?;
                 return Err(err.into());
             }
         }
@@ -154,21 +118,48 @@ impl Relay {
                 crate::events::publish(&mut conn, self.store.keys(), kind, recorded).await
             {
                 drop(tx);
-                sqlx::query!(
-                    "update outbox set relay_attempts = relay_attempts + 1, last_error = $2
-                     where id = $1",
-                    id,
-                    err.to_string(),
-                )
-                .execute(&self.db)
-                .await?;
+                self.note_failure(vec![*id], &err).await?;
                 return Err(err.into());
             }
         }
-        sqlx::query!("delete from outbox where id = any($1)", &ids).execute(&mut *tx).await?;
+        let relayed: Vec<Uuid> =
+            by_queue.iter().flat_map(|(_, jobs)| jobs.iter().map(|job| job.id)).collect();
+        sqlx::query!("update outbox set relayed_at = now() where id = any($1)", &relayed)
+            .execute(&mut *tx)
+            .await?;
+        let published: Vec<Uuid> = events.iter().map(|(id, _, _)| *id).collect();
+        sqlx::query!("delete from outbox where id = any($1)", &published).execute(&mut *tx).await?;
+        if !poison.is_empty() {
+            let (ids, reasons): (Vec<Uuid>, Vec<String>) = poison.into_iter().unzip();
+            for (id, reason) in ids.iter().zip(&reasons) {
+                tracing::error!(%id, %reason, "outbox row quarantined");
+            }
+            sqlx::query!(
+                "update outbox set finished_at = now(), outcome = 'quarantined', last_error = x.reason
+                 from unnest($1::uuid[], $2::text[]) as x(id, reason) where outbox.id = x.id",
+                &ids,
+                &reasons,
+            )
+            .execute(&mut *tx)
+            .await?;
+            metrics::counter!("outbox_quarantined_total").increment(ids.len() as u64);
+        }
         tx.commit().await?;
-        metrics::counter!("outbox_relayed_total").increment(ids.len() as u64);
-        Ok(ids.len())
+        metrics::counter!("outbox_relayed_total")
+            .increment((relayed.len() + published.len()) as u64);
+        Ok(taken)
+    }
+
+    /// Notes on rows that must wait (Redis down or full) why they wait, for operators.
+    async fn note_failure(&self, ids: Vec<Uuid>, err: &redis::RedisError) -> sqlx::Result<()> {
+        sqlx::query!(
+            "update outbox set relay_attempts = relay_attempts + 1, last_error = $2 where id = any($1)",
+            &ids,
+            err.to_string(),
+        )
+        .execute(&self.db)
+        .await?;
+        Ok(())
     }
 
     /// Relays until `shutdown` resolves: drains the backlog, then waits for a notification

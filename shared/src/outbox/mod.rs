@@ -1,0 +1,301 @@
+//! The transactional outbox, and Postgres' record of every accepted job (SPEC sections 7
+//! and 9). This module owns the `outbox` table: every producer writes its rows through the
+//! functions below, in the transaction of the change that causes them, so a job or event
+//! exists exactly when its change does.
+//!
+//! A job's row lives on after the relay pushed it to Redis, as the job's record, until its
+//! outcome is recorded: Redis is the fast path, not the only copy.
+//! - [`enqueue`], [`enqueue_once`], [`fan_out`]: job rows (the last two with ids the caller
+//!   derives, so a repeated tick or fan-out adds nothing);
+//! - [`record_event`], [`record_events`], [`event_payload`]: event rows (the pseudo-queue
+//!   [`EVENTS`]), which the relay publishes and deletes instead of queueing;
+//! - [`relay`]: moves waiting rows to Redis and quarantines poison;
+//! - [`records`]: records jobs' outcomes in batches;
+//! - [`reconcile`]: puts back jobs Redis lost;
+//! - [`reopen`], [`overview`], [`quarantined`]: for operators.
+//!
+//! One statement writes rows itself: the task writer's group commit
+//! (`api/src/services/tasks/writer.rs`) inserts its `task.created` rows in the same statement
+//! as the tasks, with [`EVENTS`] and [`event_payload`] from here.
+
+pub mod reconcile;
+pub mod records;
+pub mod relay;
+
+pub use reconcile::Reconciler;
+pub use records::OutcomeRecorder;
+pub use relay::Relay;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use sqlx::postgres::PgPool;
+use uuid::Uuid;
+
+use crate::events::Recorded;
+use crate::jobs::Job;
+
+/// The channel the `outbox_notify` trigger notifies at commit.
+pub const CHANNEL: &str = "tasklane_outbox";
+
+/// The `queue` of event rows: the relay publishes them instead of queueing jobs.
+pub const EVENTS: &str = "events";
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, sqlx::Error> {
+    serde_json::to_value(value).map_err(|err| sqlx::Error::Encode(Box::new(err)))
+}
+
+fn max_attempts<J: Job>() -> i32 {
+    i32::try_from(J::SPEC.max_attempts).unwrap_or(i32::MAX)
+}
+
+/// Writes a job into the outbox on the caller's connection, normally inside the transaction
+/// of the change that causes it. Returns the job id (also its id in Redis).
+pub async fn enqueue<J: Job>(
+    conn: &mut PgConnection,
+    job: &J,
+    request_id: Option<&str>,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        "insert into outbox (id, queue, kind, payload, max_attempts, request_id)
+         values ($1, $2, $3, $4, $5, $6)",
+        id,
+        J::SPEC.queue.as_str(),
+        J::SPEC.kind,
+        encode(job)?,
+        max_attempts::<J>(),
+        request_id,
+    )
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Writes a job under an id the caller derives (a schedule's tick, a user's digest of a
+/// day); `false` when a job with that id was already accepted, so however many workers
+/// enqueue it, it is one job.
+pub async fn enqueue_once<J: Job>(
+    conn: &mut PgConnection,
+    id: Uuid,
+    job: &J,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query!(
+        "insert into outbox (id, queue, kind, payload, max_attempts)
+         values ($1, $2, $3, $4, $5)
+         on conflict (id) do nothing",
+        id,
+        J::SPEC.queue.as_str(),
+        J::SPEC.kind,
+        encode(job)?,
+        max_attempts::<J>(),
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Writes many jobs of one kind in one statement, each under the id the caller derives (ids
+/// already accepted are skipped); returns how many were new. A fan-out (one job per user)
+/// commits whole or not at all, and running it again adds nothing.
+pub async fn fan_out<J: Job>(
+    conn: &mut PgConnection,
+    jobs: &[(Uuid, J)],
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| *id).collect();
+    let payloads = jobs.iter().map(|(_, job)| encode(job)).collect::<Result<Vec<_>, _>>()?;
+    let inserted = sqlx::query!(
+        "insert into outbox (id, queue, kind, payload, max_attempts)
+         select id, $3, $4, payload, $5 from unnest($1::uuid[], $2::jsonb[]) as x(id, payload)
+         on conflict (id) do nothing",
+        &ids,
+        &payloads,
+        J::SPEC.queue.as_str(),
+        J::SPEC.kind,
+        max_attempts::<J>(),
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted)
+}
+
+/// The payload of an event row for `user`.
+pub fn event_payload(
+    user: Uuid,
+    data: serde_json::Value,
+) -> Result<serde_json::Value, sqlx::Error> {
+    encode(&Recorded { user_id: user, at: Utc::now(), data })
+}
+
+/// Records an event for `user` in the caller's transaction (SPEC section 8).
+pub async fn record_event(
+    conn: &mut PgConnection,
+    user: Uuid,
+    event_type: &str,
+    data: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "insert into outbox (id, queue, kind, payload, max_attempts) values ($1, $2, $3, $4, 1)",
+        Uuid::now_v7(),
+        EVENTS,
+        event_type,
+        event_payload(user, data)?,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records one event of `event_type` per `(user, data)` in one statement.
+pub async fn record_events(
+    conn: &mut PgConnection,
+    event_type: &str,
+    events: Vec<(Uuid, serde_json::Value)>,
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for (user, data) in events {
+        ids.push(Uuid::now_v7());
+        payloads.push(event_payload(user, data)?);
+    }
+    sqlx::query!(
+        "insert into outbox (id, queue, kind, payload, max_attempts)
+         select id, $3, $4, payload, 1 from unnest($1::uuid[], $2::jsonb[]) as x(id, payload)",
+        &ids,
+        &payloads,
+        EVENTS,
+        event_type,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes a finished job's record in flight again: an operator sent a dead job back to its
+/// queue, so the reconciler must watch it again.
+pub async fn reopen(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update outbox set finished_at = null, outcome = null
+         where id = $1 and relayed_at is not null and outcome = 'dead'",
+        id,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Rows waiting to be relayed (the relay backlog), for metrics and health.
+pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from outbox where relayed_at is null and finished_at is null"#
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// The outbox as operators see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overview {
+    /// Rows waiting for the relay.
+    pub waiting: i64,
+    /// Seconds the oldest waiting row has waited.
+    pub oldest_waiting_age_seconds: f64,
+    /// Jobs relayed whose outcome is not recorded yet (in Redis: pending, scheduled, running).
+    pub in_flight: i64,
+    /// Rows set aside because they can never be run.
+    pub quarantined: i64,
+}
+
+pub async fn overview(pool: &PgPool) -> Result<Overview, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"select
+             (select count(*) from outbox where relayed_at is null and finished_at is null) as "waiting!",
+             (select coalesce(extract(epoch from now() - min(created_at)), 0)::float8 from outbox
+               where relayed_at is null and finished_at is null) as "oldest!",
+             (select count(*) from outbox where relayed_at is not null and finished_at is null) as "in_flight!",
+             (select count(*) from outbox where outcome = 'quarantined') as "quarantined!""#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Overview {
+        waiting: row.waiting,
+        oldest_waiting_age_seconds: row.oldest,
+        in_flight: row.in_flight,
+        quarantined: row.quarantined,
+    })
+}
+
+/// A row set aside, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    pub quarantined_at: DateTime<Utc>,
+}
+
+/// Quarantined rows, newest first, `limit` of them after the cursor (the last id seen).
+pub async fn quarantined(
+    pool: &PgPool,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Quarantined>, sqlx::Error> {
+    sqlx::query_as!(
+        Quarantined,
+        r#"select id, queue, kind, coalesce(last_error, '') as "reason!", created_at,
+                  finished_at as "quarantined_at!"
+           from outbox
+           where outcome = 'quarantined' and ($1::uuid is null or id < $1)
+           order by id desc
+           limit $2"#,
+        after,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A job's record as Postgres keeps it, for operators when Redis no longer holds the job (a
+/// quarantined row never reaches Redis).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub max_attempts: i32,
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub relayed_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `dead` or `quarantined` once finished.
+    pub outcome: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl Record {
+    /// Where the job stands by its record: its outcome, `in_flight` or `waiting`.
+    pub fn state(&self) -> &str {
+        match (&self.outcome, self.relayed_at) {
+            (Some(outcome), _) => outcome,
+            (None, Some(_)) => "in_flight",
+            (None, None) => "waiting",
+        }
+    }
+}
+
+pub async fn record(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+    sqlx::query_as!(
+        Record,
+        "select id, queue, kind, payload, max_attempts, request_id, created_at, relayed_at,
+                finished_at, outcome, last_error
+         from outbox where id = $1 and queue <> $2",
+        id,
+        EVENTS,
+    )
+    .fetch_optional(pool)
+    .await
+}

@@ -1,0 +1,113 @@
+//! [`OutcomeRecorder`]: writes jobs' outcomes to their Postgres records in batches (SPEC
+//! section 9), so finishing a job never costs a Postgres round trip of its own.
+//!
+//! Workers report each job's end here once Redis has accepted it. One task per process
+//! gathers what arrives while it waits (up to [`LINGER`] after the first report, or
+//! [`MAX_BATCH`] reports) and writes the lot with one statement. While Postgres is away the
+//! reports wait and are written when it returns; a report lost with a crashed worker is
+//! recovered by the [`super::Reconciler`], which copies outcomes it finds in Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::queue::{Finished, OutcomeSink};
+
+/// How long the recorder waits for more reports after the first one of a batch.
+const LINGER: Duration = Duration::from_millis(20);
+/// Most outcomes written by one statement.
+const MAX_BATCH: usize = 2000;
+/// Reports kept while Postgres is away; beyond it the reconciler recovers them from Redis.
+const MAX_WAITING: usize = 100_000;
+
+/// The sending half, given to the queue store; cheap to clone.
+#[derive(Clone)]
+pub struct OutcomeRecorder {
+    reports: mpsc::UnboundedSender<(Uuid, Finished)>,
+}
+
+impl OutcomeRecorder {
+    /// Starts the recorder's task; it ends when every clone of the recorder is dropped.
+    pub fn spawn(db: PgPool) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (reports, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(db, receiver));
+        (Arc::new(Self { reports }), task)
+    }
+}
+
+impl OutcomeSink for OutcomeRecorder {
+    fn finished(&self, id: &str, how: Finished) {
+        // Jobs pushed straight to Redis (never through the outbox) have no record.
+        if let Ok(id) = Uuid::parse_str(id) {
+            let _ = self.reports.send((id, how));
+        }
+    }
+}
+
+async fn run(db: PgPool, mut receiver: mpsc::UnboundedReceiver<(Uuid, Finished)>) {
+    let mut batch: Vec<(Uuid, Finished)> = Vec::new();
+    let mut failures = 0u32;
+    loop {
+        if batch.is_empty() {
+            match receiver.recv().await {
+                Some(report) => batch.push(report),
+                None => return,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(report)) => batch.push(report),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let written = batch.len().min(MAX_BATCH);
+        match write(&db, &batch[..written]).await {
+            Ok(()) => {
+                failures = 0;
+                batch.drain(..written);
+                metrics::counter!("job_outcomes_recorded_total").increment(written as u64);
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)))
+                    .min(Duration::from_secs(5));
+                tracing::warn!(error = %err, waiting = batch.len(), "cannot record job outcomes in Postgres yet");
+                if batch.len() > MAX_WAITING {
+                    let excess = batch.len() - MAX_WAITING;
+                    batch.drain(..excess);
+                }
+                tokio::time::sleep(delay).await;
+                while let Ok(report) = receiver.try_recv() {
+                    batch.push(report);
+                }
+            }
+        }
+    }
+}
+
+async fn write(db: &PgPool, batch: &[(Uuid, Finished)]) -> sqlx::Result<()> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(batch.len());
+    for (id, how) in batch {
+        ids.push(*id);
+        outcomes.push(how.as_str().to_owned());
+        errors.push(how.error().map(str::to_owned));
+    }
+    sqlx::query!(
+        "update outbox set finished_at = now(), outcome = x.outcome,
+                last_error = coalesce(x.error, outbox.last_error)
+         from unnest($1::uuid[], $2::text[], $3::text[]) as x(id, outcome, error)
+         where outbox.id = x.id",
+        &ids,
+        &outcomes,
+        &errors as &[Option<String>],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
