@@ -73,6 +73,10 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let single = drain_with(&settings, 1, 1).await?;
     println!("drain, 1 worker, concurrency 1:         {single:>10.0} jobs/s");
+    let bullmq_single = bullmq_drain(&redis_url, 1).await?;
+    println!("BullMQ 6.7 drain, concurrency 1:        {bullmq_single:>10.0} jobs/s");
+    let bullmq_wide = bullmq_drain(&redis_url, CONCURRENCY).await?;
+    println!("BullMQ 6.7 drain, concurrency {CONCURRENCY}:      {bullmq_wide:>10.0} jobs/s");
     let plain = outbox_drain(&settings, false).await?;
     println!("outbox drain, outcomes not recorded:   {:>10.0} jobs/s", plain.redis_rate);
     let kept = outbox_drain(&settings, true).await?;
@@ -84,7 +88,12 @@ pub async fn run() -> anyhow::Result<()> {
     println!("enqueue-to-start via outbox: p50 {} p99 {}", ms(p50), ms(p99));
     println!();
     println!("ratio drain(1 worker) / lpush: {:.2}  (target >= 0.5)", rates[0].1 / lpush);
-    println!("ratio drain(concurrency 1) / lpush: {:.3}", single / lpush);
+    println!(
+        "ratio drain(concurrency 1) / lpush: {:.3}; Tasklane / BullMQ at concurrency 1: {:.2}, at {CONCURRENCY}: {:.2}",
+        single / lpush,
+        single / bullmq_single,
+        rates[0].1 / bullmq_wide
+    );
     println!(
         "ratio outbox drain with records / without: {:.2}  (target >= 0.8); with records / lpush: {:.3}",
         kept.records_rate / plain.redis_rate,
@@ -95,6 +104,23 @@ pub async fn run() -> anyhow::Result<()> {
         println!("scaling {workers} workers / 1 worker: {:.2}", rate / rates[0].1);
     }
     Ok(())
+}
+
+/// BullMQ's drain of the same number of no-op jobs on the same Redis (`bench/bullmq`).
+async fn bullmq_drain(url: &url::Url, concurrency: usize) -> anyhow::Result<f64> {
+    let output = tokio::process::Command::new("node")
+        .args(["bench/bullmq/drain.mjs", url.as_str()])
+        .arg(drain_jobs().to_string())
+        .arg(concurrency.to_string())
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "BullMQ drain failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.trim().parse().map_err(|_| anyhow::anyhow!("cannot read the BullMQ drain's rate: {text}"))
 }
 
 async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64> {

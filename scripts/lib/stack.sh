@@ -168,6 +168,8 @@ spawn() {
   shift 4
   mkdir -p "$state/logs"
   printf '\n--- %s: %s\n' "$(date -Is)" "$*" >>"$state/logs/$name.log"
+  # The exact command, for a harness that restarts the service as it was (scripts/soak).
+  printf '%s\0' "$@" >"$state/run/$name.argv"
   setsid "$@" >>"$state/logs/$name.log" 2>&1 </dev/null 9>&- &
   register "$state" "$name" "$!" "$sig" "$grace"
 }
