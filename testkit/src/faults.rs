@@ -111,7 +111,33 @@ pub struct TcpGate {
     pub port: u16,
     mode: tokio::sync::watch::Sender<GateMode>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<OpenConnections>,
     task: JoinHandle<()>,
+}
+
+/// Connections a gate has open now, and the most it ever had open at once (a test that
+/// one attempt stopped before another started asserts that this stayed 1).
+#[derive(Default)]
+struct OpenConnections {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+/// One open connection, counted until dropped.
+struct Open(std::sync::Arc<OpenConnections>);
+
+impl Open {
+    fn new(counts: &std::sync::Arc<OpenConnections>) -> Self {
+        let now = counts.now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        counts.max.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        Self(counts.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl TcpGate {
@@ -121,17 +147,29 @@ impl TcpGate {
         let (sender, receiver) = tokio::sync::watch::channel(mode);
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
+        let open = std::sync::Arc::new(OpenConnections::default());
+        let counts = open.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mode = *receiver.borrow();
                 let mut changes = receiver.clone();
+                let counted = (mode != GateMode::Refuse).then(|| Open::new(&counts));
                 tokio::spawn(async move {
+                    let _counted = counted;
                     match mode {
                         GateMode::Refuse => drop(inbound),
                         GateMode::Hold => {
                             // Held until the gate changes mode or the peer goes away.
-                            let _ = changes.changed().await;
+                            let mut byte = [0u8; 1024];
+                            let peer_gone = async {
+                                use tokio::io::AsyncReadExt;
+                                while inbound.read(&mut byte).await.is_ok_and(|n| n > 0) {}
+                            };
+                            tokio::select! {
+                                _ = changes.changed() => {}
+                                () = peer_gone => {}
+                            }
                         }
                         GateMode::Forward => {
                             if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
@@ -148,7 +186,7 @@ impl TcpGate {
                 });
             }
         });
-        Self { port, mode: sender, accepted, task }
+        Self { port, mode: sender, accepted, open, task }
     }
 
     /// A gate in front of the test SMTP server (`SMTP_URL`).
@@ -180,6 +218,16 @@ impl TcpGate {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections forwarded or held right now (until either side closes).
+    pub fn open(&self) -> usize {
+        self.open.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most connections forwarded or held at once so far.
+    pub fn max_open(&self) -> usize {
+        self.open.max.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

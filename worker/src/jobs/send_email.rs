@@ -14,12 +14,17 @@
 //! voided by a newer link or expired meanwhile keeps no hash: its email still goes, with a
 //! dead link, as it did when the API minted tokens (each accepted request gets its email;
 //! the newest link is the one that works).
+//!
+//! An SMTP server that cannot be reached, times out or answers 421 is an outage, not a
+//! failure of the email: the handler returns [`DependencyDown`], the attempt is handed back
+//! uncounted and the kind held until a probe gets through (a Postgres outage is recognised
+//! the same way, from the `sqlx` error). A 5xx or another 4xx fails the email itself.
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
 use tasklane_shared::domain::email_tokens;
-use tasklane_shared::jobs::{PermanentError, SendEmail};
+use tasklane_shared::jobs::{DependencyDown, PermanentError, SendEmail};
 
 use crate::mailer::{Email, MailError, Mailer};
 use crate::templates::Templates;
@@ -69,6 +74,8 @@ pub async fn send_email(
     match mailer.send(&email).await {
         Ok(()) => {}
         Err(MailError::Invalid(why)) => return Err(Box::new(PermanentError(why))),
+        // The kind is held until SMTP answers again; this attempt does not count.
+        Err(err) if err.is_outage() => return Err(Box::new(DependencyDown::new("smtp", err))),
         Err(err) => return Err(Box::new(err)),
     }
     tx.commit().await?;
