@@ -1,12 +1,13 @@
 // BullMQ's drain of no-op jobs, the baseline scripts/bench queue compares Tasklane with:
 // node drain.mjs <redis-url> <jobs> <concurrency> prints "<jobs/s>".
 import { Queue, Worker } from 'bullmq';
+import IORedis from 'ioredis';
 
 const [url, jobsArg, concurrencyArg] = process.argv.slice(2);
 const jobs = Number(jobsArg);
 const concurrency = Number(concurrencyArg);
-const { hostname, port } = new URL(url);
-const connection = { host: hostname, port: Number(port), maxRetriesPerRequest: null };
+// BullMQ 6 takes a constructed client in an ES module (it duplicates it for blocking calls).
+const connection = new IORedis(url, { maxRetriesPerRequest: null });
 const name = `bench-${process.pid}-${Date.now()}`;
 
 const queue = new Queue(name, { connection });
@@ -32,3 +33,4 @@ console.log((jobs / seconds).toFixed(0));
 await worker.close();
 await queue.obliterate({ force: true });
 await queue.close();
+await connection.quit();
