@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::breaker::Breaker;
+use super::handoff::NextClaims;
 use super::held::Cancel;
 use super::{Claim, HeldClaims, Outcome, QueueStore, lease};
 use crate::jobs::{DependencyDown, Job, PermanentError};
@@ -25,10 +26,15 @@ use crate::jobs::{DependencyDown, Job, PermanentError};
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The layer of one backend, with its acker task running; `breaker` is the backend's.
-pub(super) fn spawn<J>(store: QueueStore, held: HeldClaims, breaker: Breaker) -> AckLayer<J> {
+pub(super) fn spawn<J>(
+    store: QueueStore,
+    held: HeldClaims,
+    breaker: Breaker,
+    next: NextClaims,
+) -> AckLayer<J> {
     let (acks, pending) = mpsc::unbounded_channel();
     let scale = store.settings().retry_scale;
-    tokio::spawn(acker(store, held, pending));
+    tokio::spawn(acker(store, held, pending, next));
     AckLayer { acks, breaker, scale, _job: PhantomData }
 }
 
@@ -42,7 +48,12 @@ struct Ack {
 
 /// Records outcomes in batches: whatever accumulated while the previous call ran goes in the
 /// next one. Ends when every sender (the worker's services) is gone.
-async fn acker(store: QueueStore, held: HeldClaims, mut pending: mpsc::UnboundedReceiver<Ack>) {
+async fn acker(
+    store: QueueStore,
+    held: HeldClaims,
+    mut pending: mpsc::UnboundedReceiver<Ack>,
+    next: NextClaims,
+) {
     const MAX_BATCH: usize = 256;
     while let Some(first) = pending.recv().await {
         let mut batch = vec![first];
@@ -52,7 +63,7 @@ async fn acker(store: QueueStore, held: HeldClaims, mut pending: mpsc::Unbounded
                 Err(_) => break,
             }
         }
-        record(&store, &batch).await;
+        record(&store, &batch, &next).await;
         for ack in batch {
             held.remove(&ack.claim);
             let _ = ack.recorded.send(());
@@ -196,14 +207,27 @@ fn outcome_of<J: Job>(
 /// Records a batch of outcomes (one queue: a backend serves one kind), retrying briefly
 /// through a Redis blip; if Redis stays away the leases expire and the jobs run again
 /// (delivery is at least once).
-async fn record(store: &QueueStore, batch: &[Ack]) {
+async fn record(store: &QueueStore, batch: &[Ack], next: &NextClaims) {
     let Some(queue) = batch.first().map(|ack| ack.claim.queue) else {
         return;
     };
     let outcomes: Vec<(&Claim, &Outcome, Duration)> =
         batch.iter().map(|ack| (&ack.claim, &ack.outcome, ack.took)).collect();
+    // The slots these outcomes free are filled in the same round trip.
+    let wanted = next.wanted(batch.len());
     for attempt in 1..=5u32 {
-        match store.finish_many(queue, &outcomes).await {
+        let sent = std::time::Instant::now();
+        let result = if wanted > 0 && attempt == 1 {
+            store.finish_and_claim(queue, &outcomes, next.kind, &next.worker, wanted).await.map(
+                |(recorded, claims)| {
+                    next.claimed(sent, claims);
+                    recorded
+                },
+            )
+        } else {
+            store.finish_many(queue, &outcomes).await
+        };
+        match result {
             Ok(recorded) => {
                 for (ack, accepted) in batch.iter().zip(recorded) {
                     if accepted {

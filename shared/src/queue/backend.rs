@@ -9,7 +9,9 @@
 //!   since apalis treats a backend error as fatal to the worker.
 //! - Its lease keeper ([`super::lease`]) renews the leases of the claims this backend holds,
 //!   buffered ones included, and stops the handler of any claim whose lease is lost.
-//! - Its middleware, [`AckLayer`], records each attempt's outcome (see [`super::ack`]).
+//! - Its middleware, [`AckLayer`], records each attempt's outcome (see [`super::ack`]) and,
+//!   in the same round trip, claims as many next jobs as the outcomes freed slots, handing
+//!   them over here ([`super::handoff`]).
 //! - Its [`Breaker`] stops claiming while the kind's dependency is down, then lets one
 //!   probe through at a time (see [`super::breaker`]).
 //! - Claims belong to the backend that made them: when apalis' monitor restarts a worker,
@@ -35,6 +37,7 @@ use redis::aio::ConnectionManager;
 
 use super::ack::AckLayer;
 use super::breaker::{Admit, Breaker};
+use super::handoff::{Handoff, NextClaims};
 use super::held::Cancel;
 use super::{Claim, ClaimRef, HeldClaims, Outcome, QueueStore, lease};
 use crate::jobs::Job;
@@ -67,6 +70,8 @@ pub struct RedisBackend<J> {
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     /// Holds the kind while its dependency is down; shared with the middleware.
     breaker: Breaker,
+    /// Jobs the acker claimed along with outcomes it recorded (see [`super::handoff`]).
+    handoff: Handoff,
     _job: PhantomData<fn() -> J>,
 }
 
@@ -91,6 +96,7 @@ impl<J: Job> RedisBackend<J> {
             closing: Arc::default(),
             heartbeat: None,
             breaker,
+            handoff: Handoff::default(),
             _job: PhantomData,
         }
     }
@@ -153,6 +159,16 @@ impl<J: Job> RedisBackend<J> {
         }
     }
 
+    /// Holds what the acker claimed for this backend; `true` when there was any.
+    fn take_handoff(&mut self, waker: Option<&std::task::Waker>) -> bool {
+        let handed = self.handoff.take(waker);
+        let any = !handed.is_empty();
+        for (sent, claims) in handed {
+            self.hold(sent, claims);
+        }
+        any
+    }
+
     /// Holds what a claim call sent at `sent` claimed, to be handed to the worker.
     fn hold(&mut self, sent: Instant, claims: Vec<Claim>) {
         for claim in claims {
@@ -194,6 +210,12 @@ impl<J> Drop for RedisBackend<J> {
         self.closing.store(true, Ordering::SeqCst);
         if let Some(heartbeat) = self.heartbeat.take() {
             heartbeat.abort();
+        }
+        // Claimed by the acker and never held: handed back with the rest.
+        for (sent, claims) in self.handoff.take(None) {
+            for claim in claims {
+                self.held.insert(&claim, self.owner, sent);
+            }
         }
         let owned = self.held.disown(self.owner, "worker_stopped");
         let Some(queue) = owned.first().map(|claim| claim.queue) else {
@@ -248,6 +270,9 @@ impl<J: Job> Backend for RedisBackend<J> {
                     None => continue,
                 }
             }
+            if self.take_handoff(Some(cx.waker())) {
+                continue;
+            }
             if self.fetching.is_none() {
                 self.fetching = Some(self.fetch());
             }
@@ -278,6 +303,7 @@ impl<J: Job> Backend for RedisBackend<J> {
             self.fetching = None;
             self.hold(sent, claims);
         }
+        self.take_handoff(None);
         let unstarted: Vec<Claim> = self.buffer.drain(..).map(|(claim, _)| claim).collect();
         if !unstarted.is_empty() {
             let (store, held) = (self.store.clone(), self.held.clone());
@@ -308,6 +334,14 @@ impl<J: Job> BackendConfig for RedisBackend<J> {
     }
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
-        super::ack::spawn(self.store.clone(), self.held.clone(), self.breaker.clone())
+        let next = NextClaims {
+            handoff: self.handoff.clone(),
+            kind: J::SPEC.kind,
+            worker: self.worker.clone(),
+            prefetch: self.prefetch,
+            closing: self.closing.clone(),
+            breaker: self.breaker.clone(),
+        };
+        super::ack::spawn(self.store.clone(), self.held.clone(), self.breaker.clone(), next)
     }
 }

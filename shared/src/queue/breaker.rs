@@ -134,6 +134,12 @@ impl Breaker {
         }
     }
 
+    /// Whether the kind runs normally (no outage seen): only then may the acker claim the
+    /// next jobs along with its outcomes (probes go through [`Breaker::admit`]).
+    pub(super) fn is_closed(&self) -> bool {
+        matches!(self.lock().phase, Phase::Closed)
+    }
+
     /// The probe's claim found nothing to run: the next claim may probe again.
     pub(super) fn nothing_claimed(&self) {
         let mut state = self.lock();

@@ -28,6 +28,7 @@
 pub mod ack;
 pub mod backend;
 pub mod breaker;
+mod handoff;
 pub mod held;
 pub mod inspect;
 pub mod lease;

@@ -139,8 +139,22 @@ impl QueueStore {
         worker: &str,
         n: usize,
     ) -> redis::RedisResult<Vec<Claim>> {
-        type Row = (String, String, String, u32, u32, String, String);
-        let rows: Vec<Row> = FETCH
+        let rows: Vec<ClaimRow> = self
+            .claim_invocation(queue, kind, worker, n)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(claims_from(queue, rows))
+    }
+
+    fn claim_invocation(
+        &self,
+        queue: Queue,
+        kind: &str,
+        worker: &str,
+        n: usize,
+    ) -> redis::ScriptInvocation<'static> {
+        let mut invocation = FETCH.prepare_invoke();
+        invocation
             .key(self.key(queue, "running"))
             .arg(self.ns(queue))
             .arg(kind)
@@ -150,22 +164,31 @@ impl QueueStore {
             .arg(millis(self.settings.done_retention))
             .arg(millis(self.settings.dead_retention))
             .arg(SWEEP_LIMIT)
-            .arg(WAKE_CAP)
-            .invoke_async(&mut self.conn.clone())
+            .arg(WAKE_CAP);
+        invocation
+    }
+
+    /// Records outcomes and claims up to `n` more jobs of `kind` in one round trip (a
+    /// pipeline of both scripts, each loaded first so a restarted Redis needs no retry):
+    /// a worker whose handlers just finished has its next jobs in the same trip.
+    pub async fn finish_and_claim(
+        &self,
+        queue: Queue,
+        outcomes: &[(&Claim, &Outcome, Duration)],
+        kind: &str,
+        worker: &str,
+        n: usize,
+    ) -> redis::RedisResult<(Vec<bool>, Vec<Claim>)> {
+        let finish = self.finish_invocation(queue, outcomes);
+        let claim = self.claim_invocation(queue, kind, worker, n);
+        let (_, _, recorded, rows): (String, String, Vec<i64>, Vec<ClaimRow>) = redis::pipe()
+            .load_script(&FINISH)
+            .load_script(&FETCH)
+            .invoke_script(&finish)
+            .invoke_script(&claim)
+            .query_async(&mut self.conn.clone())
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, kind, payload, attempt, max_attempts, request_id, token)| Claim {
-                queue,
-                id,
-                kind,
-                payload,
-                attempt,
-                max_attempts,
-                request_id: Some(request_id).filter(|r| !r.is_empty()),
-                token,
-            })
-            .collect())
+        Ok((recorded.into_iter().map(|r| r == 1).collect(), claims_from(queue, rows)))
     }
 
     /// Records an attempt's outcome; `false` when the claim was no longer this worker's.
@@ -189,6 +212,16 @@ impl QueueStore {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
+        let recorded: Vec<i64> =
+            self.finish_invocation(queue, outcomes).invoke_async(&mut self.conn.clone()).await?;
+        Ok(recorded.into_iter().map(|r| r == 1).collect())
+    }
+
+    fn finish_invocation(
+        &self,
+        queue: Queue,
+        outcomes: &[(&Claim, &Outcome, Duration)],
+    ) -> redis::ScriptInvocation<'static> {
         let mut invocation = FINISH.prepare_invoke();
         invocation
             .key(self.key(queue, "running"))
@@ -210,8 +243,7 @@ impl QueueStore {
                 .arg(error)
                 .arg(millis(delay));
         }
-        let recorded: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(recorded.into_iter().map(|r| r == 1).collect())
+        invocation
     }
 
     /// Extends the leases of claims still held (a worker's heartbeat); returns the ids of
@@ -268,4 +300,22 @@ impl QueueStore {
             .await?;
         Ok(())
     }
+}
+
+/// A claimed job as `fetch.lua` returns it.
+type ClaimRow = (String, String, String, u32, u32, String, String);
+
+fn claims_from(queue: Queue, rows: Vec<ClaimRow>) -> Vec<Claim> {
+    rows.into_iter()
+        .map(|(id, kind, payload, attempt, max_attempts, request_id, token)| Claim {
+            queue,
+            id,
+            kind,
+            payload,
+            attempt,
+            max_attempts,
+            request_id: Some(request_id).filter(|r| !r.is_empty()),
+            token,
+        })
+        .collect()
 }
