@@ -118,6 +118,7 @@ async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
                 payload: payload.clone(),
                 max_attempts: 3,
                 request_id: None,
+                traceparent: None,
                 unique: None,
             })
             .collect();

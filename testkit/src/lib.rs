@@ -14,6 +14,7 @@
 //! - [`TcpGate`]: a TCP gate in front of a real server, to refuse or hold its connections;
 //!   [`signal`]: SIGTERM or SIGKILL for a child process (both in `faults`).
 //! - `database`: each test's database, cloned from a migrated template.
+//! - [`OtlpReceiver`]: an OTLP/HTTP trace collector, to assert on exported spans.
 //! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
 
 use std::collections::HashMap;
@@ -32,9 +33,11 @@ use tokio::task::JoinHandle;
 
 mod database;
 mod faults;
+mod otlp;
 
 use database::create_database;
 pub use faults::{GateMode, TcpGate, TestRedis, signal};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 /// Polls `check` every 25 ms until it yields a value or `deadline` passes.
 pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
@@ -105,7 +108,10 @@ impl TestApp {
         let mut settings = base_settings();
         // Logs only when asked for (`TASKLANE_LOG=debug scripts/test ...`): quiet by default.
         if std::env::var_os("TASKLANE_LOG").is_some() {
-            tasklane_shared::telemetry::init_tracing(&settings);
+            let _ = tasklane_shared::telemetry::init_tracing(
+                &settings,
+                tasklane_shared::telemetry::API_SERVICE,
+            );
         }
         let (db_name, admin_options, database_url) =
             create_database(&settings).await.expect("test database");

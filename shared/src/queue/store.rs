@@ -124,6 +124,7 @@ impl QueueStore {
                 Some((key, ttl)) => invocation.arg(key).arg(millis(*ttl)),
                 None => invocation.arg("").arg(0),
             };
+            invocation.arg(job.traceparent.as_deref().unwrap_or(""));
         }
         invocation.invoke_async(&mut self.conn.clone()).await
     }
@@ -137,7 +138,7 @@ impl QueueStore {
         worker: &str,
         n: usize,
     ) -> redis::RedisResult<Vec<Claim>> {
-        type Row = (String, String, String, u32, u32, String, String);
+        type Row = (String, String, String, u32, u32, String, String, String, u64, u64);
         let rows: Vec<Row> = FETCH
             .key(self.key(queue, "running"))
             .arg(self.ns(queue))
@@ -153,16 +154,34 @@ impl QueueStore {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, kind, payload, attempt, max_attempts, request_id, token)| Claim {
-                queue,
-                id,
-                kind,
-                payload,
-                attempt,
-                max_attempts,
-                request_id: Some(request_id).filter(|r| !r.is_empty()),
-                token,
-            })
+            .map(
+                |(
+                    id,
+                    kind,
+                    payload,
+                    attempt,
+                    max_attempts,
+                    request_id,
+                    token,
+                    trace,
+                    pushed,
+                    now,
+                )| {
+                    Claim {
+                        queue,
+                        id,
+                        kind,
+                        payload,
+                        attempt,
+                        max_attempts,
+                        request_id: Some(request_id).filter(|r| !r.is_empty()),
+                        token,
+                        traceparent: Some(trace).filter(|t| !t.is_empty()),
+                        pushed_ms: pushed,
+                        claimed_ms: now,
+                    }
+                },
+            )
             .collect())
     }
 

@@ -30,6 +30,7 @@ use tasklane_shared::jobs::ProcessUpload;
 use tasklane_shared::queue::Claim;
 use tasklane_shared::storage::{self, Bucket};
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Bytes enough for every signature `infer` knows, and for a UTF-8 check of text.
@@ -95,6 +96,7 @@ async fn verify(
         .bucket(&bucket.name)
         .key(&attachment.upload_key)
         .send()
+        .instrument(storage::s3_span("HeadObject", &attachment.upload_key))
         .await
     {
         Ok(head) => head,
@@ -129,6 +131,7 @@ async fn verify(
         .key(&attachment.upload_key)
         .if_match(&etag)
         .send()
+        .instrument(storage::s3_span("GetObject", &attachment.upload_key))
         .await?;
     let mut hasher = Sha256::new();
     let mut sniffed = Vec::with_capacity(SNIFF_BYTES);
@@ -183,6 +186,7 @@ async fn verify(
             .content_type("image/png")
             .body(png.into())
             .send()
+            .instrument(storage::s3_span("PutObject", &key))
             .await?;
         thumbnail_key = Some(key);
     }
@@ -197,6 +201,7 @@ async fn verify(
         .copy_source_if_match(&etag)
         .key(&attachment.object_key)
         .send()
+        .instrument(storage::s3_span("CopyObject", &attachment.object_key))
         .await?;
     Ok(Ok(Verified { size, sha256, detected_type, thumbnail_key }))
 }
