@@ -177,14 +177,14 @@ impl ServerError {
     }
 }
 
+/// Database outages (refused, cut, shutting down, no connection within the pool's acquire
+/// timeout) are 503 with `Retry-After`, never 500: see `tasklane_shared::db::is_unavailable`.
 impl From<sqlx::Error> for ServerError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolClosed => Self::unavailable("the database", err),
-            other => Self::internal(other),
+        if tasklane_shared::db::is_unavailable(&err) {
+            Self::unavailable("the database", err)
+        } else {
+            Self::internal(err)
         }
     }
 }
@@ -195,9 +195,17 @@ impl From<redis::RedisError> for ServerError {
     }
 }
 
+/// An outage anywhere in the chain (a service wrapped a database or Redis error with
+/// context) is still an outage.
 impl From<anyhow::Error> for ServerError {
     fn from(err: anyhow::Error) -> Self {
-        Self::internal(format!("{err:#}"))
+        if tasklane_shared::db::chain_is_unavailable(&err) {
+            Self::unavailable("the database", format!("{err:#}"))
+        } else if err.chain().any(|cause| cause.is::<redis::RedisError>()) {
+            Self::unavailable("redis", format!("{err:#}"))
+        } else {
+            Self::internal(format!("{err:#}"))
+        }
     }
 }
 
@@ -221,6 +229,58 @@ impl<E: Into<ServerError>> From<E> for AuthedError {
         match err.into() {
             ServerError::Internal(problem) => Self::Internal(problem),
             ServerError::Unavailable(problem, retry) => Self::Unavailable(problem, retry),
+        }
+    }
+}
+
+/// The responses of an operation whose body has its own bad-request handler, with the
+/// failures decided before the operation ran passed through as they are.
+///
+/// poem-openapi hands *every* extractor's error to an operation's bad-request handler,
+/// the bearer check's included, and that handler can only answer with one of the
+/// operation's own variants (400 or 422). So a 401 for a bad token, or the 503 of a token
+/// check that could not reach the database, would come out as a 400. Wrapped in `Checked`,
+/// such an operation answers them as every other operation does; only errors of the
+/// request's own parsing reach its handler.
+pub enum Checked<T> {
+    Ran(T),
+    Refused(poem::Error),
+}
+
+impl<T> From<T> for Checked<T> {
+    fn from(response: T) -> Self {
+        Self::Ran(response)
+    }
+}
+
+impl<T: poem_openapi::ApiResponse> poem_openapi::ApiResponse for Checked<T> {
+    const BAD_REQUEST_HANDLER: bool = T::BAD_REQUEST_HANDLER;
+
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        T::meta()
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        T::register(registry);
+    }
+
+    fn from_parse_request_error(err: poem::Error) -> Self {
+        let status = err.status();
+        let refused = status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+            || status.is_server_error();
+        if refused { Self::Refused(err) } else { Self::Ran(T::from_parse_request_error(err)) }
+    }
+}
+
+impl<T: IntoResponse> IntoResponse for Checked<T> {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Ran(response) => response.into_response(),
+            // A documented response (the token check's `ServerError`) as it was built;
+            // anything else (a 401) in the problem shape, as the HTTP layer would.
+            Self::Refused(err) if err.is_from_response() => err.into_response(),
+            Self::Refused(err) => Problem::from_error(&err).into_response(),
         }
     }
 }

@@ -12,8 +12,8 @@ use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
 use secrecy::ExposeSecret;
 use tasklane_shared::config::Settings;
-use tasklane_shared::jobs::{Backoff, Job, JobSpec, Queue};
-use tasklane_shared::outbox::{self, Relay};
+use tasklane_shared::jobs::{Backoff, DeleteObjects, Job, JobSpec, Queue};
+use tasklane_shared::outbox::{self, OutcomeRecorder, Relay};
 use tasklane_shared::queue::{HeldClaims, NewJob, QueueSettings, QueueStore, RedisBackend};
 use tasklane_shared::redis::Keys;
 
@@ -22,7 +22,7 @@ use crate::{ms, percentile};
 /// A job that does nothing: what is measured is the queue.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Noop {
-    /// When it was enqueued (Unix µs), for the latency run.
+    /// When it was enqueued (Unix µs); gives the payload a realistic size.
     enqueued_us: i64,
 }
 
@@ -71,15 +71,56 @@ pub async fn run() -> anyhow::Result<()> {
         println!("drain, {workers} worker process(es):        {rate:>10.0} jobs/s");
         rates.push((workers, rate));
     }
+    let single = drain_with(&settings, 1, 1).await?;
+    println!("drain, 1 worker, concurrency 1:         {single:>10.0} jobs/s");
+    let bullmq_single = bullmq_drain(&redis_url, 1).await?;
+    println!("BullMQ 6.7 drain, concurrency 1:        {bullmq_single:>10.0} jobs/s");
+    let bullmq_wide = bullmq_drain(&redis_url, CONCURRENCY).await?;
+    println!("BullMQ 6.7 drain, concurrency {CONCURRENCY}:      {bullmq_wide:>10.0} jobs/s");
+    let plain = outbox_drain(&settings, false).await?;
+    println!("outbox drain, outcomes not recorded:   {:>10.0} jobs/s", plain.redis_rate);
+    let kept = outbox_drain(&settings, true).await?;
+    println!(
+        "outbox drain, job records kept:        {:>10.0} jobs/s  (every record finished: {:.0} jobs/s)",
+        kept.redis_rate, kept.records_rate
+    );
     let (p50, p99) = latency(&settings).await?;
     println!("enqueue-to-start via outbox: p50 {} p99 {}", ms(p50), ms(p99));
     println!();
     println!("ratio drain(1 worker) / lpush: {:.2}  (target >= 0.5)", rates[0].1 / lpush);
+    println!(
+        "ratio drain(concurrency 1) / lpush: {:.3}; Tasklane / BullMQ at concurrency 1: {:.2}, at {CONCURRENCY}: {:.2}",
+        single / lpush,
+        single / bullmq_single,
+        rates[0].1 / bullmq_wide
+    );
+    println!(
+        "ratio outbox drain with records / without: {:.2}  (target >= 0.8); with records / lpush: {:.3}",
+        kept.records_rate / plain.redis_rate,
+        kept.records_rate / lpush
+    );
     println!("latency p50 {} (target <= 10 ms), p99 {} (target <= 100 ms)", ms(p50), ms(p99));
     for (workers, rate) in &rates[1..] {
         println!("scaling {workers} workers / 1 worker: {:.2}", rate / rates[0].1);
     }
     Ok(())
+}
+
+/// BullMQ's drain of the same number of no-op jobs on the same Redis (`bench/bullmq`).
+async fn bullmq_drain(url: &url::Url, concurrency: usize) -> anyhow::Result<f64> {
+    let output = tokio::process::Command::new("node")
+        .args(["bench/bullmq/drain.mjs", url.as_str()])
+        .arg(drain_jobs().to_string())
+        .arg(concurrency.to_string())
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "BullMQ drain failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.trim().parse().map_err(|_| anyhow::anyhow!("cannot read the BullMQ drain's rate: {text}"))
 }
 
 async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64> {
@@ -106,6 +147,15 @@ async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64> {
 
 /// Pushes the jobs, then times `workers` processes draining them.
 async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
+    drain_with(settings, workers, CONCURRENCY).await
+}
+
+/// Like [`drain`], each worker running `concurrency` jobs at once.
+async fn drain_with(
+    settings: &Settings,
+    workers: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let store = store(settings, &prefix)?;
     let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
@@ -130,7 +180,7 @@ async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
     for _ in 0..workers {
         children.push(
             tokio::process::Command::new(&exe)
-                .args(["drain-worker", &prefix])
+                .args(["drain-worker", &prefix, &concurrency.to_string()])
                 .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()?,
@@ -157,10 +207,107 @@ async fn noop(_job: Noop) -> Result<(), BoxDynError> {
     Ok(())
 }
 
+async fn noop_delete(_job: DeleteObjects) -> Result<(), BoxDynError> {
+    Ok(())
+}
+
+/// Rates of one drain through the outbox.
+struct OutboxDrain {
+    /// Until every job is done in Redis.
+    redis_rate: f64,
+    /// Until every job's record is finished in Postgres (the same as `redis_rate` when
+    /// outcomes are not recorded).
+    records_rate: f64,
+}
+
+/// The whole spine on one process: rows committed to the outbox (one fan-out statement), the
+/// relay pushing them, a worker draining them at full concurrency, with or without the
+/// outcome recorder writing each job's end to its record. A declared kind (an empty
+/// `delete_objects`) with a no-op handler, since the relay quarantines undeclared kinds.
+async fn outbox_drain(settings: &Settings, records: bool) -> anyhow::Result<OutboxDrain> {
+    let jobs = drain_jobs() / 2;
+    let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(settings.database_url.expose_secret())
+        .await?;
+    tasklane_shared::db::migrate(&db).await?;
+    sqlx::raw_sql("truncate outbox").execute(&db).await?;
+    let mut store = store(settings, &prefix)?;
+    if records {
+        let (recorder, _task) = OutcomeRecorder::spawn(db.clone());
+        store = store.with_outcomes(recorder);
+    }
+    let rows: Vec<(uuid::Uuid, DeleteObjects)> =
+        (0..jobs).map(|_| (uuid::Uuid::now_v7(), DeleteObjects { keys: Vec::new() })).collect();
+    outbox::fan_out(&mut *db.acquire().await?, &rows).await?;
+
+    let started = Instant::now();
+    let relay = Relay::new(db.clone(), store.clone(), Duration::from_millis(100));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    let (st, set) = (store.clone(), settings.clone());
+    let monitor = Monitor::new().register(move |_| {
+        let blocking = tasklane_shared::redis::connect_blocking(&set).expect("redis url");
+        WorkerBuilder::new("bench-outbox")
+            .backend(
+                RedisBackend::<DeleteObjects>::new(
+                    st.clone(),
+                    blocking,
+                    "bench-outbox".into(),
+                    HeldClaims::default(),
+                )
+                .with_prefetch(CONCURRENCY),
+            )
+            .concurrency(CONCURRENCY)
+            .build(noop_delete)
+    });
+    let (monitor_stop, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor_task = tokio::spawn(monitor.run_with_signal(async {
+        let _ = monitor_stopped.await;
+        Ok(())
+    }));
+    let done_key = store.key(Queue::Uploads, "done");
+    let mut conn = store.connection();
+    loop {
+        let done: usize = redis::cmd("ZCARD").arg(&done_key).query_async(&mut conn).await?;
+        if done >= jobs {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "drain did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let redis_rate = jobs as f64 / started.elapsed().as_secs_f64();
+    let mut records_rate = redis_rate;
+    if records {
+        loop {
+            let open: i64 =
+                sqlx::query_scalar("select count(*) from outbox where finished_at is null")
+                    .fetch_one(&db)
+                    .await?;
+            if open == 0 {
+                break;
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "records did not finish");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        records_rate = jobs as f64 / started.elapsed().as_secs_f64();
+    }
+    let _ = stop.send(());
+    let _ = monitor_stop.send(());
+    let _ = relay_task.await;
+    let _ = monitor_task.await;
+    sqlx::raw_sql("truncate outbox").execute(&db).await?;
+    Ok(OutboxDrain { redis_rate, records_rate })
+}
+
 /// One drain worker process: the real backend and apalis runtime, a no-op handler.
 pub async fn drain_worker(args: &[String]) -> anyhow::Result<()> {
     let settings = settings()?;
     let prefix = args.first().ok_or_else(|| anyhow::anyhow!("prefix"))?.clone();
+    let concurrency: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(CONCURRENCY);
     let store = store(&settings, &prefix)?;
     let name = format!("bench-{}", std::process::id());
     let monitor = Monitor::new().register(move |_| {
@@ -173,9 +320,9 @@ pub async fn drain_worker(args: &[String]) -> anyhow::Result<()> {
                     name.clone(),
                     HeldClaims::default(),
                 )
-                .with_prefetch(CONCURRENCY),
+                .with_prefetch(concurrency),
             )
-            .concurrency(CONCURRENCY)
+            .concurrency(concurrency)
             .build(noop)
     });
     monitor.run().await?;
@@ -183,12 +330,14 @@ pub async fn drain_worker(args: &[String]) -> anyhow::Result<()> {
 }
 
 async fn record_start(
-    job: Noop,
+    job: DeleteObjects,
     latencies: Data<Arc<std::sync::Mutex<Vec<Duration>>>>,
     seen: Data<Arc<AtomicU64>>,
 ) -> Result<(), BoxDynError> {
     let now = chrono::Utc::now().timestamp_micros();
-    let waited = Duration::from_micros(u64::try_from(now - job.enqueued_us).unwrap_or(0));
+    // The enqueue time rides in the (otherwise empty) key list.
+    let enqueued_us: i64 = job.keys.first().and_then(|t| t.parse().ok()).unwrap_or(now);
+    let waited = Duration::from_micros(u64::try_from(now - enqueued_us).unwrap_or(0));
     latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(waited);
     seen.fetch_add(1, Ordering::SeqCst);
     Ok(())
@@ -215,7 +364,7 @@ async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
     let monitor = Monitor::new().register(move |_| {
         let blocking = tasklane_shared::redis::connect_blocking(&set).expect("redis url");
         WorkerBuilder::new("bench-latency")
-            .backend(RedisBackend::<Noop>::new(
+            .backend(RedisBackend::<DeleteObjects>::new(
                 st.clone(),
                 blocking,
                 "bench-latency".into(),
@@ -234,12 +383,8 @@ async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..LATENCY_JOBS {
         let mut tx = db.begin().await?;
-        outbox::enqueue(
-            &mut tx,
-            &Noop { enqueued_us: chrono::Utc::now().timestamp_micros() },
-            None,
-        )
-        .await?;
+        let now = chrono::Utc::now().timestamp_micros();
+        outbox::enqueue(&mut tx, &DeleteObjects { keys: vec![now.to_string()] }, None).await?;
         tx.commit().await?;
         tokio::time::sleep(Duration::from_millis(3)).await;
     }

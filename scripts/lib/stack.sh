@@ -39,6 +39,17 @@ pg_bin_dir() {
   if [[ -n $dir && -x $dir/initdb ]]; then printf '%s\n' "$dir"; fi
 }
 
+# Debian's libfaketime (package faketime), preloaded into a process to skew its clock.
+libfaketime_path() {
+  local lib
+  for lib in /usr/lib/*/faketime/libfaketime.so.1; do
+    if [[ -f $lib ]]; then
+      printf '%s\n' "$lib"
+      return
+    fi
+  done
+}
+
 maildev_bin() { printf '%s\n' "$TASKLANE_TOOLS_DIR/maildev/node_modules/.bin/maildev"; }
 s3s_fs_bin() { printf '%s\n' "$TASKLANE_TOOLS_DIR/s3s-fs/bin/s3s-fs"; }
 
@@ -82,6 +93,8 @@ ensure_tools() {
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   command -v curl >/dev/null || pkgs+=(curl)
   command -v promtool >/dev/null || pkgs+=("prometheus=$PROMETHEUS_DEB_VERSION")
+  # libfaketime: test F8 runs a worker process with its clock 10 minutes off.
+  [[ -n $(libfaketime_path) ]] || pkgs+=(faketime)
   if ((${#pkgs[@]})); then apt_install "${pkgs[@]}"; fi
   [[ -n $(pg_bin_dir) ]] || die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb found"
 
@@ -164,14 +177,39 @@ pid_of() {
 # which then stops everything in order (workers must still reach Redis while they hand
 # back their jobs). A non-interactive shell's background child is not a group leader, so
 # setsid execs in place and $! is the service's own PID. fd 9 is scripts/dev's lock:
-# children must not hold it.
+# children must not hold it. The command and its working folder are kept in run/NAME.cmd,
+# so respawn can start the same process again (same port, same data).
 spawn() {
   local state=$1 name=$2 sig=$3 grace=$4
   shift 4
-  mkdir -p "$state/logs"
+  local cmd=("$@") dir=$PWD
+  mkdir -p "$state/logs" "$state/run"
+  {
+    declare -p cmd
+    declare -p dir
+  } >"$state/run/$name.cmd"
+  launch "$state" "$name" "$@"
+  register "$state" "$name" "$!" "$sig" "$grace"
+}
+
+launch() {
+  local state=$1 name=$2
+  shift 2
   printf '\n--- %s: %s\n' "$(date -Is)" "$*" >>"$state/logs/$name.log"
   setsid "$@" >>"$state/logs/$name.log" 2>&1 </dev/null 9>&- &
-  register "$state" "$name" "$!" "$sig" "$grace"
+}
+
+# respawn STATE NAME: start a process spawn started (and which has stopped) again, with the
+# same command in the same folder; it keeps its place in the stop order (pid_of gives its
+# new PID). Not in a subshell: the process must be this shell's child.
+respawn() {
+  local state=$1 name=$2 here=$PWD cmd=() dir=
+  # shellcheck source=/dev/null # written by spawn: `declare -a cmd=(...)`, `declare -- dir=...`
+  . "$state/run/$name.cmd"
+  cd "$dir" || return 1
+  launch "$state" "$name" "${cmd[@]}"
+  printf '%s %s\n' "$!" "$(proc_start "$!" || echo 0)" >"$state/run/$name.pid"
+  cd "$here" || return 1
 }
 
 # run_job CMD...: run a long command (cargo) in the foreground in a way that lets the
@@ -344,14 +382,22 @@ start_postgres() {
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/tasklane"
 }
 
+# The production settings: every write in the append-only file, fsynced each second (a
+# crash of the machine loses at most the last second, a crash of Redis nothing), RDB
+# snapshots as a second copy, and writes refused rather than keys evicted when full.
+# testkit's TestRedis uses the same (testkit/src/faults.rs).
+REDIS_PERSISTENCE=(--appendonly yes --appendfsync everysec --save '3600 1 300 100 60 10000'
+  --maxmemory-policy noeviction)
+
 start_redis() {
   local state=$1 port
   check_state "$state"
   port=$(free_port "$state")
   mkdir -p "$state/redis"
-  # No persistence: dev and test data in Redis is disposable queue state.
+  # Production persistence (README "Redis in production"), so dev and tests see what a
+  # restart really keeps. Its data stays in STATE/redis from one run to the next.
   spawn "$state" redis TERM 10 redis-server --port "$port" --bind 127.0.0.1 \
-    --dir "$state/redis" --save '' --appendonly no
+    --dir "$state/redis" "${REDIS_PERSISTENCE[@]}"
   wait_ready "$state" redis redis_ok "$port"
   export REDIS_URL="redis://127.0.0.1:$port"
 }

@@ -34,3 +34,55 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// True when `err` says the database is unreachable or going away rather than that the
+/// statement was wrong: no connection within the acquire timeout, a refused or cut
+/// connection, or the server shutting down, starting up or out of connections. Callers
+/// answer these with "unavailable, retry" (the API's 503), never as a bug.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_unavailable_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a server that cannot serve now: class 08 (connection exception),
+/// 57P01..57P03 (admin or crash shutdown, cannot connect now), 53300 (too many
+/// connections).
+fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+}
+
+/// Whether any error in `err`'s chain is a database outage ([`is_unavailable`]).
+pub fn chain_is_unavailable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.downcast_ref::<sqlx::Error>().is_some_and(is_unavailable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_and_shutdowns_are_outages_and_bad_statements_are_not() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_unavailable(&sqlx::Error::Io(refused)));
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001"] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+        let wrapped = anyhow::Error::new(sqlx::Error::PoolTimedOut).context("loading the task");
+        assert!(chain_is_unavailable(&wrapped));
+        assert!(!chain_is_unavailable(&anyhow::anyhow!("a bug")));
+    }
+}

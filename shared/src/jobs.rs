@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
+
+pub use crate::outage::DependencyDown;
 use uuid::Uuid;
 
 /// The Redis queues. Each is drained by its own apalis worker(s), so a flood of one kind of
@@ -33,8 +35,11 @@ impl Queue {
     }
 }
 
-/// Exponential backoff with full jitter: attempt `n` waits a random time in
-/// `[0, min(cap, base * 2^(n-1))]`, so retries of many jobs that failed together spread out.
+/// Exponential backoff with equal jitter: attempt `n` waits a random time in
+/// `[ceiling(n) / 2, ceiling(n)]`, where `ceiling(n) = min(cap, base * 2^(n-1))`. The jitter
+/// spreads out retries of many jobs that failed together; the floor keeps a schedule's
+/// length predictable, so a kind's promise ("retries span at least 24 h") holds for every
+/// draw ([`Backoff::min_span`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
@@ -48,10 +53,16 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 
-    /// A random wait in `[0, ceiling(attempt)]`.
+    /// A random wait in `[ceiling(attempt) / 2, ceiling(attempt)]`.
     pub fn delay(self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt).as_millis() as u64;
-        Duration::from_millis(rand::random_range(0..=ceiling))
+        Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
+    }
+
+    /// The shortest time from the first failure to the last attempt of a job with
+    /// `max_attempts` attempts that fails every time: the sum of the shortest waits.
+    pub fn min_span(self, max_attempts: u32) -> Duration {
+        (1..max_attempts).map(|attempt| self.ceiling(attempt) / 2).sum()
     }
 }
 
@@ -149,8 +160,11 @@ impl Job for SendEmail {
     const SPEC: JobSpec = JobSpec {
         kind: "send_email",
         queue: Queue::Emails,
-        max_attempts: 8,
-        backoff: Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(300) },
+        // Failures of the email itself (a mailbox busy, a greylisting server) are retried
+        // for more than a day (SPEC section 9): 30 s doubling to a 6 h cap, 17 retries, at
+        // least 25 h in all. An SMTP outage costs no attempt at all (the breaker holds it).
+        max_attempts: 18,
+        backoff: Backoff { base: Duration::from_secs(30), cap: Duration::from_secs(6 * 3600) },
         timeout: Duration::from_secs(30),
         unique: false,
         schedule: None,
@@ -353,8 +367,22 @@ mod tests {
         assert_eq!(backoff.ceiling(3), Duration::from_secs(8));
         assert_eq!(backoff.ceiling(40), Duration::from_secs(60));
         for attempt in 1..10 {
-            assert!(backoff.delay(attempt) <= backoff.ceiling(attempt));
+            let delay = backoff.delay(attempt);
+            assert!(delay <= backoff.ceiling(attempt) && delay >= backoff.ceiling(attempt) / 2);
         }
+    }
+
+    #[test]
+    fn send_email_retries_span_at_least_a_day_whatever_the_jitter() {
+        let spec = SendEmail::SPEC;
+        let span = spec.backoff.min_span(spec.max_attempts);
+        assert!(span >= Duration::from_secs(24 * 3600), "{span:?}");
+        // And the drawn delays honour it: each at least half its ceiling.
+        let drawn: Duration =
+            (1..spec.max_attempts).map(|attempt| spec.backoff.delay(attempt)).sum();
+        assert!(drawn >= span, "{drawn:?} < {span:?}");
+        let backoff = Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(8) };
+        assert_eq!(backoff.min_span(4), Duration::from_secs(1 + 2 + 4));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`redis`]: Redis connections and key naming (prefix, per-queue hash tags).
 //! - [`events`]: real-time events, recorded in the outbox and published to Redis.
 //! - [`jobs`]: the declaration of every job kind and its payload; [`schedules`]: the
-//!   effective cron schedule of each scheduled kind.
+//!   effective cron schedule of each scheduled kind; [`outage`]: a dependency down, told
+//!   from a failure of the job.
 //! - [`queue`]: the Redis job store, its admin inspection and its apalis backend.
 //! - [`readiness`]: the PostgreSQL and Redis checks behind both binaries' `/health/ready`.
 //! - [`outbox`]: writing jobs in the caller's transaction, and the relay that moves them to
@@ -22,6 +23,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod jobs;
+pub mod outage;
 pub mod outbox;
 pub mod queue;
 pub mod readiness;

@@ -10,15 +10,32 @@ use tokio::task::JoinHandle;
 
 use crate::{free_port, wait_until};
 
-/// A private `redis-server` that a test may stop and start again on the same port.
+/// The production persistence settings (README "Redis in production"), the same as
+/// `scripts/lib/stack.sh` gives dev and test Redis: a restart keeps every acknowledged write.
+pub const REDIS_PERSISTENCE: [&str; 8] = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--save",
+    "3600 1 300 100 60 10000",
+    "--maxmemory-policy",
+    "noeviction",
+];
+
+/// A private `redis-server` that a test may stop and start again on the same port. It runs
+/// with the production persistence settings in a data folder of its own, so a restart keeps
+/// its data, as a production restart does; [`TestRedis::forget`] loses it on purpose.
 pub struct TestRedis {
     pub port: u16,
     child: Option<tokio::process::Child>,
+    dir: tempfile::TempDir,
 }
 
 impl TestRedis {
     pub async fn start() -> Self {
-        let mut redis = Self { port: free_port(), child: None };
+        let dir = tempfile::tempdir().expect("a data folder for the private redis");
+        let mut redis = Self { port: free_port(), child: None, dir };
         redis.start_again().await;
         redis
     }
@@ -27,19 +44,14 @@ impl TestRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts the server on its port and waits until it answers.
+    /// (Re)starts the server on its port, with the data it had, and waits until it answers
+    /// (after loading its append-only file).
     pub async fn start_again(&mut self) {
         let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(REDIS_PERSISTENCE)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -57,10 +69,26 @@ impl TestRedis {
         .await;
     }
 
-    /// Kills the server (as a crash would) and waits until it has exited.
+    /// Kills the server (as a crash would) and waits until it has exited. What it
+    /// acknowledged is in its append-only file and comes back with [`TestRedis::start_again`].
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
+        }
+    }
+
+    /// Deletes the stopped server's data files, so the next start is empty: a restart that
+    /// lost its data (no persistence, a lost disk, a failover to an empty replica).
+    pub fn forget(&mut self) {
+        assert!(self.child.is_none(), "stop the private redis before forgetting its data");
+        let entries = std::fs::read_dir(self.dir.path()).expect("read the redis data folder");
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
         }
     }
 }
@@ -83,7 +111,33 @@ pub struct TcpGate {
     pub port: u16,
     mode: tokio::sync::watch::Sender<GateMode>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<OpenConnections>,
     task: JoinHandle<()>,
+}
+
+/// Connections a gate has open now, and the most it ever had open at once (a test that
+/// one attempt stopped before another started asserts that this stayed 1).
+#[derive(Default)]
+struct OpenConnections {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+/// One open connection, counted until dropped.
+struct Open(std::sync::Arc<OpenConnections>);
+
+impl Open {
+    fn new(counts: &std::sync::Arc<OpenConnections>) -> Self {
+        let now = counts.now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        counts.max.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        Self(counts.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl TcpGate {
@@ -93,17 +147,29 @@ impl TcpGate {
         let (sender, receiver) = tokio::sync::watch::channel(mode);
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
+        let open = std::sync::Arc::new(OpenConnections::default());
+        let counts = open.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mode = *receiver.borrow();
                 let mut changes = receiver.clone();
+                let counted = (mode != GateMode::Refuse).then(|| Open::new(&counts));
                 tokio::spawn(async move {
+                    let _counted = counted;
                     match mode {
                         GateMode::Refuse => drop(inbound),
                         GateMode::Hold => {
                             // Held until the gate changes mode or the peer goes away.
-                            let _ = changes.changed().await;
+                            let mut byte = [0u8; 1024];
+                            let peer_gone = async {
+                                use tokio::io::AsyncReadExt;
+                                while inbound.read(&mut byte).await.is_ok_and(|n| n > 0) {}
+                            };
+                            tokio::select! {
+                                _ = changes.changed() => {}
+                                () = peer_gone => {}
+                            }
                         }
                         GateMode::Forward => {
                             if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
@@ -120,7 +186,7 @@ impl TcpGate {
                 });
             }
         });
-        Self { port, mode: sender, accepted, task }
+        Self { port, mode: sender, accepted, open, task }
     }
 
     /// A gate in front of the test SMTP server (`SMTP_URL`).
@@ -153,6 +219,16 @@ impl TcpGate {
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Connections forwarded or held right now (until either side closes).
+    pub fn open(&self) -> usize {
+        self.open.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most connections forwarded or held at once so far.
+    pub fn max_open(&self) -> usize {
+        self.open.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Drop for TcpGate {
@@ -169,4 +245,22 @@ pub fn signal(child: &tokio::process::Child, signal: &str) {
         .status()
         .expect("kill(1)");
     assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Runs `command` (a worker process) with its wall clock `offset` off, e.g. `"+10m"` or
+/// `"-10m"`, through Debian's libfaketime (package faketime, which `scripts/test` installs).
+/// Its monotonic clock stays real, as on a machine whose wall clock is merely set wrong:
+/// timers and timeouts keep their length, only the time of day is off.
+pub fn skew_clock<'a>(
+    command: &'a mut tokio::process::Command,
+    offset: &str,
+) -> &'a mut tokio::process::Command {
+    let lib = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+        .find(|lib| lib.exists())
+        .expect("libfaketime under /usr/lib/*/faketime (apt package faketime; scripts/test installs it)");
+    command.env("LD_PRELOAD", lib).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
 }

@@ -10,9 +10,12 @@
 //! - [`TestApp`]: the API on port 0 plus helpers (HTTP client, database, mail, S3, workers).
 //! - [`TestWorker`]: a worker in this process; [`TestApp::worker_process`] runs the real
 //!   binary for tests that kill it.
-//! - [`TestRedis`]: a private Redis that a test may stop and start again.
+//! - [`TestRedis`]: a private Redis that a test may stop and start again (with the
+//!   production persistence settings, so a restart keeps its data).
+//! - [`TestPostgres`]: a private PostgreSQL server for database-outage tests (`postgres`).
 //! - [`TcpGate`]: a TCP gate in front of a real server, to refuse or hold its connections;
-//!   [`signal`]: SIGTERM or SIGKILL for a child process (both in `faults`).
+//!   [`signal`]: SIGTERM or SIGKILL for a child process; [`skew_clock`]: a worker process
+//!   whose wall clock is off (all in `faults`).
 //! - `database`: each test's database, cloned from a migrated template.
 //! - [`OtlpReceiver`]: an OTLP/HTTP trace collector, to assert on exported spans.
 //! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
@@ -34,10 +37,12 @@ use tokio::task::JoinHandle;
 mod database;
 mod faults;
 mod otlp;
+mod postgres;
 
 use database::create_database;
-pub use faults::{GateMode, TcpGate, TestRedis, signal};
+pub use faults::{GateMode, REDIS_PERSISTENCE, TcpGate, TestRedis, signal, skew_clock};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use postgres::TestPostgres;
 
 /// Polls `check` every 25 ms until it yields a value or `deadline` passes.
 pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
@@ -105,7 +110,18 @@ impl TestApp {
     /// Like [`TestApp::spawn`], letting the test adjust the settings first (e.g. a private
     /// Redis, a smaller body limit).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_from(base_settings(), adjust).await
+    }
+
+    /// Like [`TestApp::spawn_with`] on a server of the test's own ([`TestPostgres`]): its
+    /// database is created there, from a template migrated there.
+    pub async fn spawn_on_postgres(server_url: &str, adjust: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = base_settings();
+        settings.database_url = SecretString::from(server_url.to_owned());
+        Self::spawn_from(settings, adjust).await
+    }
+
+    async fn spawn_from(mut settings: Settings, adjust: impl FnOnce(&mut Settings)) -> Self {
         // Logs only when asked for (`TASKLANE_LOG=debug scripts/test ...`): quiet by default.
         if std::env::var_os("TASKLANE_LOG").is_some() {
             let _ = tasklane_shared::telemetry::init_tracing(

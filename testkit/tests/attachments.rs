@@ -471,13 +471,18 @@ async fn processing_waits_out_a_store_outage_and_is_ready_once_it_is_back() {
     assert_eq!(upload(&app, &declared, bytes.clone()).await.status(), StatusCode::OK);
     assert_eq!(user.complete(&task, &id).await.status(), StatusCode::ACCEPTED);
 
-    // The store is down for the worker: attempts fail and are retried, never ready.
-    wait_until(Duration::from_secs(30), "a retried process_upload", || async {
-        (upload_attempts(&app).await >= 2).then_some(())
+    // The store is down for the worker: the kind is held (S3), attempts are not used.
+    let store = app.spawn_store();
+    wait_until(Duration::from_secs(30), "process_upload held by the S3 outage", || async {
+        let held = store.held_kinds().await.unwrap();
+        held.iter()
+            .any(|held| held.kind == "process_upload" && held.dependency == "s3")
+            .then_some(())
     })
     .await;
     let during: Value = user.attachment(&task, &id).await.json().await.unwrap();
     assert_eq!(during["status"], "processing");
+    assert!(upload_attempts(&app).await <= 1, "at most a probe in flight");
 
     gate.set(GateMode::Forward);
     let ready = user.settled(&task, &id, Duration::from_secs(60)).await;
@@ -485,13 +490,17 @@ async fn processing_waits_out_a_store_outage_and_is_ready_once_it_is_back() {
     assert_eq!(ready["sha256"], format!("{:x}", Sha256::digest(&bytes)));
     let download = app.client.get(ready["download"]["url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(download.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    assert_eq!(upload_attempts(&app).await, 1, "the outage cost no attempt");
 }
 
 #[tokio::test]
-async fn a_store_that_stays_down_ends_in_processing_failed_after_five_attempts() {
+async fn a_store_that_keeps_refusing_the_worker_ends_in_processing_failed_after_five_attempts() {
     let app = TestApp::spawn().await;
-    let gate = TcpGate::s3(GateMode::Refuse).await;
-    let _worker = gated_worker(&app, &gate).await;
+    // The store answers, and refuses every request (a bad signature): failures of the job,
+    // counted, unlike an outage.
+    let mut settings = app.worker_settings();
+    settings.s3.secret_access_key = "not-the-secret".to_owned().into();
+    let _worker = TestWorker::spawn(settings).await;
     let user = User::new(&app).await;
     let task = user.task().await;
     let declared = user.declared(&task, "a.txt", "text/plain", 5).await;

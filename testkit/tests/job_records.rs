@@ -347,3 +347,79 @@ async fn a_digest_run_killed_halfway_still_gives_every_user_one_digest() {
     assert_eq!(digests.iter().filter(|(o, _)| o == "dead").count(), 1, "{digests:?}");
     assert_eq!(digests.iter().filter(|(o, _)| o == "succeeded").count(), 5, "{digests:?}");
 }
+
+#[tokio::test]
+async fn redis_killed_with_jobs_pending_scheduled_and_running_finishes_each_once() {
+    let mut redis = TestRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(|s| {
+        s.redis_url = url.into();
+        s.job_lease = Duration::from_secs(3);
+    })
+    .await;
+    let store = store(&app);
+    let to = email_address();
+    const JOBS: usize = 12;
+    let mut tx = app.db.begin().await.unwrap();
+    for i in 0..JOBS {
+        outbox::enqueue(&mut tx, &email(&to, &unique(&format!("k{i}"))), None).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // Relay them with no worker draining: every job is pending in Redis.
+    let relay = outbox::Relay::new(app.db.clone(), store.clone(), Duration::from_millis(100));
+    while relay.relay_batch().await.unwrap() > 0 {}
+    assert_eq!(store.depth(Queue::Emails).await.unwrap().pending, JOBS as u64);
+    // This test plays a worker: four attempts failed and wait out a retry (scheduled), four
+    // are claimed by a worker that then vanishes (running), four stay pending.
+    let failed = store.claim(Queue::Emails, "send_email", "gone", 4).await.unwrap();
+    for claim in &failed {
+        let retry = tasklane_shared::queue::Outcome::Retry {
+            error: "smtp: timed out".into(),
+            delay: Duration::from_secs(2),
+        };
+        assert!(store.finish(claim, &retry, Duration::from_millis(5)).await.unwrap());
+    }
+    store.claim(Queue::Emails, "send_email", "gone", 4).await.unwrap();
+    let depth = store.depth(Queue::Emails).await.unwrap();
+    assert_eq!((depth.pending, depth.scheduled, depth.running), (4, 4, 4));
+
+    // Redis crashes and comes back.
+    redis.stop().await;
+    redis.start_again().await;
+    let mut settings = app.worker_settings();
+    settings.reconcile_interval = Duration::from_millis(500);
+    let _worker = TestWorker::spawn(settings).await;
+
+    let emails = app.wait_for_emails(&to, JOBS, Duration::from_secs(60)).await;
+    wait_until(DEADLINE, "every outcome recorded", || async {
+        (outcomes(&app).await == HashMap::from([(Some("succeeded".to_owned()), JOBS as i64)]))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(app.emails_to(&to).await.len(), JOBS, "one email per job, none twice");
+    assert_eq!(message_ids(&emails).len(), JOBS);
+}
+
+#[tokio::test]
+async fn finished_records_are_pruned_after_the_job_retention() {
+    let app = TestApp::spawn_with(|s| {
+        s.job_retention = Duration::from_secs(1);
+        s.dead_job_retention = Duration::from_secs(3600);
+        s.reconcile_interval = Duration::from_millis(500);
+    })
+    .await;
+    let to = email_address();
+    let mut tx = app.db.begin().await.unwrap();
+    for i in 0..3 {
+        outbox::enqueue(&mut tx, &email(&to, &unique(&format!("k{i}"))), None).await.unwrap();
+    }
+    outbox::enqueue(&mut tx, &email("not an address", &unique("bad")), None).await.unwrap();
+    tx.commit().await.unwrap();
+    let _worker = app.spawn_worker().await;
+    app.wait_for_emails(&to, 3, DEADLINE).await;
+    // Successes go after the (one second) retention; the dead job stays for its own.
+    wait_until(DEADLINE, "the successes pruned", || async {
+        (outcomes(&app).await == HashMap::from([(Some("dead".to_owned()), 1)])).then_some(())
+    })
+    .await;
+}

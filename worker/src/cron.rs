@@ -1,35 +1,31 @@
 //! Schedules: each scheduled job kind runs once per tick however many workers run. (When a
 //! kind runs, its effective schedule, is `tasklane_shared::schedules`.)
 //!
-//! Every worker runs an apalis-cron tick worker per schedule; a tick does not run the job, it
-//! enqueues it through the outbox, under a job id derived from the kind and the tick's
-//! scheduled time: the row's primary key makes the insert of N replicas firing the same tick
-//! add exactly one job, and the job has a record like any other (SPEC section 9). There is no leader to
+//! Every worker runs a tick worker per schedule, fed by [`TickSource`], which times ticks by
+//! Redis' clock (see [`ticks`]); a tick does not run the job, it enqueues it through the
+//! outbox, under a job id derived from the kind and the tick's scheduled time: the row's
+//! primary key makes the inserts of N replicas firing the same tick add exactly one job, and
+//! the job has a record like any other (SPEC section 9). There is no leader to
 //! elect or lose. The job then runs on whichever worker claims it, with the queue's
 //! retries and orphan recovery.
 //!
 //! After all workers were down, the first worker to start enqueues the latest tick it missed
-//! (once, by the same claim), never the backlog. A tick worker that falls behind its schedule
-//! yields the missed tick instead of failing, which apalis-cron does (it returns
-//! `OutOfRange` from then on, and apalis stops a worker on a backend error).
+//! (once, by the same id), never the backlog; "missed" is judged by Redis' clock too. A
+//! tick worker that falls behind its schedule yields the latest missed tick late instead of
+//! failing.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
+mod ticks;
 
-use apalis_core::backend::finalize::Ephemeral;
-use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::error::BoxDynError;
-use apalis_core::layers::Identity;
-use apalis_core::task::Task;
-use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::data::Data;
-use apalis_core::worker::context::WorkerContext;
-use apalis_cron::{CronScheduler, Tick};
+use apalis_cron::Tick;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tasklane_shared::jobs::CronJob;
 use tasklane_shared::outbox;
 use tasklane_shared::queue::QueueStore;
+
+pub use self::ticks::{TickSource, redis_now};
 
 /// Namespace of tick job ids (UUIDv5 of `<kind>@<unix seconds>`).
 const TICK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3a52_8d0e_4b7a_9f21_5e0c_7d43_a9b1);
@@ -65,8 +61,8 @@ pub async fn on_tick<J: CronJob>(
     Ok(())
 }
 
-/// At start-up: if the schedule ran before and a tick was missed since, enqueue the latest
-/// missed one (once across the fleet).
+/// At start-up: if the schedule ran before and a tick was missed since (by Redis' clock),
+/// enqueue the latest missed one (once across the fleet).
 pub async fn catch_up<J: CronJob>(
     db: &PgPool,
     store: &QueueStore,
@@ -75,7 +71,7 @@ pub async fn catch_up<J: CronJob>(
     let Some(last_ms) = store.last_tick(J::SPEC.kind).await? else {
         return Ok(());
     };
-    let now = Utc::now();
+    let now = redis_now(&mut store.connection()).await?;
     let Some(latest) = schedule.after(&(now + chrono::Duration::milliseconds(1))).next_back()
     else {
         return Ok(());
@@ -85,74 +81,4 @@ pub async fn catch_up<J: CronJob>(
         enqueue_tick_at::<J>(db, store, latest).await?;
     }
     Ok(())
-}
-
-/// apalis-cron's scheduler, reset instead of failing when it falls behind (see module doc).
-pub struct TickSource {
-    inner: CronScheduler<cron::Schedule>,
-    template: CronScheduler<cron::Schedule>,
-}
-
-impl TickSource {
-    pub fn new(schedule: cron::Schedule) -> Self {
-        let template = CronScheduler::new(schedule);
-        Self { inner: template.clone(), template }
-    }
-}
-
-impl Backend for TickSource {
-    type Task = Task<Tick>;
-    type Error = apalis_cron::Error;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx, worker)
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Option<Result<Task<Tick>, Self::Error>>> {
-        match self.inner.poll_next(cx, worker) {
-            Poll::Ready(Some(Err(apalis_cron::Error::OutOfRange { tick, duration }))) => {
-                tracing::warn!(
-                    tick,
-                    late_ms = duration.as_millis() as u64,
-                    "tick fired late; enqueuing it now"
-                );
-                // A fresh scheduler computes the next tick from now.
-                self.inner = self.template.clone();
-                Poll::Ready(Some(Ok(TaskBuilder::new(Tick::new(tick)).build())))
-            }
-            other => other,
-        }
-    }
-
-    fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.inner).get_mut().poll_close(cx, worker)
-    }
-}
-
-impl BackendConfig for TickSource {
-    type Args = Tick;
-    type Id = String;
-    type Kind = Ephemeral;
-    type Config = ();
-    type Layer = Identity;
-
-    fn config(&self) -> &Self::Config {
-        &()
-    }
-
-    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
-        Identity::new()
-    }
 }

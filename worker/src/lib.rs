@@ -5,7 +5,8 @@
 //! - [`context`]: [`context::WorkerContext`], what handlers, backends and the health server
 //!   share; below `jobs`, `health` and `app`.
 //! - [`jobs`]: the handlers and the one table that registers them.
-//! - [`cron`]: schedules, run once per tick across the fleet.
+//! - [`cron`]: schedules, run once per tick across the fleet, ticks timed by Redis' clock
+//!   (`cron/ticks.rs`).
 //! - [`mailer`]: SMTP with lettre; [`templates`]: the emails, one folder each.
 //! - [`health`]: `/health/*` and `/metrics`.
 

@@ -39,6 +39,23 @@ pub enum MailError {
     Transport(#[from] lettre::transport::smtp::Error),
 }
 
+impl MailError {
+    /// Whether the SMTP server is down rather than the email failing: it could not be
+    /// reached, timed out, dropped the connection, or said it is not available (421). A 5xx
+    /// rejection, another 4xx (a mailbox busy) or a bad message fails the email itself.
+    pub fn is_outage(&self) -> bool {
+        use lettre::transport::smtp::response::Category;
+        match self {
+            MailError::Invalid(_) => false,
+            MailError::Transport(err) if err.is_permanent() || err.is_client() => false,
+            MailError::Transport(err) if err.is_transient() => {
+                err.status().is_some_and(|code| code.category == Category::Connections)
+            }
+            MailError::Transport(_) => true,
+        }
+    }
+}
+
 impl Mailer {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         let transport =

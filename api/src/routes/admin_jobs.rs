@@ -38,6 +38,23 @@ pub struct QueueStats {
     pub done: u64,
     /// Seconds the oldest pending job has waited.
     pub oldest_pending_age_seconds: f64,
+    /// Kinds of this queue held because a dependency is down: their jobs wait, attempts
+    /// uncounted, until a probe finds it back (SPEC section 9).
+    pub held: Vec<HeldKindView>,
+}
+
+/// A job kind held by a worker's circuit breaker.
+#[derive(Debug, Object)]
+pub struct HeldKindView {
+    pub kind: String,
+    /// What is down: `smtp`, `s3` or `postgres`.
+    pub dependency: String,
+    /// When it was first found down.
+    pub since: Option<DateTime<Utc>>,
+    /// The last error that said so.
+    pub error: String,
+    /// The worker that reported it last.
+    pub worker: String,
 }
 
 #[derive(Debug, Object)]
@@ -133,7 +150,8 @@ fn not_found() -> Problem {
 
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
 impl AdminJobsApi {
-    /// Queue overview: per queue, jobs by state and the age of the oldest pending job.
+    /// Queue overview: per queue, jobs by state, the age of the oldest pending job, and the
+    /// kinds held because a dependency is down.
     #[oai(path = "/queues", method = "get")]
     async fn queues(
         &self,
@@ -143,6 +161,7 @@ impl AdminJobsApi {
         if let Err(problem) = auth.require_admin() {
             return Ok(OverviewResponse::Forbidden(Json(problem)));
         }
+        let held = state.queue.held_kinds().await?;
         let mut queues = Vec::new();
         for queue in Queue::ALL {
             let depth = state.queue.depth(queue).await?;
@@ -155,6 +174,17 @@ impl AdminJobsApi {
                 dead: depth.dead,
                 done: depth.done,
                 oldest_pending_age_seconds: depth.oldest_pending_age.as_secs_f64(),
+                held: held
+                    .iter()
+                    .filter(|held| held.queue == queue)
+                    .map(|held| HeldKindView {
+                        kind: held.kind.clone(),
+                        dependency: held.dependency.clone(),
+                        since: DateTime::from_timestamp_millis(held.since_ms),
+                        error: held.error.clone(),
+                        worker: held.worker.clone(),
+                    })
+                    .collect(),
             });
         }
         let outbox_backlog = tasklane_shared::outbox::backlog(&state.db).await?;

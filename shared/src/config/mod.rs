@@ -94,6 +94,9 @@ pub struct Settings {
     /// How long a job claim lasts without a heartbeat (`TASKLANE_JOB_LEASE_SECS`): a job held
     /// by a worker that died is handed to another worker within about this long.
     pub job_lease: Duration,
+    /// A factor on every retry delay and breaker cool-down (`TASKLANE_RETRY_SCALE`, default
+    /// 1): tests and dev compress `send_email`'s day of retries into seconds with it.
+    pub retry_scale: f64,
     /// How long finished jobs stay in Redis for inspection (`TASKLANE_JOB_RETENTION_SECS`).
     pub job_retention: Duration,
     /// How long dead jobs stay in Redis for inspection and retry
@@ -243,6 +246,7 @@ impl Settings {
             Duration::from_millis(r.parsed_any("TASKLANE_RECONCILE_MS", "5000"));
 
         let job_lease = Duration::from_secs(r.parsed_any("TASKLANE_JOB_LEASE_SECS", "15"));
+        let retry_scale: f64 = r.parsed_any("TASKLANE_RETRY_SCALE", "1");
         let job_retention =
             Duration::from_secs(r.parsed_any("TASKLANE_JOB_RETENTION_SECS", "86400"));
         let dead_job_retention =
@@ -316,6 +320,7 @@ impl Settings {
             relay_poll_interval,
             reconcile_interval,
             job_lease,
+            retry_scale,
             job_retention,
             dead_job_retention,
             worker_concurrency,
@@ -350,6 +355,9 @@ impl Settings {
                 "TASKLANE_JOB_LEASE_SECS must be at least 3 (heartbeats renew it every third)"
                     .into(),
             );
+        }
+        if !(settings.retry_scale.is_finite() && settings.retry_scale > 0.0) {
+            reader.problems.push("TASKLANE_RETRY_SCALE must be a number above 0".into());
         }
         let ttl = settings.attachments.upload_url_ttl;
         if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(900) {

@@ -102,3 +102,13 @@ fn secrets_are_not_printed_by_debug() {
             .expect("valid");
     assert!(!format!("{settings:?}").contains("super-secret-value"));
 }
+
+#[test]
+fn a_retry_scale_of_zero_or_less_is_refused() {
+    for bad in ["0", "-1", "NaN"] {
+        let err = Settings::from_vars(vars(&[("TASKLANE_RETRY_SCALE", bad)])).expect_err(bad);
+        assert!(err.to_string().contains("TASKLANE_RETRY_SCALE"), "{bad}: {err}");
+    }
+    let scaled = Settings::from_vars(vars(&[("TASKLANE_RETRY_SCALE", "0.001")])).expect("valid");
+    assert!((scaled.retry_scale - 0.001).abs() < f64::EPSILON);
+}

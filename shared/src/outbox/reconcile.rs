@@ -241,23 +241,36 @@ impl Reconciler {
     }
 
     /// Deletes finished records past retention: successes after the done retention, dead
-    /// and quarantined ones after the dead retention.
+    /// and quarantined ones after the dead retention. Each statement is a range scan of the
+    /// finished records' index, oldest first.
     async fn prune(&self) -> sqlx::Result<u64> {
         let settings = self.store.settings();
-        let seconds = |d: Duration| d.as_secs_f64();
-        let pruned = sqlx::query!(
+        let ago = |d: Duration| {
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| Utc::now().checked_sub_signed(d))
+                .unwrap_or(DateTime::UNIX_EPOCH)
+        };
+        let succeeded = sqlx::query!(
             "delete from outbox where id in (
                  select id from outbox
-                 where finished_at < now() - make_interval(secs => case when outcome = 'succeeded' then $1::float8 else $2::float8 end)
-                 limit $3)",
-            seconds(settings.done_retention),
-            seconds(settings.dead_retention),
+                 where finished_at < $1 and outcome = 'succeeded'
+                 order by finished_at limit $2)",
+            ago(settings.done_retention),
+            PRUNE_LIMIT,
+        )
+        .execute(&self.db)
+        .await?;
+        let ended = sqlx::query!(
+            "delete from outbox where id in (
+                 select id from outbox where finished_at < $1 order by finished_at limit $2)",
+            ago(settings.dead_retention.max(settings.done_retention)),
             PRUNE_LIMIT,
         )
         .execute(&self.db)
         .await?;
         super::receipts::prune(&self.db, settings.dead_retention).await?;
-        Ok(pruned.rows_affected())
+        Ok(succeeded.rows_affected() + ended.rows_affected())
     }
 }
 

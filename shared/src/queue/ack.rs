@@ -1,6 +1,8 @@
 //! [`AckLayer`]: the middleware of [`super::RedisBackend`] that enforces a kind's timeout and
 //! has each attempt's outcome recorded with its claim's token: success, a retry after the
-//! kind's backoff, or dead (last attempt, or a [`PermanentError`]). Outcomes go through one
+//! kind's backoff (times `TASKLANE_RETRY_SCALE`), dead (last attempt, or a
+//! [`PermanentError`]), or handed back uncounted when the kind's dependency is down
+//! ([`DependencyDown`], which also opens the kind's [`Breaker`]). Outcomes go through one
 //! acker task per backend, which records whatever has accumulated in one call; an attempt
 //! completes only once its outcome is recorded, so a graceful stop never loses one.
 
@@ -15,16 +17,19 @@ use apalis_core::task::Task;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{Claim, HeldClaims, Outcome, QueueStore};
-use crate::jobs::{Job, PermanentError};
+use super::breaker::Breaker;
+use super::held::Cancel;
+use super::{Claim, HeldClaims, Outcome, QueueStore, lease};
+use crate::jobs::{DependencyDown, Job, PermanentError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The layer of one backend, with its acker task running.
-pub(super) fn spawn<J>(store: QueueStore, held: HeldClaims) -> AckLayer<J> {
+/// The layer of one backend, with its acker task running; `breaker` is the backend's.
+pub(super) fn spawn<J>(store: QueueStore, held: HeldClaims, breaker: Breaker) -> AckLayer<J> {
     let (acks, pending) = mpsc::unbounded_channel();
+    let scale = store.settings().retry_scale;
     tokio::spawn(acker(store, held, pending));
-    AckLayer { acks, _job: PhantomData }
+    AckLayer { acks, breaker, scale, _job: PhantomData }
 }
 
 /// One attempt's outcome on its way to Redis.
@@ -58,6 +63,9 @@ async fn acker(store: QueueStore, held: HeldClaims, mut pending: mpsc::Unbounded
 /// Records each attempt's outcome in Redis; see the module doc.
 pub struct AckLayer<J> {
     acks: mpsc::UnboundedSender<Ack>,
+    breaker: Breaker,
+    /// `TASKLANE_RETRY_SCALE`, applied to each retry's backoff.
+    scale: f64,
     _job: PhantomData<fn() -> J>,
 }
 
@@ -65,13 +73,21 @@ impl<J, S> tower_layer::Layer<S> for AckLayer<J> {
     type Service = AckService<J, S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AckService { inner, acks: self.acks.clone(), _job: PhantomData }
+        AckService {
+            inner,
+            acks: self.acks.clone(),
+            breaker: self.breaker.clone(),
+            scale: self.scale,
+            _job: PhantomData,
+        }
     }
 }
 
 pub struct AckService<J, S> {
     inner: S,
     acks: mpsc::UnboundedSender<Ack>,
+    breaker: Breaker,
+    scale: f64,
     _job: PhantomData<fn() -> J>,
 }
 
@@ -93,8 +109,9 @@ where
 
     fn call(&mut self, task: Task<J>) -> Self::Future {
         let claim = task.ctx().data().get::<Claim>().cloned();
+        let cancel = task.ctx().data().get::<Cancel>().cloned();
         let inner = self.inner.call(task);
-        let acks = self.acks.clone();
+        let (acks, breaker, scale) = (self.acks.clone(), self.breaker.clone(), self.scale);
         let Some(claim) = claim else {
             return Box::pin(async move { inner.await.map_err(Into::into) });
         };
@@ -105,13 +122,18 @@ where
                 let kind = J::SPEC.kind;
                 metrics::counter!("jobs_started_total", "kind" => kind).increment(1);
                 let started = Instant::now();
-                let result = match tokio::time::timeout(J::SPEC.timeout, inner).await {
-                    Ok(result) => result.map_err(Into::into),
-                    Err(_) => Err(format!("timed out after {:?}", J::SPEC.timeout).into()),
+                let run = tokio::time::timeout(J::SPEC.timeout, inner);
+                let result = match lease::unless_cancelled(cancel, kind, run).await {
+                    Ok(Ok(result)) => result.map_err(Into::into),
+                    Ok(Err(_)) => Err(format!("timed out after {:?}", J::SPEC.timeout).into()),
+                    // The claim is gone: no outcome to record.
+                    Err(reason) => return Err(format!("cancelled: {reason}").into()),
                 };
                 let took = started.elapsed();
                 metrics::histogram!("job_duration_seconds", "kind" => kind).record(took.as_secs_f64());
-                let outcome = outcome_of::<J>(&claim, result.as_ref().err());
+                let down = result.as_ref().err().and_then(|error| DependencyDown::of(error.as_ref()));
+                breaker.observe(result.is_err(), down.as_ref());
+                let outcome = outcome_of::<J>(&claim, result.as_ref().err(), down, scale);
                 match &outcome {
                     Outcome::Succeeded => {
                         metrics::counter!("jobs_succeeded_total", "kind" => kind).increment(1);
@@ -127,6 +149,10 @@ where
                         metrics::counter!("jobs_dead_total", "kind" => kind).increment(1);
                         tracing::error!(%error, "job is dead");
                     }
+                    Outcome::Held { error } => {
+                        metrics::counter!("jobs_held_total", "kind" => kind).increment(1);
+                        tracing::warn!(%error, "dependency down; job handed back, attempt uncounted");
+                    }
                 }
                 let (recorded, wait) = oneshot::channel();
                 if acks.send(Ack { claim, outcome, took, recorded }).is_ok() {
@@ -140,16 +166,24 @@ where
     }
 }
 
-fn outcome_of<J: Job>(claim: &Claim, error: Option<&BoxDynError>) -> Outcome {
+fn outcome_of<J: Job>(
+    claim: &Claim,
+    error: Option<&BoxDynError>,
+    down: Option<DependencyDown>,
+    scale: f64,
+) -> Outcome {
     let Some(error) = error else {
         return Outcome::Succeeded;
     };
+    if let Some(down) = down {
+        return Outcome::Held { error: down.to_string() };
+    }
     let permanent = error.downcast_ref::<PermanentError>().is_some();
     let error = error.to_string();
     if permanent || claim.attempt >= claim.max_attempts {
         Outcome::Dead { error }
     } else {
-        Outcome::Retry { error, delay: J::SPEC.backoff.delay(claim.attempt) }
+        Outcome::Retry { error, delay: J::SPEC.backoff.delay(claim.attempt).mul_f64(scale) }
     }
 }
 

@@ -7,18 +7,24 @@
 //!   start. Idle, it blocks on the kind's wake list, with a one-second timeout that also
 //!   drives the queue's housekeeping. Redis errors are retried with backoff inside the fetch,
 //!   since apalis treats a backend error as fatal to the worker.
-//! - A heartbeat renews the leases of every claim the worker holds, buffered ones included.
+//! - Its lease keeper ([`super::lease`]) renews the leases of the claims this backend holds,
+//!   buffered ones included, and stops the handler of any claim whose lease is lost.
 //! - Its middleware, [`AckLayer`], records each attempt's outcome (see [`super::ack`]).
-//! - [`HeldClaims`] lets the worker hand back what it still holds when a graceful shutdown
-//!   runs out of time.
+//! - Its [`Breaker`] stops claiming while the kind's dependency is down, then lets one
+//!   probe through at a time (see [`super::breaker`]).
+//! - Claims belong to the backend that made them: when apalis' monitor restarts a worker,
+//!   the old backend is dropped and hands back its claims (their handlers are dropped with
+//!   it), so nothing stays held, or renewed, without running. [`HeldClaims`] lets the
+//!   worker hand back what it still holds when a graceful shutdown runs out of time.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
@@ -28,13 +34,18 @@ use apalis_core::worker::context::WorkerContext;
 use redis::aio::ConnectionManager;
 
 use super::ack::AckLayer;
-use super::{Claim, ClaimRef, HeldClaims, Outcome, QueueStore};
+use super::breaker::{Admit, Breaker};
+use super::held::Cancel;
+use super::{Claim, ClaimRef, HeldClaims, Outcome, QueueStore, lease};
 use crate::jobs::Job;
 
 /// How long an idle worker blocks before looking again (and sweeping retries and leases).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Names each backend instance, so the claims it made are its own.
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
 /// An apalis backend over one queue, for the job kind `J`.
 pub struct RedisBackend<J> {
@@ -43,14 +54,19 @@ pub struct RedisBackend<J> {
     blocking: ConnectionManager,
     worker: String,
     held: HeldClaims,
+    /// This instance, as the owner of the claims it makes in `held`.
+    owner: u64,
     /// Most jobs claimed per round trip.
     prefetch: usize,
     /// Claimed, not yet handed to the worker (held, so their leases are renewed).
-    buffer: VecDeque<Claim>,
-    fetching: Option<BoxFuture<Vec<Claim>>>,
+    buffer: VecDeque<(Claim, Cancel)>,
+    /// A claim call in flight, and when it was sent.
+    fetching: Option<BoxFuture<(Instant, Vec<Claim>)>>,
     /// Set when the worker stops: an in-flight fetch then claims nothing more.
     closing: Arc<std::sync::atomic::AtomicBool>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Holds the kind while its dependency is down; shared with the middleware.
+    breaker: Breaker,
     _job: PhantomData<fn() -> J>,
 }
 
@@ -62,16 +78,19 @@ impl<J: Job> RedisBackend<J> {
         worker: String,
         held: HeldClaims,
     ) -> Self {
+        let breaker = Breaker::new(&store, J::SPEC.kind, worker.clone());
         Self {
             store,
             blocking,
             worker,
             held,
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             prefetch: 1,
             buffer: VecDeque::new(),
             fetching: None,
             closing: Arc::default(),
             heartbeat: None,
+            breaker,
             _job: PhantomData,
         }
     }
@@ -82,22 +101,36 @@ impl<J: Job> RedisBackend<J> {
         self
     }
 
-    fn fetch(&self) -> BoxFuture<Vec<Claim>> {
+    fn fetch(&self) -> BoxFuture<(Instant, Vec<Claim>)> {
         let store = self.store.clone();
         let mut blocking = self.blocking.clone();
         let worker = self.worker.clone();
-        let (queue, kind, n) = (J::SPEC.queue, J::SPEC.kind, self.prefetch);
-        let closing = self.closing.clone();
+        let (queue, kind, want) = (J::SPEC.queue, J::SPEC.kind, self.prefetch);
+        let (closing, breaker) = (self.closing.clone(), self.breaker.clone());
         Box::pin(async move {
             let mut failures = 0u32;
             loop {
-                if closing.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Vec::new();
+                if closing.load(Ordering::SeqCst) {
+                    return (Instant::now(), Vec::new());
                 }
+                let n = match breaker.admit(want) {
+                    Admit::Claim(n) => n,
+                    Admit::Wait(wait) => {
+                        tokio::time::sleep(wait.min(IDLE_WAIT)).await;
+                        continue;
+                    }
+                };
+                let sent = Instant::now();
                 let result = match store.claim(queue, kind, &worker, n).await {
-                    Ok(claims) if !claims.is_empty() => return claims,
-                    Ok(_) => store.wait_for_work(&mut blocking, queue, kind, IDLE_WAIT).await,
-                    Err(err) => Err(err),
+                    Ok(claims) if !claims.is_empty() => return (sent, claims),
+                    Ok(_) => {
+                        breaker.nothing_claimed();
+                        store.wait_for_work(&mut blocking, queue, kind, IDLE_WAIT).await
+                    }
+                    Err(err) => {
+                        breaker.nothing_claimed();
+                        Err(err)
+                    }
                 };
                 match result {
                     Ok(()) => failures = 0,
@@ -114,29 +147,24 @@ impl<J: Job> RedisBackend<J> {
     }
 
     fn start_heartbeat(&mut self) {
-        if self.heartbeat.is_some() {
-            return;
+        if self.heartbeat.is_none() {
+            let (store, held) = (self.store.clone(), self.held.clone());
+            self.heartbeat = Some(lease::spawn(store, held, self.owner, J::SPEC.queue));
         }
-        let store = self.store.clone();
-        let held = self.held.clone();
-        let queue = J::SPEC.queue;
-        let every = store.settings().lease / 3;
-        self.heartbeat = Some(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                let claims = held.of_queue(queue);
-                if let Err(err) = store.renew(queue, &claims).await {
-                    tracing::warn!(queue = queue.as_str(), error = %err, "lease renewal failed");
-                }
-            }
-        }));
+    }
+
+    /// Holds what a claim call sent at `sent` claimed, to be handed to the worker.
+    fn hold(&mut self, sent: Instant, claims: Vec<Claim>) {
+        for claim in claims {
+            let cancel = self.held.insert(&claim, self.owner, sent);
+            self.buffer.push_back((claim, cancel));
+        }
     }
 
     /// Turns a claim into an apalis task; a payload that does not decode is dead at once.
-    fn make_task(&self, claim: Claim) -> Option<Task<J>> {
+    fn make_task(&self, claim: Claim, cancel: Cancel) -> Option<Task<J>> {
         match serde_json::from_str::<J>(&claim.payload) {
-            Ok(args) => Some(TaskBuilder::new(args).data(claim).build()),
+            Ok(args) => Some(TaskBuilder::new(args).data(claim).data(cancel).build()),
             Err(err) => {
                 self.held.remove(&claim);
                 let store = self.store.clone();
@@ -157,11 +185,38 @@ impl<J: Job> RedisBackend<J> {
     }
 }
 
+/// The worker this backend served is gone (stopped, or restarted by the monitor, which
+/// dropped its running handlers with it): its claims are handed back at once, uncounted,
+/// and no longer renewed (if Redis cannot be reached, their leases expire). A late outcome
+/// of one of them is refused by token.
 impl<J> Drop for RedisBackend<J> {
     fn drop(&mut self) {
+        self.closing.store(true, Ordering::SeqCst);
         if let Some(heartbeat) = self.heartbeat.take() {
             heartbeat.abort();
         }
+        let owned = self.held.disown(self.owner, "worker_stopped");
+        let Some(queue) = owned.first().map(|claim| claim.queue) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, held) = (self.store.clone(), self.held.clone());
+        runtime.spawn(async move {
+            let claims: Vec<ClaimRef> = owned.iter().map(Claim::claim_ref).collect();
+            let released = store.release(queue, &claims).await;
+            owned.iter().for_each(|claim| held.remove(claim));
+            match released {
+                Ok(released) if released > 0 => {
+                    tracing::warn!(queue = queue.as_str(), released, "a stopped worker handed back its jobs")
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(queue = queue.as_str(), error = %err, "a stopped worker could not hand back its jobs; their leases will expire")
+                }
+            }
+        });
     }
 }
 
@@ -184,8 +239,11 @@ impl<J: Job> Backend for RedisBackend<J> {
         _worker: &WorkerContext,
     ) -> Poll<Option<Result<Task<J>, Self::Error>>> {
         loop {
-            if let Some(claim) = self.buffer.pop_front() {
-                match self.make_task(claim) {
+            if let Some((claim, cancel)) = self.buffer.pop_front() {
+                if cancel.is_cancelled() {
+                    continue;
+                }
+                match self.make_task(claim, cancel) {
                     Some(task) => return Poll::Ready(Some(Ok(task))),
                     None => continue,
                 }
@@ -196,14 +254,11 @@ impl<J: Job> Backend for RedisBackend<J> {
             let Some(fetching) = self.fetching.as_mut() else {
                 return Poll::Pending;
             };
-            let Poll::Ready(claims) = fetching.as_mut().poll(cx) else {
+            let Poll::Ready((sent, claims)) = fetching.as_mut().poll(cx) else {
                 return Poll::Pending;
             };
             self.fetching = None;
-            for claim in &claims {
-                self.held.insert(claim);
-            }
-            self.buffer.extend(claims);
+            self.hold(sent, claims);
         }
     }
 
@@ -215,18 +270,15 @@ impl<J: Job> Backend for RedisBackend<J> {
         cx: &mut Context<'_>,
         _worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
-        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing.store(true, Ordering::SeqCst);
         if let Some(fetching) = self.fetching.as_mut() {
-            let Poll::Ready(claims) = fetching.as_mut().poll(cx) else {
+            let Poll::Ready((sent, claims)) = fetching.as_mut().poll(cx) else {
                 return Poll::Pending;
             };
             self.fetching = None;
-            for claim in &claims {
-                self.held.insert(claim);
-            }
-            self.buffer.extend(claims);
+            self.hold(sent, claims);
         }
-        let unstarted: Vec<Claim> = self.buffer.drain(..).collect();
+        let unstarted: Vec<Claim> = self.buffer.drain(..).map(|(claim, _)| claim).collect();
         if !unstarted.is_empty() {
             let (store, held) = (self.store.clone(), self.held.clone());
             tokio::spawn(async move {
@@ -256,6 +308,6 @@ impl<J: Job> BackendConfig for RedisBackend<J> {
     }
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
-        super::ack::spawn(self.store.clone(), self.held.clone())
+        super::ack::spawn(self.store.clone(), self.held.clone(), self.breaker.clone())
     }
 }

@@ -7,7 +7,7 @@
 -- run's result. Returns, per job, 1 when recorded and 0 when refused.
 -- KEYS[1]: a key of the namespace, for routing.
 -- ARGV: NS, done_retention_ms, dead_retention_ms, then per job: id, token, outcome
---       (ok|retry|dead), duration_ms, error, retry_delay_ms
+--       (ok|retry|dead|held), duration_ms, error, retry_delay_ms
 local ns, done_ttl, dead_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -25,6 +25,16 @@ for i = 4, #ARGV, 6 do
     redis.call('HSET', key, 'token', '', 'state', 'done', 'finished_ms', now, 'duration_ms', ARGV[i + 3])
     redis.call('ZADD', ns .. 'done', now, id)
     redis.call('PEXPIRE', key, done_ttl)
+    table.insert(recorded, 1)
+  elseif outcome == 'held' then
+    -- Not run: the kind's dependency is down and its worker holds the kind. Back to the
+    -- front of its kind's queue, the attempt uncounted and no history entry (the job did
+    -- not fail); no wake token, since the workers of the kind are holding it too, and one
+    -- that is not finds it at its next look.
+    redis.call('ZREM', ns .. 'running', id)
+    redis.call('HINCRBY', key, 'attempts', -1)
+    redis.call('HSET', key, 'token', '', 'state', 'pending', 'last_error', ARGV[i + 4])
+    redis.call('LPUSH', ns .. 'pending:' .. redis.call('HGET', key, 'kind'), id)
     table.insert(recorded, 1)
   else
     local history = {}

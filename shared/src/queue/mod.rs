@@ -22,12 +22,16 @@
 //! - [`inspect`]: reading jobs and depths, and retrying dead jobs, for operators;
 //! - [`ticks`]: when each schedule last enqueued a tick;
 //! - [`backend`]: the store as an apalis backend; [`held`]: the claims a process holds;
-//!   [`ack`]: the middleware recording each attempt's outcome.
+//!   [`lease`]: renewing them, and stopping a handler whose lease is lost; [`ack`]: the
+//!   middleware recording each attempt's outcome; [`breaker`]: holding a kind whose
+//!   dependency is down.
 
 pub mod ack;
 pub mod backend;
+pub mod breaker;
 pub mod held;
 pub mod inspect;
+pub mod lease;
 pub mod store;
 pub mod ticks;
 
@@ -52,6 +56,9 @@ pub struct QueueSettings {
     pub done_retention: Duration,
     /// How long dead jobs stay inspectable and retryable.
     pub dead_retention: Duration,
+    /// A factor on every retry delay and breaker cool-down (`TASKLANE_RETRY_SCALE`, 1 in
+    /// production), so tests and dev can compress a day of retries into seconds.
+    pub retry_scale: f64,
 }
 
 impl Default for QueueSettings {
@@ -60,6 +67,7 @@ impl Default for QueueSettings {
             lease: Duration::from_secs(15),
             done_retention: Duration::from_secs(24 * 3600),
             dead_retention: Duration::from_secs(7 * 24 * 3600),
+            retry_scale: 1.0,
         }
     }
 }
@@ -71,6 +79,7 @@ impl From<&Settings> for QueueSettings {
             lease: settings.job_lease,
             done_retention: settings.job_retention,
             dead_retention: settings.dead_job_retention,
+            retry_scale: settings.retry_scale,
         }
     }
 }
@@ -137,6 +146,12 @@ pub enum Outcome {
     },
     /// Failed for good (last attempt, or a permanent error).
     Dead {
+        error: String,
+    },
+    /// Not run: a dependency of the kind is down ([`crate::jobs::DependencyDown`]). The job
+    /// goes back to the front of its queue with the attempt uncounted, and the kind is held
+    /// ([`breaker`]). Not an outcome of the job: nothing to record beyond Redis.
+    Held {
         error: String,
     },
 }

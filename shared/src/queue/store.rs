@@ -72,7 +72,9 @@ impl QueueStore {
         match outcome {
             Outcome::Succeeded => sink.finished(&claim.id, Finished::Succeeded),
             Outcome::Dead { error } => sink.finished(&claim.id, Finished::Dead(error.clone())),
-            Outcome::Retry { .. } => {}
+            // Not the job's end: it runs again (after its backoff, or once its kind's
+            // dependency is back).
+            Outcome::Retry { .. } | Outcome::Held { .. } => {}
         }
     }
 
@@ -217,6 +219,7 @@ impl QueueStore {
                 Outcome::Succeeded => ("ok", "", Duration::ZERO),
                 Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
                 Outcome::Dead { error } => ("dead", error.as_str(), Duration::ZERO),
+                Outcome::Held { error } => ("held", error.as_str(), Duration::ZERO),
             };
             invocation
                 .arg(&claim.id)
@@ -230,15 +233,20 @@ impl QueueStore {
         Ok(recorded.into_iter().map(|r| r == 1).collect())
     }
 
-    /// Extends the leases of claims still held (a worker's heartbeat).
-    pub async fn renew(&self, queue: Queue, claims: &[ClaimRef]) -> redis::RedisResult<usize> {
+    /// Extends the leases of claims still held (a worker's heartbeat); returns the ids of
+    /// the claims renewed. A claim left out is no longer the caller's (its token changed).
+    pub async fn renew(
+        &self,
+        queue: Queue,
+        claims: &[ClaimRef],
+    ) -> redis::RedisResult<Vec<String>> {
         self.lease(queue, LeaseAction::Renew, claims).await
     }
 
     /// Hands claims back to the front of their queue without counting the attempt
     /// (graceful shutdown).
     pub async fn release(&self, queue: Queue, claims: &[ClaimRef]) -> redis::RedisResult<usize> {
-        self.lease(queue, LeaseAction::Release, claims).await
+        Ok(self.lease(queue, LeaseAction::Release, claims).await?.len())
     }
 
     async fn lease(
@@ -246,9 +254,9 @@ impl QueueStore {
         queue: Queue,
         action: LeaseAction,
         claims: &[ClaimRef],
-    ) -> redis::RedisResult<usize> {
+    ) -> redis::RedisResult<Vec<String>> {
         if claims.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let mut invocation = RENEW.prepare_invoke();
         invocation

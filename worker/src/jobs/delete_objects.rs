@@ -1,6 +1,7 @@
 //! `delete_objects`: removes objects from the bucket (a deleted attachment, a purged task's
-//! files). Deleting a missing object succeeds, so redelivery is harmless; a store that is down
-//! fails the attempt, which is retried with backoff.
+//! files). Deleting a missing object succeeds, so redelivery is harmless; a store that cannot
+//! be reached holds the kind (the S3 connector error is a `DependencyDown`), other failures
+//! are retried with backoff.
 
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;

@@ -162,7 +162,7 @@ fn schedule<J: CronJob>(monitor: Monitor, ctx: &WorkerContext) -> anyhow::Result
     let c = ctx.clone();
     Ok(monitor.register(move |_| {
         WorkerBuilder::new(c.worker_name(&format!("cron/{}", J::SPEC.kind)))
-            .backend(TickSource::new(schedule.cron.clone()))
+            .backend(TickSource::new(schedule.cron.clone(), c.store.connection()))
             .data(c.db.clone())
             .data(c.store.clone())
             .build(on_tick::<J>)

@@ -13,8 +13,9 @@
 //!    the attachment's own key (clients cannot write there), the upload is deleted, and the
 //!    row becomes `ready`, in that order: an attachment is never ready without its object.
 //!
-//! A rejection deletes what was uploaded. Store or database failures are retried with
-//! backoff; after the last attempt the attachment is `rejected: processing_failed` (and the
+//! A rejection deletes what was uploaded. A store or database that cannot be reached holds
+//! the kind without using attempts (`DependencyDown`, recognised from the S3 connector or
+//! `sqlx` error); other failures are retried with backoff; after the last attempt the attachment is `rejected: processing_failed` (and the
 //! `expire_uploads` sweep catches an attempt that died with its worker).
 
 use std::io::Cursor;
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tasklane_shared::config::AttachmentSettings;
 use tasklane_shared::domain::attachments::{self, RejectReason, Verified};
-use tasklane_shared::jobs::ProcessUpload;
+use tasklane_shared::jobs::{DependencyDown, ProcessUpload};
 use tasklane_shared::queue::Claim;
 use tasklane_shared::storage::{self, Bucket};
 use tokio::io::AsyncWriteExt;
@@ -74,7 +75,9 @@ pub async fn process_upload(
     match verify(&attachment, &bucket, &limits).await {
         Ok(Ok(verified)) => publish(&db, &bucket, &attachment, verified).await,
         Ok(Err(rejection)) => reject(&db, &bucket, &attachment, rejection).await,
-        Err(err) if claim.attempt >= claim.max_attempts => {
+        // An outage is not an attempt (the kind is held, the job handed back): only a
+        // failure of the job itself on its last attempt rejects the upload.
+        Err(err) if claim.attempt >= claim.max_attempts && DependencyDown::of(&*err).is_none() => {
             tracing::warn!(id = %attachment.id, error = %err, "upload processing failed for the last time");
             reject(&db, &bucket, &attachment, RejectReason::ProcessingFailed).await?;
             Err(err)

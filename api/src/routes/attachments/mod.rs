@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 pub use self::types::*;
 use crate::http::RequestId;
-use crate::problem::{AuthedError, Problem};
+use crate::problem::{AuthedError, Checked, Problem};
 use crate::security::BearerAuth;
 use crate::services::attachments::{self as records, NewAttachment as NewRow};
 use crate::services::download_links::{DownloadTarget, LinkTarget};
@@ -73,45 +73,51 @@ impl AttachmentsApi {
         state: Data<&AppState>,
         id: Path<Uuid>,
         body: Json<NewAttachment>,
-    ) -> Result<CreateResponse, AuthedError> {
-        let owner = auth.0.id;
-        let declared = match validate::declaration(&body, &state.settings.attachments) {
-            Ok(declared) => declared,
-            Err(errors) => return Ok(CreateResponse::Invalid(Json(Problem::validation(errors)))),
-        };
-        let mut conn = state.db.acquire().await?;
-        if !records::owns_live_task(&mut conn, id.0, owner).await? {
-            return Ok(CreateResponse::NotFound(Json(task_not_found())));
-        }
-        let attachment = Uuid::now_v7();
-        let upload_key = storage::upload_key(owner, id.0, attachment);
-        let object_key = storage::attachment_key(owner, id.0, attachment);
-        let disposition = presign::content_disposition(&declared.filename);
-        let upload = presign::upload(
-            &state,
-            presign::Upload {
-                key: &upload_key,
+    ) -> Result<Checked<CreateResponse>, AuthedError> {
+        let response: Result<CreateResponse, AuthedError> = async move {
+            let owner = auth.0.id;
+            let declared = match validate::declaration(&body, &state.settings.attachments) {
+                Ok(declared) => declared,
+                Err(errors) => {
+                    return Ok(CreateResponse::Invalid(Json(Problem::validation(errors))));
+                }
+            };
+            let mut conn = state.db.acquire().await?;
+            if !records::owns_live_task(&mut conn, id.0, owner).await? {
+                return Ok(CreateResponse::NotFound(Json(task_not_found())));
+            }
+            let attachment = Uuid::now_v7();
+            let upload_key = storage::upload_key(owner, id.0, attachment);
+            let object_key = storage::attachment_key(owner, id.0, attachment);
+            let disposition = presign::content_disposition(&declared.filename);
+            let upload = presign::upload(
+                &state,
+                presign::Upload {
+                    key: &upload_key,
+                    content_type: &declared.content_type,
+                    size: declared.size,
+                    disposition: &disposition,
+                },
+            )
+            .await?;
+            let new = NewRow {
+                id: attachment,
+                task_id: id.0,
+                owner_id: owner,
+                filename: &declared.filename,
                 content_type: &declared.content_type,
-                size: declared.size,
-                disposition: &disposition,
-            },
-        )
-        .await?;
-        let new = NewRow {
-            id: attachment,
-            task_id: id.0,
-            owner_id: owner,
-            filename: &declared.filename,
-            content_type: &declared.content_type,
-            declared_size: declared.size,
-            upload_key: &upload_key,
-            object_key: &object_key,
-        };
-        let row = records::insert(&mut conn, &new).await?;
-        Ok(CreateResponse::Created(Json(Box::new(CreatedAttachment {
-            attachment: row.into(),
-            upload,
-        }))))
+                declared_size: declared.size,
+                upload_key: &upload_key,
+                object_key: &object_key,
+            };
+            let row = records::insert(&mut conn, &new).await?;
+            Ok(CreateResponse::Created(Json(Box::new(CreatedAttachment {
+                attachment: row.into(),
+                upload,
+            }))))
+        }
+        .await;
+        response.map(Checked::Ran)
     }
 
     /// A task's attachments, newest first.

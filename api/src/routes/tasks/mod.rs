@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 pub use self::types::*;
 use self::validate::ListParams;
-use crate::problem::{AuthedError, FieldError, Problem, ServerError};
+use crate::problem::{AuthedError, Checked, FieldError, Problem, ServerError};
 use crate::security::BearerAuth;
 use crate::services::tasks::cache::{CachedTask, TaskCache};
 use crate::services::tasks::quota::{self, CreationQuota};
@@ -91,28 +91,32 @@ impl TasksApi {
         auth: BearerAuth,
         state: Data<&AppState>,
         body: Json<CreateTaskRequest>,
-    ) -> Result<CreateResponse, AuthedError> {
-        let user = auth.0.id;
-        let mut errors = Vec::new();
-        let row = validate::new_row("", user, body.0, &mut errors);
-        if !errors.is_empty() {
-            return Ok(CreateResponse::Invalid(Json(Problem::validation(errors))));
+    ) -> Result<Checked<CreateResponse>, AuthedError> {
+        let response: Result<CreateResponse, AuthedError> = async move {
+            let user = auth.0.id;
+            let mut errors = Vec::new();
+            let row = validate::new_row("", user, body.0, &mut errors);
+            if !errors.is_empty() {
+                return Ok(CreateResponse::Invalid(Json(Problem::validation(errors))));
+            }
+            let Some(reservation) = creation_quota(&state).reserve(user, 1).await? else {
+                return Ok(CreateResponse::QuotaExceeded(
+                    Json(quota_problem(state.settings.tasks_daily_quota)),
+                    quota::seconds_to_reset(),
+                ));
+            };
+            // The writer keeps the reservation once the task is committed, and gives it back
+            // otherwise.
+            let created = state.task_writer.create(vec![row], reservation).await?;
+            let task = created
+                .into_iter()
+                .next()
+                .ok_or_else(|| ServerError::internal("the writer handed back no task"))?;
+            let tag = etag(task.version);
+            Ok(CreateResponse::Created(Json(task.into()), tag))
         }
-        let Some(reservation) = creation_quota(&state).reserve(user, 1).await? else {
-            return Ok(CreateResponse::QuotaExceeded(
-                Json(quota_problem(state.settings.tasks_daily_quota)),
-                quota::seconds_to_reset(),
-            ));
-        };
-        // The writer keeps the reservation once the task is committed, and gives it back
-        // otherwise.
-        let created = state.task_writer.create(vec![row], reservation).await?;
-        let task = created
-            .into_iter()
-            .next()
-            .ok_or_else(|| ServerError::internal("the writer handed back no task"))?;
-        let tag = etag(task.version);
-        Ok(CreateResponse::Created(Json(task.into()), tag))
+        .await;
+        response.map(Checked::Ran)
     }
 
     /// Create 1-100 tasks at once, all or nothing.
@@ -125,33 +129,39 @@ impl TasksApi {
         auth: BearerAuth,
         state: Data<&AppState>,
         body: Json<BulkCreateRequest>,
-    ) -> Result<BulkResponse, AuthedError> {
-        let user = auth.0.id;
-        let items = body.0.tasks;
-        let mut errors = Vec::new();
-        if items.is_empty() || items.len() > 100 {
-            errors.push(FieldError::new("tasks", "invalid_length", "must hold 1 to 100 tasks"));
+    ) -> Result<Checked<BulkResponse>, AuthedError> {
+        let response: Result<BulkResponse, AuthedError> = async move {
+            let user = auth.0.id;
+            let items = body.0.tasks;
+            let mut errors = Vec::new();
+            if items.is_empty() || items.len() > 100 {
+                errors.push(FieldError::new("tasks", "invalid_length", "must hold 1 to 100 tasks"));
+            }
+            let rows: Vec<TaskRow> = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    validate::new_row(&format!("tasks[{i}]."), user, item, &mut errors)
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Ok(BulkResponse::Invalid(Json(Problem::validation(errors))));
+            }
+            let n = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+            let Some(reservation) = creation_quota(&state).reserve(user, n).await? else {
+                return Ok(BulkResponse::QuotaExceeded(
+                    Json(quota_problem(state.settings.tasks_daily_quota)),
+                    quota::seconds_to_reset(),
+                ));
+            };
+            let tasks = state.task_writer.create(rows, reservation).await?;
+            Ok(BulkResponse::Created(Json(TaskList {
+                data: tasks.into_iter().map(TaskView::from).collect(),
+                next_cursor: None,
+            })))
         }
-        let rows: Vec<TaskRow> = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| validate::new_row(&format!("tasks[{i}]."), user, item, &mut errors))
-            .collect();
-        if !errors.is_empty() {
-            return Ok(BulkResponse::Invalid(Json(Problem::validation(errors))));
-        }
-        let n = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-        let Some(reservation) = creation_quota(&state).reserve(user, n).await? else {
-            return Ok(BulkResponse::QuotaExceeded(
-                Json(quota_problem(state.settings.tasks_daily_quota)),
-                quota::seconds_to_reset(),
-            ));
-        };
-        let tasks = state.task_writer.create(rows, reservation).await?;
-        Ok(BulkResponse::Created(Json(TaskList {
-            data: tasks.into_iter().map(TaskView::from).collect(),
-            next_cursor: None,
-        })))
+        .await;
+        response.map(Checked::Ran)
     }
 
     /// One task, with its `ETag`; `If-None-Match` with the current tag gives 304.
@@ -210,38 +220,42 @@ impl TasksApi {
         id: Path<Uuid>,
         #[oai(name = "If-Match")] if_match: Header<Option<String>>,
         body: Json<UpdateTaskRequest>,
-    ) -> Result<PatchResponse, AuthedError> {
-        // The body first: a patch that could never apply is 422 whatever the precondition.
-        let mut errors = Vec::new();
-        let patch = validate::patch(body.0, &mut errors);
-        if !errors.is_empty() {
-            return Ok(PatchResponse::Invalid(Json(Problem::validation(errors))));
-        }
-        // An empty `If-Match` names no version: as good as none.
-        let Some(expected) = if_match.0.as_deref().filter(|v| !v.trim().is_empty()) else {
-            return Ok(PatchResponse::PreconditionRequired(Json(precondition_required())));
-        };
-        let user = auth.0.id;
-        let mut tx = state.db.begin().await?;
-        let Some(before) = records::find_for_update(&mut tx, id.0, user).await? else {
-            return Ok(PatchResponse::NotFound(Json(not_found())));
-        };
-        if tag_version(expected) != Some(before.version) && expected.trim() != "*" {
-            let problem = version_mismatch(before.version);
-            return Ok(PatchResponse::PreconditionFailed(Json(problem), etag(before.version)));
-        }
-        let after = validate::patched(&before, patch);
-        let changes = before.diff(&after);
-        if changes.is_empty() {
+    ) -> Result<Checked<PatchResponse>, AuthedError> {
+        let response: Result<PatchResponse, AuthedError> = async move {
+            // The body first: a patch that could never apply is 422 whatever the precondition.
+            let mut errors = Vec::new();
+            let patch = validate::patch(body.0, &mut errors);
+            if !errors.is_empty() {
+                return Ok(PatchResponse::Invalid(Json(Problem::validation(errors))));
+            }
+            // An empty `If-Match` names no version: as good as none.
+            let Some(expected) = if_match.0.as_deref().filter(|v| !v.trim().is_empty()) else {
+                return Ok(PatchResponse::PreconditionRequired(Json(precondition_required())));
+            };
+            let user = auth.0.id;
+            let mut tx = state.db.begin().await?;
+            let Some(before) = records::find_for_update(&mut tx, id.0, user).await? else {
+                return Ok(PatchResponse::NotFound(Json(not_found())));
+            };
+            if tag_version(expected) != Some(before.version) && expected.trim() != "*" {
+                let problem = version_mismatch(before.version);
+                return Ok(PatchResponse::PreconditionFailed(Json(problem), etag(before.version)));
+            }
+            let after = validate::patched(&before, patch);
+            let changes = before.diff(&after);
+            if changes.is_empty() {
+                tx.commit().await?;
+                let tag = etag(before.version);
+                return Ok(PatchResponse::Ok(Json(before.into()), tag));
+            }
+            let updated = records::save(&mut tx, user, &after, changes).await?;
             tx.commit().await?;
-            let tag = etag(before.version);
-            return Ok(PatchResponse::Ok(Json(before.into()), tag));
+            cache(&state).invalidate(user).await;
+            let tag = etag(updated.version);
+            Ok(PatchResponse::Ok(Json(updated.into()), tag))
         }
-        let updated = records::save(&mut tx, user, &after, changes).await?;
-        tx.commit().await?;
-        cache(&state).invalidate(user).await;
-        let tag = etag(updated.version);
-        Ok(PatchResponse::Ok(Json(updated.into()), tag))
+        .await;
+        response.map(Checked::Ran)
     }
 
     /// Move a task to the trash. A daily job deletes tasks trashed over 30 days ago.

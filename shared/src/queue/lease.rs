@@ -1,0 +1,120 @@
+//! The lease keeper of one backend: renews the leases of the claims that backend holds and
+//! stops the handler of any claim whose lease it can no longer vouch for, before another
+//! worker may take the job (SPEC section 9, "A job that lost its lease stops").
+//!
+//! Redis times a lease from its own clock when it runs the renewal, which is after the
+//! worker sent it; so a lease lasts at least `lease` after the send of the last renewal
+//! Redis confirmed. A claim is cancelled when
+//! - Redis refuses its renewal by token (the lease expired and the job went back to the
+//!   queue, or another worker holds it now), or
+//! - no renewal was confirmed for `lease - margin` (Redis unreachable, or partitioned): the
+//!   handler stops with `margin` to spare, checked every [`WATCH_EVERY`].
+//!
+//! A cancelled attempt records no outcome: the claim is gone, and the job runs again under
+//! whoever claims it next (delivery is at least once; side effects stay at most once).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::held::Cancel;
+use super::{ClaimRef, HeldClaims, QueueStore};
+use crate::jobs::Queue;
+
+/// How often the keeper looks for claims past their deadline.
+pub(super) const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// What the keeper keeps in hand: a handler stops this long before its lease could expire.
+pub fn margin(lease: Duration) -> Duration {
+    (lease / 5).max(Duration::from_millis(500))
+}
+
+/// Starts the keeper of backend `owner`'s claims on `queue`.
+pub(super) fn spawn(
+    store: QueueStore,
+    held: HeldClaims,
+    owner: u64,
+    queue: Queue,
+) -> JoinHandle<()> {
+    tokio::spawn(keep(store, held, owner, queue))
+}
+
+async fn keep(store: QueueStore, held: HeldClaims, owner: u64, queue: Queue) {
+    let lease = store.settings().lease;
+    let renew_every = lease / 3;
+    let deadline = lease.saturating_sub(margin(lease));
+    let mut ticks = tokio::time::interval(WATCH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewing: Option<JoinHandle<()>> = None;
+    let mut next_renewal = Instant::now();
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        if let Some(cutoff) = now.checked_sub(deadline) {
+            let overdue = held.unconfirmed_since(owner, cutoff);
+            if !overdue.is_empty() {
+                lost(&held, queue, &overdue, "no lease renewal confirmed in time");
+            }
+        }
+        // One renewal at a time: one that hangs (a partition) holds the next back, and the
+        // claims then run into their deadline above.
+        if now >= next_renewal && renewing.as_ref().is_none_or(JoinHandle::is_finished) {
+            next_renewal = now + renew_every;
+            let claims = held.owned_by(owner);
+            if !claims.is_empty() {
+                renewing = Some(tokio::spawn(renew(store.clone(), held.clone(), queue, claims)));
+            }
+        }
+    }
+}
+
+/// One renewal of `claims`, sent now.
+async fn renew(store: QueueStore, held: HeldClaims, queue: Queue, claims: Vec<ClaimRef>) {
+    let sent = Instant::now();
+    let lease = store.settings().lease;
+    match tokio::time::timeout(lease, store.renew(queue, &claims)).await {
+        Ok(Ok(renewed)) => {
+            let renewed: HashSet<String> = renewed.into_iter().collect();
+            let (kept, refused): (Vec<ClaimRef>, Vec<ClaimRef>) =
+                claims.into_iter().partition(|claim| renewed.contains(&claim.id));
+            held.confirm(&kept, sent);
+            if !refused.is_empty() {
+                lost(&held, queue, &refused, "the lease renewal was refused");
+            }
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(queue = queue.as_str(), error = %err, "lease renewal failed")
+        }
+        Err(_) => tracing::warn!(queue = queue.as_str(), "lease renewal timed out"),
+    }
+}
+
+/// Cancels the handlers of claims this worker lost.
+fn lost(held: &HeldClaims, queue: Queue, claims: &[ClaimRef], why: &str) {
+    for claim in held.cancel(claims, "lease_lost") {
+        tracing::warn!(queue = queue.as_str(), id = %claim.id, kind = %claim.kind, why, "lease lost; stopping the job's handler");
+    }
+}
+
+/// Runs an attempt's handler unless its claim is cancelled first; then the handler is
+/// dropped, `jobs_cancelled_total{kind,reason}` counts it, and the reason is returned.
+pub(super) async fn unless_cancelled<F: Future>(
+    cancel: Option<Cancel>,
+    kind: &'static str,
+    handler: F,
+) -> Result<F::Output, &'static str> {
+    let Some(cancel) = cancel else {
+        return Ok(handler.await);
+    };
+    tokio::select! {
+        biased;
+        reason = cancel.cancelled() => {
+            metrics::counter!("jobs_cancelled_total", "kind" => kind, "reason" => reason).increment(1);
+            tracing::warn!(reason, "job cancelled: its claim is no longer this worker's");
+            Err(reason)
+        }
+        output = handler => Ok(output),
+    }
+}
