@@ -72,15 +72,17 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
             .get(header::ORIGIN)
             .filter(|origin| self.policy.allows_origin(origin))
             .cloned();
-        let span = tracing::info_span!("request", %request_id, %method, %path);
+        let span = crate::trace_http::request_span(&req, &request_id);
+        let scope = request_id.clone();
 
-        async move {
+        let work = async move {
             let (mut resp, route) = if origin.is_some() && is_preflight(&req) {
                 (preflight_response(), "preflight".to_owned())
             } else {
                 self.call_inner(req, &request_id).await
             };
             let status = resp.status();
+            crate::trace_http::record_outcome(&method, &route, status);
             apply_headers(&mut resp, &request_id, origin, path.starts_with("/docs"));
             let elapsed = started.elapsed().as_secs_f64();
             let labels = [
@@ -93,8 +95,8 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
             tracing::info!(status = status.as_u16(), elapsed_ms = elapsed * 1000.0, "request done");
             Ok(resp)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        tasklane_shared::trace::in_request(scope, work).await
     }
 }
 

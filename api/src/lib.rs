@@ -20,7 +20,8 @@
 //!   per instance.
 //! - [`http`]: the policy every response passes through (request id, problem+json, security
 //!   headers, CORS, body limit, metrics); [`input_guard`]: NUL characters and non-strings
-//!   for strings refused before any handler, against the document's operations.
+//!   for strings refused before any handler, against the document's operations;
+//!   [`trace_http`]: the request's span, continuing the caller's W3C trace context.
 //! - [`problem`]: the RFC 9457 error shape; [`raw_json`]: a JSON body rendered once and
 //!   sent as is (cached responses).
 
@@ -42,3 +43,4 @@ pub mod security;
 pub mod services;
 pub mod state;
 pub mod tags;
+pub mod trace_http;

@@ -19,13 +19,16 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let settings = Settings::from_env()?;
-    telemetry::init_tracing(&settings);
+    let tracing = telemetry::init_tracing(&settings, telemetry::API_SERVICE);
     match command.as_str() {
         "serve" => {
             let app = Application::build(settings).await.context("starting the API")?;
-            app.run_until_stopped(shutdown::signal()).await
+            let result = app.run_until_stopped(shutdown::signal()).await;
+            tracing.shutdown();
+            result
         }
         "migrate" => {
+            tracing.shutdown();
             let pool = tasklane_shared::db::connect(&settings)?;
             tasklane_shared::db::migrate(&pool).await.context("applying migrations")?;
             tracing::info!("migrations applied");

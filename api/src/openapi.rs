@@ -20,6 +20,7 @@ use crate::routes::auth::AuthApi;
 use crate::routes::events::EventsApi;
 use crate::routes::flags::{AdminFlagsApi, FlagsApi};
 use crate::routes::me::MeApi;
+use crate::routes::requests::RequestsApi;
 use crate::routes::tasks::TasksApi;
 
 pub type Apis = (
@@ -30,6 +31,7 @@ pub type Apis = (
     AttachmentsApi,
     DownloadsApi,
     EventsApi,
+    RequestsApi,
     AdminUsersApi,
     AdminFlagsApi,
     AdminJobsApi,
@@ -47,6 +49,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             AttachmentsApi,
             DownloadsApi,
             EventsApi,
+            RequestsApi,
             AdminUsersApi,
             AdminFlagsApi,
             AdminJobsApi,

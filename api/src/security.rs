@@ -58,7 +58,10 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<CurrentUser
         .data::<AppState>()
         .ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
     let claims = state.tokens.verify(&bearer.token).map_err(|_| unauthorized())?;
-    authenticate_user(state, claims.sub, claims.sid).await?.ok_or_else(unauthorized)
+    let user = authenticate_user(state, claims.sub, claims.sid).await?.ok_or_else(unauthorized)?;
+    // Jobs and events this request causes now belong to its caller's receipts.
+    tasklane_shared::trace::set_caller(user.id);
+    Ok(user)
 }
 
 /// The account behind a verified credential, unless it is gone or disabled or the

@@ -13,6 +13,8 @@
 //!   hashing it in memory, and the worker's peak memory against its idle peak.
 //! - `events`: 1,000 SSE clients on one API process: publish-to-receive latency p50/p99 and
 //!   the API's memory per connection against its memory before any.
+//! - `traces`: `GET /tasks/{id}` with spans exported over OTLP at 100 % and 1 % sampling,
+//!   against the same with export off.
 //!
 //! Benchmarks, not tests: they print figures and never fail on them.
 
@@ -20,6 +22,7 @@ mod auth;
 mod events;
 mod queue;
 mod tasks;
+mod traces;
 mod upload;
 
 use std::time::Duration;
@@ -37,9 +40,12 @@ async fn main() -> anyhow::Result<()> {
         Some("tasks") => tasks::run().await,
         Some("upload") => upload::run().await,
         Some("events") => events::run().await,
+        Some("traces") => traces::run().await,
+        // Internal: one configuration of the tracing benchmark.
+        Some("traces-run") => traces::run_mode(&args[1..]).await,
         // Internal: one drain worker process of the queue benchmark.
         Some("drain-worker") => queue::drain_worker(&args[1..]).await,
-        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks|upload|events"),
+        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks|upload|events|traces"),
     }
 }
 

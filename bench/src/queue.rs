@@ -168,6 +168,7 @@ async fn drain_with(
                 payload: payload.clone(),
                 max_attempts: 3,
                 request_id: None,
+                traceparent: None,
                 unique: None,
             })
             .collect();

@@ -33,32 +33,8 @@ pub async fn run() -> anyhow::Result<()> {
     let hello_app = poem::Route::new().at("/hello", poem::endpoint::make_sync(|_| "hello"));
     tokio::spawn(poem::Server::new_with_acceptor(hello).run(hello_app));
 
-    let app = tasklane_api::app::Application::build(settings).await?;
-    let base = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let client = reqwest::Client::new();
-    let token = |email: String| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            let resp = client
-                .post(format!("{base}/api/v1/auth/register"))
-                .json(&serde_json::json!({ "email": email, "password": "correct horse battery staple" }))
-                .send()
-                .await?;
-            let session: serde_json::Value = resp.json().await?;
-            anyhow::Ok(session["access_token"].as_str().unwrap_or_default().to_owned())
-        }
-    };
-    let writer = token(format!("writer_{}@example.test", uuid::Uuid::now_v7().simple())).await?;
-    let created: serde_json::Value = client
-        .post(format!("{base}/api/v1/tasks"))
-        .bearer_auth(&writer)
-        .json(&serde_json::json!({ "title": "benchmark task", "tags": ["bench"] }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let task_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let (base, client, writer, task_id) = serve(settings).await?;
+    let token = |email: String| register(client.clone(), base.clone(), email);
 
     let hello_rate = load(CLIENTS, {
         let (client, url) = (client.clone(), format!("http://{hello_addr}/hello"));
@@ -69,17 +45,7 @@ pub async fn run() -> anyhow::Result<()> {
     })
     .await;
     println!("hello world (bare Poem):   {hello_rate:>9.0} req/s  (baseline)");
-    let get_rate = load(CLIENTS, {
-        let (client, url, token) =
-            (client.clone(), format!("{base}/api/v1/tasks/{task_id}"), writer.clone());
-        move || {
-            let (client, url, token) = (client.clone(), url.clone(), token.clone());
-            async move {
-                client.get(url).bearer_auth(token).send().await.is_ok_and(|r| r.status() == 200)
-            }
-        }
-    })
-    .await;
+    let get_rate = load_get(&client, &base, &task_id, &writer).await;
     println!("GET /tasks/{{id}}:           {get_rate:>9.0} req/s");
     let post_rate = load(CLIENTS, {
         let (client, url, token) = (client.clone(), format!("{base}/api/v1/tasks"), writer.clone());
@@ -143,6 +109,62 @@ pub async fn run() -> anyhow::Result<()> {
     println!("ratio GET /tasks/{{id}} / hello: {:.2}  (target >= 0.35)", get_rate / hello_rate);
     println!("ratio POST /tasks / hello:     {:.2}  (target >= 0.2)", post_rate / hello_rate);
     Ok(())
+}
+
+/// The API in this process, a registered user and one task of theirs: the base URL, a
+/// client, the user's token and the task's id.
+async fn serve(settings: Settings) -> anyhow::Result<(String, reqwest::Client, String, String)> {
+    let app = tasklane_api::app::Application::build(settings).await?;
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let client = reqwest::Client::new();
+    let email = format!("writer_{}@example.test", uuid::Uuid::now_v7().simple());
+    let writer = register(client.clone(), base.clone(), email).await?;
+    let created: serde_json::Value = client
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth(&writer)
+        .json(&serde_json::json!({ "title": "benchmark task", "tags": ["bench"] }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = created["id"].as_str().unwrap_or_default().to_owned();
+    Ok((base, client, writer, task_id))
+}
+
+/// Registers `email`; returns its access token.
+async fn register(client: reqwest::Client, base: String, email: String) -> anyhow::Result<String> {
+    let resp = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({ "email": email, "password": "correct horse battery staple" }))
+        .send()
+        .await?;
+    let session: serde_json::Value = resp.json().await?;
+    Ok(session["access_token"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Requests/s of `GET /tasks/{id}` from `CLIENTS` concurrent loops.
+async fn load_get(client: &reqwest::Client, base: &str, task_id: &str, token: &str) -> f64 {
+    let (client, url, token) =
+        (client.clone(), format!("{base}/api/v1/tasks/{task_id}"), token.to_owned());
+    load(CLIENTS, move || {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move { client.get(url).bearer_auth(token).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await
+}
+
+/// `GET /tasks/{id}` requests/s of an API in this process started with `settings` (the
+/// tracing benchmark runs it once per trace configuration).
+pub async fn get_rate(mut settings: Settings) -> anyhow::Result<f64> {
+    settings.api_addr = "127.0.0.1:0".parse()?;
+    settings.redis_prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .connect(secrecy::ExposeSecret::expose_secret(&settings.database_url))
+        .await?;
+    tasklane_shared::db::migrate(&db).await?;
+    let (base, client, writer, task_id) = serve(settings).await?;
+    Ok(load_get(&client, &base, &task_id, &writer).await)
 }
 
 /// Requests/s of `request` from `clients` concurrent loops over `RUN`.

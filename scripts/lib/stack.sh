@@ -3,7 +3,7 @@
 # Helpers shared by scripts/dev and scripts/test (sourced, never executed).
 #
 # They install the four backing services when missing (PostgreSQL, Redis, MailDev,
-# s3s-fs), start each one on a free 127.0.0.1 port under a state folder, export the
+# s3s-fs; and Prometheus, for promtool and TASKLANE_OBSERVE), start each one on a free 127.0.0.1 port under a state folder, export the
 # connection settings under the names the README lists, and stop everything by PID.
 #
 # State folder layout (every start_* function takes it as first argument):
@@ -18,6 +18,7 @@
 TASKLANE_TOOLS_DIR=${TASKLANE_TOOLS_DIR:-$HOME/.cache/tasklane}
 MAILDEV_VERSION=2.2.1    # 3.x does not start here
 S3S_FS_VERSION=0.14.1
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+b6 # Debian's prometheus: promtool and Prometheus itself
 # How long a service may take to answer before we give up and show its log.
 READY_TIMEOUT=${TASKLANE_READY_TIMEOUT:-60}
 
@@ -91,6 +92,7 @@ ensure_tools() {
   [[ -n $(pg_bin_dir) ]] || pkgs+=(postgresql)
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   command -v curl >/dev/null || pkgs+=(curl)
+  command -v promtool >/dev/null || pkgs+=("prometheus=$PROMETHEUS_DEB_VERSION")
   # libfaketime: test F8 runs a worker process with its clock 10 minutes off.
   [[ -n $(libfaketime_path) ]] || pkgs+=(faketime)
   if ((${#pkgs[@]})); then apt_install "${pkgs[@]}"; fi

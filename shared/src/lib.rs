@@ -15,7 +15,8 @@
 //!   Redis.
 //! - [`storage`]: the S3 client and the object keys of attachments.
 //! - [`tokens`]: opaque tokens (refresh tokens, tickets, email links) and their stored hash.
-//! - [`telemetry`]: tracing and the Prometheus recorder; [`shutdown`]: the signal to stop.
+//! - [`telemetry`]: logs, the trace pipeline and the Prometheus recorder; [`trace`]: trace
+//!   context across the outbox and the queue; [`shutdown`]: the signal to stop.
 
 pub mod config;
 pub mod db;
@@ -32,3 +33,4 @@ pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod tokens;
+pub mod trace;

@@ -60,6 +60,19 @@ pub fn client(s3: &S3Settings, endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// The client span of one S3 call, in the current trace (SPEC section 13).
+pub fn s3_span(operation: &'static str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        "s3",
+        otel.name = %format!("S3 {operation}"),
+        otel.kind = "client",
+        rpc.system = "aws-api",
+        rpc.service = "S3",
+        rpc.method = operation,
+        s3.key = key,
+    )
+}
+
 /// The client the worker uses (`S3_ENDPOINT`).
 pub fn internal_client(s3: &S3Settings) -> aws_sdk_s3::Client {
     client(s3, &s3.endpoint)

@@ -1,28 +1,96 @@
-//! Logging and metrics set-up shared by both binaries.
+//! Logging, traces and metrics set-up shared by both binaries.
 //!
 //! Logs are `tracing` events: JSON lines in prod (for a log pipeline), readable lines in dev
-//! and test. Metrics go through the `metrics` facade into one Prometheus recorder per
-//! process, rendered by each binary's `/metrics`.
+//! and test. Spans also go to OpenTelemetry through `tracing-opentelemetry` (SPEC section
+//! 13): always, so a request's W3C trace context is continued, stored with the jobs it causes
+//! and put in log lines as `trace_id`; and exported over OTLP/HTTP only when an endpoint is
+//! configured ([`crate::config::TraceSettings`]). [`export`] says why export never slows a
+//! request; [`crate::trace`] carries the context across the outbox and the queue.
+//!
+//! Metrics go through the `metrics` facade into one Prometheus recorder per process,
+//! rendered by each binary's `/metrics`.
+
+mod export;
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
 use crate::config::{Environment, Settings};
 
-/// Installs the global subscriber; a second call (tests build many apps) is a no-op.
-pub fn init_tracing(settings: &Settings) {
+/// The service name of the API's spans.
+pub const API_SERVICE: &str = "tasklane-api";
+/// The service name of the worker's spans.
+pub const WORKER_SERVICE: &str = "tasklane-worker";
+
+/// The trace pipeline of the process; [`Tracing::shutdown`] flushes what is queued at exit.
+#[must_use = "call shutdown() at exit so queued spans are exported"]
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Exports the spans still queued (bounded by the exporter's timeout), then stops.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            // On a thread of its own: the SDK blocks while its export thread drains.
+            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        }
+    }
+}
+
+/// Installs the global subscriber and trace pipeline for `service`; a second call (tests
+/// build many apps in one process) is a no-op.
+pub fn init_tracing(settings: &Settings, service: &str) -> Tracing {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    if INSTALLED.set(()).is_err() {
+        return Tracing { provider: None };
+    }
+    let trace = &settings.trace;
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(trace.sample_ratio)));
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(trace.service_name.clone().unwrap_or_else(|| service.to_owned()))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_sampler(sampler).with_resource(resource);
+    if let Some(endpoint) = &trace.endpoint {
+        match export::processor(endpoint) {
+            Ok(processor) => builder = builder.with_span_processor(processor),
+            Err(err) => eprintln!("trace export to {endpoint} disabled: {err}"),
+        }
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("tasklane"))
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(EnvFilter::new("info"));
+
     let filter =
-        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+        || EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(otel);
     let result = if settings.env == Environment::Prod {
-        registry.with(fmt::layer().json().flatten_event(true).with_current_span(true)).try_init()
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_filter(filter()),
+            )
+            .try_init()
     } else {
-        registry.with(fmt::layer().compact().with_test_writer()).try_init()
+        registry.with(fmt::layer().compact().with_test_writer().with_filter(filter())).try_init()
     };
-    // Already installed by an earlier call in this process.
+    // Another subscriber was installed first (a test harness): spans still get trace ids
+    // through the global provider only if that subscriber has our layer, which it lacks.
     drop(result);
+    Tracing { provider: Some(provider) }
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade allows one global recorder,

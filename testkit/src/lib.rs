@@ -17,6 +17,7 @@
 //!   [`signal`]: SIGTERM or SIGKILL for a child process; [`skew_clock`]: a worker process
 //!   whose wall clock is off (all in `faults`).
 //! - `database`: each test's database, cloned from a migrated template.
+//! - [`OtlpReceiver`]: an OTLP/HTTP trace collector, to assert on exported spans.
 //! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
 
 use std::collections::HashMap;
@@ -35,10 +36,12 @@ use tokio::task::JoinHandle;
 
 mod database;
 mod faults;
+mod otlp;
 mod postgres;
 
 use database::create_database;
 pub use faults::{GateMode, REDIS_PERSISTENCE, TcpGate, TestRedis, signal, skew_clock};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::TestPostgres;
 
 /// Polls `check` every 25 ms until it yields a value or `deadline` passes.
@@ -121,7 +124,10 @@ impl TestApp {
     async fn spawn_from(mut settings: Settings, adjust: impl FnOnce(&mut Settings)) -> Self {
         // Logs only when asked for (`TASKLANE_LOG=debug scripts/test ...`): quiet by default.
         if std::env::var_os("TASKLANE_LOG").is_some() {
-            tasklane_shared::telemetry::init_tracing(&settings);
+            let _ = tasklane_shared::telemetry::init_tracing(
+                &settings,
+                tasklane_shared::telemetry::API_SERVICE,
+            );
         }
         let (db_name, admin_options, database_url) =
             create_database(&settings).await.expect("test database");

@@ -100,6 +100,7 @@ async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
         payload: serde_json::to_string(&email("x@example.test")).unwrap(),
         max_attempts: 2,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     let id = job.id.to_string();
@@ -142,6 +143,7 @@ async fn a_late_result_from_an_expired_claim_is_refused() {
         payload: "{}".into(),
         max_attempts: 3,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     store.push(Queue::Emails, &[job]).await.unwrap();
@@ -226,6 +228,7 @@ async fn push_flaky(store: &QueueStore, job: &Flaky) -> String {
         payload: serde_json::to_string(job).unwrap(),
         max_attempts: Flaky::SPEC.max_attempts,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     store.push(Flaky::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
@@ -505,6 +508,7 @@ async fn redis_over_maxmemory_refuses_new_work_whole_keeps_leases_and_says_so() 
         payload: serde_json::to_string(&email(&address())).unwrap(),
         max_attempts: 8,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     let waiting = new_job();

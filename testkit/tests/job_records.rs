@@ -251,6 +251,7 @@ async fn a_payload_a_worker_cannot_decode_is_quarantined_in_its_record() {
         payload: r#"{"v2": true}"#.into(),
         max_attempts: 8,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     store.push(Queue::Emails, &[job]).await.unwrap();

@@ -142,6 +142,7 @@ async fn a_row_pushed_twice_is_one_job() {
         payload: serde_json::to_string(&email("x@example.test", "k")).unwrap(),
         max_attempts: 3,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     assert_eq!(store.push(Queue::Emails, std::slice::from_ref(&job)).await.unwrap(), 1);

@@ -92,6 +92,7 @@ async fn push_idle(store: &QueueStore, n: u32) -> String {
         payload: serde_json::to_string(&Idle { n }).unwrap(),
         max_attempts: Idle::SPEC.max_attempts,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     store.push(Idle::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
@@ -283,6 +284,7 @@ async fn push_fragile(store: &QueueStore, job: &Fragile) -> String {
         payload: serde_json::to_string(job).unwrap(),
         max_attempts: Fragile::SPEC.max_attempts,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     store.push(Fragile::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
@@ -498,6 +500,7 @@ async fn postgres_unreachable_holds_send_email_and_costs_no_attempt() {
         payload: serde_json::to_string(&email(&to)).unwrap(),
         max_attempts: SendEmail::SPEC.max_attempts,
         request_id: None,
+        traceparent: None,
         unique: None,
     };
     let id = job.id.to_string();

@@ -51,7 +51,8 @@ impl WorkerApp {
         let _ = tasklane_shared::redis::check_eviction_policy(&mut redis.clone()).await;
         let keys = Keys::new(settings.redis_prefix.clone());
         // Jobs' ends go to their Postgres records in batches (SPEC section 9).
-        let (outcomes, recorder) = OutcomeRecorder::spawn(db.clone());
+        let progress = Some((redis.clone(), keys.clone()));
+        let (outcomes, recorder) = OutcomeRecorder::spawn_with_progress(db.clone(), progress);
         let store = QueueStore::new(redis, keys.clone(), QueueSettings::from(&*settings))
             .with_outcomes(outcomes);
         let task_lists = TaskLists::new(store.connection(), keys);
@@ -122,6 +123,7 @@ impl WorkerApp {
             ctx.name.clone(),
         );
         let reconciler = tokio::spawn(reconciler.run(until_stopped()));
+        tokio::spawn(health::heartbeat(until_stopped()));
         let routes = health::routes().data(ctx.clone());
         let http =
             tokio::spawn(Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(

@@ -43,6 +43,21 @@ async fn ready(ctx: Data<&WorkerContext>) -> Response {
         .body(body.to_string())
 }
 
+/// Beats `worker_heartbeat_timestamp_seconds` every few seconds until `stopped`: a worker
+/// whose runtime is wedged still answers nothing, but one that answers scrapes with an old
+/// beat is stuck, and the `TasklaneWorkerStuck` alert says so.
+pub async fn heartbeat(stopped: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = every.tick() => metrics::gauge!("worker_heartbeat_timestamp_seconds")
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0),
+        }
+    }
+}
+
 #[handler]
 async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
     for queue in Queue::ALL {
@@ -62,9 +77,14 @@ async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
             }
         }
     }
-    match tasklane_shared::outbox::backlog(&ctx.db).await {
-        Ok(backlog) => metrics::gauge!("outbox_backlog").set(backlog as f64),
-        Err(err) => tracing::warn!(error = %err, "cannot read the outbox backlog"),
+    match tasklane_shared::outbox::overview(&ctx.db).await {
+        Ok(outbox) => {
+            metrics::gauge!("outbox_backlog").set(outbox.waiting as f64);
+            metrics::gauge!("outbox_oldest_age_seconds").set(outbox.oldest_waiting_age_seconds);
+            metrics::gauge!("outbox_in_flight").set(outbox.in_flight as f64);
+            metrics::gauge!("outbox_quarantined").set(outbox.quarantined as f64);
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot read the outbox"),
     }
     tasklane_shared::telemetry::metrics_handle().render()
 }

@@ -10,6 +10,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use tasklane_shared::config::Settings;
+use tracing::Instrument;
 
 /// One SMTP transport per worker process (it pools connections).
 #[derive(Clone)]
@@ -82,7 +83,26 @@ impl Mailer {
             None => builder.body(email.text.to_owned()),
         }
         .map_err(|err| MailError::Invalid(err.to_string()))?;
-        self.transport.send(message).await?;
+        // The SMTP exchange is a client span of the job's trace: what the server said, and
+        // how long it took, next to the request that caused the email.
+        let span = tracing::info_span!(
+            "smtp.send",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            smtp.code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let sent = self.transport.send(message).instrument(span.clone()).await;
+        match &sent {
+            Ok(response) => {
+                span.record("smtp.code", response.code().to_string().as_str());
+            }
+            Err(err) => {
+                span.record("otel.status_code", "error");
+                span.record("error", err.to_string().as_str());
+            }
+        }
+        sent?;
         Ok(())
     }
 }

@@ -8,7 +8,9 @@ use tasklane_worker::app::WorkerApp;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    telemetry::init_tracing(&settings);
+    let tracing = telemetry::init_tracing(&settings, telemetry::WORKER_SERVICE);
     let app = WorkerApp::build(settings).await.context("starting the worker")?;
-    app.run_until_stopped(shutdown::signal()).await
+    let result = app.run_until_stopped(shutdown::signal()).await;
+    tracing.shutdown();
+    result
 }

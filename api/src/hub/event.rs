@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use poem_openapi::{Enum, Object};
 use tasklane_shared::events;
+use tasklane_shared::outbox::receipts::REQUEST_PROGRESS;
 
 /// Every type an event stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -22,6 +23,10 @@ pub enum EventType {
     AttachmentReady,
     #[oai(rename = "attachment.rejected")]
     AttachmentRejected,
+    /// A job one of your requests caused moved on (`GET /requests/{request_id}` has the
+    /// receipt): `data` is `{request_id, job_id, kind, state}`.
+    #[oai(rename = "request.progress")]
+    RequestProgress,
     /// Events were missed beyond what is kept (or while the server could not tell): reload
     /// what you show, then carry on from this event's id.
     #[oai(rename = "resync")]
@@ -41,6 +46,7 @@ impl EventType {
             events::TASK_OVERDUE => Self::TaskOverdue,
             events::ATTACHMENT_READY => Self::AttachmentReady,
             events::ATTACHMENT_REJECTED => Self::AttachmentRejected,
+            REQUEST_PROGRESS => Self::RequestProgress,
             _ => return None,
         })
     }
@@ -54,6 +60,7 @@ impl EventType {
             Self::TaskOverdue => events::TASK_OVERDUE,
             Self::AttachmentReady => events::ATTACHMENT_READY,
             Self::AttachmentRejected => events::ATTACHMENT_REJECTED,
+            Self::RequestProgress => REQUEST_PROGRESS,
             Self::Resync => "resync",
             Self::Closing => "closing",
         }

@@ -40,6 +40,9 @@ pub struct JobView {
     pub last_error: Option<String>,
     /// The API request that caused it.
     pub request_id: Option<String>,
+    /// The trace it belongs to (W3C trace id), from the request that caused it through each
+    /// attempt: look it up in the trace viewer.
+    pub trace_id: Option<String>,
     /// The payload, with secrets (tokens, passwords) redacted and long strings cut.
     pub payload: Value,
     pub history: Vec<AttemptView>,
@@ -60,6 +63,7 @@ impl From<JobRecord> for JobView {
             worker: job.worker,
             last_error: job.last_error,
             request_id: job.request_id,
+            trace_id: job.trace_id,
             payload,
             history: job
                 .history
@@ -122,6 +126,11 @@ pub(crate) async fn record_view(
         worker: None,
         last_error: record.last_error,
         request_id: record.request_id,
+        trace_id: record
+            .traceparent
+            .as_deref()
+            .and_then(tasklane_shared::trace::trace_id_of)
+            .map(str::to_owned),
         payload: redact(record.payload),
         history: Vec::<_>::new(),
     }))

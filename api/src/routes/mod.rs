@@ -9,7 +9,8 @@
 //! - [`admin_users`]: account administration; [`admin_jobs`]: queues and schedules;
 //!   [`admin_outbox`]: the outbox backlog, quarantined rows and job records.
 //! - [`tasks`], [`attachments`]: tasks and their files (and the signed links files download by).
-//! - [`events`]: the event streams (SSE, WebSocket) and their tickets.
+//! - [`events`]: the event streams (SSE, WebSocket) and their tickets; [`requests`]: the
+//!   receipt of a caller's request (the jobs and events it caused).
 //! - [`user_view`]: how an account is shown, shared by the account routes.
 
 pub mod admin_jobs;
@@ -21,6 +22,7 @@ pub mod events;
 pub mod flags;
 pub mod job_view;
 pub mod me;
+pub mod requests;
 pub mod tasks;
 pub mod user_view;
 

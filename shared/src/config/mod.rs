@@ -16,8 +16,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use reader::Reader;
+pub use trace::TraceSettings;
 
 mod reader;
+mod trace;
 
 /// Which profile the process runs under; decides defaults, validation and log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,8 @@ pub struct Settings {
     pub attachments: AttachmentSettings,
     /// How often an idle event stream gets a heartbeat (`TASKLANE_EVENTS_HEARTBEAT_SECS`).
     pub events_heartbeat: Duration,
+    /// Trace export (`OTEL_*`).
+    pub trace: TraceSettings,
 }
 
 /// Uploads (SPEC section 6).
@@ -326,6 +330,7 @@ impl Settings {
             events_heartbeat: Duration::from_secs(
                 r.parsed_any("TASKLANE_EVENTS_HEARTBEAT_SECS", "15"),
             ),
+            trace: TraceSettings::read(r),
             attachments: AttachmentSettings {
                 max_bytes: r.parsed_any("TASKLANE_ATTACHMENT_MAX_BYTES", "26214400"),
                 allowed_types: r

@@ -12,12 +12,14 @@
 //! - [`relay`]: moves waiting rows to Redis and quarantines poison;
 //! - [`records`]: records jobs' outcomes in batches;
 //! - [`reconcile`]: puts back jobs Redis lost;
-//! - [`reopen`], [`overview`], [`quarantined`]: for operators.
+//! - [`reopen`], [`overview`], [`quarantined`]: for operators;
+//! - [`receipts`]: what a caller's request set in motion, for that caller.
 //!
 //! One statement writes rows itself: the task writer's group commit
 //! (`api/src/services/tasks/writer.rs`) inserts its `task.created` rows in the same statement
 //! as the tasks, with [`EVENTS`] and [`event_payload`] from here.
 
+pub mod receipts;
 pub mod reconcile;
 pub mod records;
 pub mod relay;
@@ -49,7 +51,9 @@ fn max_attempts<J: Job>() -> i32 {
 }
 
 /// Writes a job into the outbox on the caller's connection, normally inside the transaction
-/// of the change that causes it. Returns the job id (also its id in Redis).
+/// of the change that causes it. Returns the job id (also its id in Redis). The row keeps the
+/// current span's trace context and, inside an authenticated API request, its caller (the
+/// job then shows in the receipt of that request, [`receipts`]).
 pub async fn enqueue<J: Job>(
     conn: &mut PgConnection,
     job: &J,
@@ -57,14 +61,17 @@ pub async fn enqueue<J: Job>(
 ) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
     sqlx::query!(
-        "insert into outbox (id, queue, kind, payload, max_attempts, request_id)
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into outbox (id, queue, kind, payload, max_attempts, request_id, traceparent, user_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
         id,
         J::SPEC.queue.as_str(),
         J::SPEC.kind,
         encode(job)?,
         max_attempts::<J>(),
         request_id,
+        crate::trace::current_traceparent(),
+        // The authenticated caller of the request, whose receipt shows the job.
+        crate::trace::current_caller(),
     )
     .execute(conn)
     .await?;
@@ -136,11 +143,14 @@ pub async fn record_event(
     data: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "insert into outbox (id, queue, kind, payload, max_attempts) values ($1, $2, $3, $4, 1)",
+        "insert into outbox (id, queue, kind, payload, max_attempts, request_id)
+         values ($1, $2, $3, $4, 1, $5)",
         Uuid::now_v7(),
         EVENTS,
         event_type,
         event_payload(user, data)?,
+        // Only the caller's own events go into the receipt of their request.
+        crate::trace::current_request_id().filter(|_| crate::trace::current_caller() == Some(user)),
     )
     .execute(conn)
     .await?;
@@ -268,6 +278,8 @@ pub struct Record {
     pub payload: serde_json::Value,
     pub max_attempts: i32,
     pub request_id: Option<String>,
+    /// The W3C trace context of the span that wrote the row.
+    pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
     pub relayed_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -290,8 +302,8 @@ impl Record {
 pub async fn record(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
     sqlx::query_as!(
         Record,
-        "select id, queue, kind, payload, max_attempts, request_id, created_at, relayed_at,
-                finished_at, outcome, last_error
+        "select id, queue, kind, payload, max_attempts, request_id, traceparent, created_at,
+                relayed_at, finished_at, outcome, last_error
          from outbox where id = $1 and queue <> $2",
         id,
         EVENTS,

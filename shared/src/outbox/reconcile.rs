@@ -53,6 +53,7 @@ struct InFlight {
     payload: String,
     max_attempts: i32,
     request_id: Option<String>,
+    traceparent: Option<String>,
     relayed_at: DateTime<Utc>,
 }
 
@@ -120,7 +121,7 @@ impl Reconciler {
             let page = sqlx::query_as!(
                 InFlight,
                 r#"select id, queue, kind, payload::text as "payload!", max_attempts, request_id,
-                          relayed_at as "relayed_at!"
+                          traceparent, relayed_at as "relayed_at!"
                    from outbox
                    where relayed_at is not null and finished_at is null and (relayed_at, id) > ($1, $2)
                      and queue = any($4)
@@ -225,6 +226,7 @@ impl Reconciler {
                     payload: job.payload.clone(),
                     max_attempts: u32::try_from(job.max_attempts).unwrap_or(1),
                     request_id: job.request_id.clone(),
+                    traceparent: job.traceparent.clone(),
                     unique: None,
                 })
                 .collect();
@@ -267,6 +269,7 @@ impl Reconciler {
         )
         .execute(&self.db)
         .await?;
+        super::receipts::prune(&self.db, settings.dead_retention).await?;
         Ok(succeeded.rows_affected() + ended.rows_affected())
     }
 }

@@ -6,6 +6,8 @@
 //! [`MAX_BATCH`] reports) and writes the lot with one statement. While Postgres is away the
 //! reports wait and are written when it returns; a report lost with a crashed worker is
 //! recovered by the [`super::Reconciler`], which copies outcomes it finds in Redis.
+//! Ends of jobs a user's request caused are then announced on that user's event stream
+//! (`request.progress`, best effort).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,11 +31,24 @@ pub struct OutcomeRecorder {
     reports: mpsc::UnboundedSender<(Uuid, Finished)>,
 }
 
+/// Where the recorder tells callers how their requests' jobs ended (`request.progress`,
+/// [`super::receipts`]): the Redis connection and keys of the event streams.
+pub type Progress = Option<(redis::aio::ConnectionManager, crate::redis::Keys)>;
+
 impl OutcomeRecorder {
     /// Starts the recorder's task; it ends when every clone of the recorder is dropped.
     pub fn spawn(db: PgPool) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        Self::spawn_with_progress(db, None)
+    }
+
+    /// Like [`OutcomeRecorder::spawn`], also announcing each recorded end of a job that a
+    /// user's request caused on that user's event stream.
+    pub fn spawn_with_progress(
+        db: PgPool,
+        progress: Progress,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (reports, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(db, receiver));
+        let task = tokio::spawn(run(db, receiver, progress));
         (Arc::new(Self { reports }), task)
     }
 }
@@ -47,7 +62,11 @@ impl OutcomeSink for OutcomeRecorder {
     }
 }
 
-async fn run(db: PgPool, mut receiver: mpsc::UnboundedReceiver<(Uuid, Finished)>) {
+async fn run(
+    db: PgPool,
+    mut receiver: mpsc::UnboundedReceiver<(Uuid, Finished)>,
+    mut progress: Progress,
+) {
     let mut batch: Vec<(Uuid, Finished)> = Vec::new();
     let mut failures = 0u32;
     loop {
@@ -66,10 +85,13 @@ async fn run(db: PgPool, mut receiver: mpsc::UnboundedReceiver<(Uuid, Finished)>
         }
         let written = batch.len().min(MAX_BATCH);
         match write(&db, &batch[..written]).await {
-            Ok(()) => {
+            Ok(ended) => {
                 failures = 0;
                 batch.drain(..written);
                 metrics::counter!("job_outcomes_recorded_total").increment(written as u64);
+                if let Some((conn, keys)) = progress.as_mut() {
+                    super::receipts::announce_ends(conn, keys, ended).await;
+                }
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
@@ -89,7 +111,11 @@ async fn run(db: PgPool, mut receiver: mpsc::UnboundedReceiver<(Uuid, Finished)>
     }
 }
 
-async fn write(db: &PgPool, batch: &[(Uuid, Finished)]) -> sqlx::Result<()> {
+/// Writes the outcomes; returns the ends of jobs that a user's request caused.
+async fn write(
+    db: &PgPool,
+    batch: &[(Uuid, Finished)],
+) -> sqlx::Result<Vec<super::receipts::Ended>> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut errors: Vec<Option<String>> = Vec::with_capacity(batch.len());
@@ -98,16 +124,28 @@ async fn write(db: &PgPool, batch: &[(Uuid, Finished)]) -> sqlx::Result<()> {
         outcomes.push(how.as_str().to_owned());
         errors.push(how.error().map(str::to_owned));
     }
-    sqlx::query!(
-        "update outbox set finished_at = now(), outcome = x.outcome,
+    let rows = sqlx::query!(
+        r#"update outbox set finished_at = now(), outcome = x.outcome,
                 last_error = coalesce(x.error, outbox.last_error)
          from unnest($1::uuid[], $2::text[], $3::text[]) as x(id, outcome, error)
-         where outbox.id = x.id",
+         where outbox.id = x.id
+         returning outbox.id, outbox.kind, outbox.request_id, outbox.user_id, x.outcome as "outcome!""#,
         &ids,
         &outcomes,
         &errors as &[Option<String>],
     )
-    .execute(db)
+    .fetch_all(db)
     .await?;
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            Some(super::receipts::Ended {
+                id: row.id,
+                kind: row.kind,
+                request_id: row.request_id?,
+                user: row.user_id?,
+                outcome: row.outcome,
+            })
+        })
+        .collect())
 }

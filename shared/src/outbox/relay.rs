@@ -8,6 +8,9 @@
 //! skips ids it already holds, so that is still one job. While Redis is down (or out of
 //! memory) rows simply wait, and flow when it returns.
 //!
+//! Each relayed job's wait in the outbox becomes a span of the trace that wrote it
+//! ([`crate::trace`]), and rows of a caller's request feed its receipt ([`super::receipts`]).
+//!
 //! A row that can never run (a kind this release does not know for its queue, a payload that
 //! does not decode, an event that does not decode) is quarantined with its reason instead
 //! of being pushed: it never stalls the rows behind it.
@@ -18,9 +21,38 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPool};
 use uuid::Uuid;
 
+use super::receipts::Receipts;
 use super::{CHANNEL, EVENTS};
 use crate::jobs::{self, Queue};
 use crate::queue::{NewJob, QueueStore};
+
+/// A row's wait in the outbox, recorded in its trace once the row is relayed.
+struct OutboxWait {
+    id: Uuid,
+    kind: String,
+    parent: opentelemetry::Context,
+    since: std::time::SystemTime,
+}
+
+impl OutboxWait {
+    fn new(
+        id: Uuid,
+        kind: &str,
+        traceparent: &str,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        let parent = crate::trace::context_from(Some(traceparent), None);
+        Self { id, kind: kind.to_owned(), parent, since: created_at.into() }
+    }
+
+    fn record(self, until: std::time::SystemTime) {
+        let attributes = vec![
+            opentelemetry::KeyValue::new("job.id", self.id.to_string()),
+            opentelemetry::KeyValue::new("job.kind", self.kind),
+        ];
+        crate::trace::record_wait("outbox.wait", &self.parent, self.since, until, attributes);
+    }
+}
 
 /// Moves committed outbox rows into Redis.
 #[derive(Clone)]
@@ -46,7 +78,8 @@ impl Relay {
         let known: Vec<String> =
             Queue::ALL.map(Queue::as_str).into_iter().chain([EVENTS]).map(str::to_owned).collect();
         let rows = sqlx::query!(
-            r#"select id, queue, kind, payload::text as "payload!", max_attempts, request_id
+            r#"select id, queue, kind, payload::text as "payload!", max_attempts, request_id,
+                      traceparent, user_id, created_at
              from outbox
              where relayed_at is null and finished_at is null and queue = any($2)
              order by created_at, id
@@ -64,10 +97,15 @@ impl Relay {
         let mut by_queue: Vec<(Queue, Vec<NewJob>)> = Vec::new();
         let mut events = Vec::new();
         let mut poison: Vec<(Uuid, String)> = Vec::new();
+        let mut waits = Vec::new();
+        let mut receipts = Receipts::default();
         for row in rows {
             if row.queue == EVENTS {
                 match serde_json::from_str::<crate::events::Recorded>(&row.payload) {
-                    Ok(recorded) => events.push((row.id, row.kind, recorded)),
+                    Ok(recorded) => {
+                        receipts.expect_event(row.id, row.request_id);
+                        events.push((row.id, row.kind, recorded))
+                    }
                     Err(err) => {
                         poison.push((row.id, format!("event payload does not decode: {err}")))
                     }
@@ -90,12 +128,17 @@ impl Relay {
                 poison.push((row.id, reason));
                 continue;
             }
+            if let Some(traceparent) = &row.traceparent {
+                waits.push(OutboxWait::new(row.id, &row.kind, traceparent, row.created_at));
+            }
+            receipts.job(row.id, &row.kind, row.request_id.as_deref(), row.user_id);
             let job = NewJob {
                 id: row.id,
                 kind: row.kind,
                 payload: row.payload,
                 max_attempts: u32::try_from(row.max_attempts).unwrap_or(1),
                 request_id: row.request_id,
+                traceparent: row.traceparent,
                 unique: None,
             };
             match by_queue.iter_mut().find(|(q, _)| *q == queue) {
@@ -103,6 +146,9 @@ impl Relay {
                 None => by_queue.push((queue, vec![job])),
             }
         }
+        // The outbox wait of these rows ends as they are handed to Redis (where the queue
+        // wait starts), not when this transaction commits.
+        let pushing = std::time::SystemTime::now();
         for (queue, jobs) in &by_queue {
             if let Err(err) = self.store.push(*queue, jobs).await {
                 drop(tx);
@@ -114,12 +160,13 @@ impl Relay {
         // transaction then fails to commit (at-least-once, like jobs).
         let mut conn = self.store.connection();
         for (id, kind, recorded) in &events {
-            if let Err(err) =
-                crate::events::publish(&mut conn, self.store.keys(), kind, recorded).await
-            {
-                drop(tx);
-                self.note_failure(vec![*id], &err).await?;
-                return Err(err.into());
+            match crate::events::publish(&mut conn, self.store.keys(), kind, recorded).await {
+                Ok(stream_id) => receipts.event(*id, kind, recorded.user_id, stream_id),
+                Err(err) => {
+                    drop(tx);
+                    self.note_failure(vec![*id], &err).await?;
+                    return Err(err.into());
+                }
             }
         }
         let relayed: Vec<Uuid> =
@@ -129,6 +176,7 @@ impl Relay {
             .await?;
         let published: Vec<Uuid> = events.iter().map(|(id, _, _)| *id).collect();
         sqlx::query!("delete from outbox where id = any($1)", &published).execute(&mut *tx).await?;
+        receipts.keep_events(&mut tx).await?;
         if !poison.is_empty() {
             let (ids, reasons): (Vec<Uuid>, Vec<String>) = poison.into_iter().unzip();
             for (id, reason) in ids.iter().zip(&reasons) {
@@ -145,6 +193,11 @@ impl Relay {
             metrics::counter!("outbox_quarantined_total").increment(ids.len() as u64);
         }
         tx.commit().await?;
+        let relayed_ids: std::collections::HashSet<Uuid> = relayed.iter().copied().collect();
+        for wait in waits.into_iter().filter(|wait| relayed_ids.contains(&wait.id)) {
+            wait.record(pushing);
+        }
+        receipts.announce(&mut conn, self.store.keys()).await;
         metrics::counter!("outbox_relayed_total")
             .increment((relayed.len() + published.len()) as u64);
         Ok(taken)

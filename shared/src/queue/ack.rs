@@ -126,14 +126,8 @@ where
         let Some(claim) = claim else {
             return Box::pin(async move { inner.await.map_err(Into::into) });
         };
-        let span = tracing::info_span!(
-            "job",
-            queue = claim.queue.as_str(),
-            kind = %claim.kind,
-            id = %claim.id,
-            attempt = claim.attempt,
-            request_id = claim.request_id.as_deref().unwrap_or("-"),
-        );
+        // The attempt's span continues the trace of the request that caused the job.
+        let span = crate::trace::job_span(&claim);
         Box::pin(
             async move {
                 let kind = J::SPEC.kind;

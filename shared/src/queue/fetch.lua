@@ -70,7 +70,8 @@ local ids = redis.call('LPOP', pending, n)
 if ids then
   for _, id in ipairs(ids) do
     local key = ns .. 'job:' .. id
-    local job = redis.call('HMGET', key, 'payload', 'max_attempts', 'request_id', 'attempts', 'claims')
+    local job = redis.call('HMGET', key, 'payload', 'max_attempts', 'request_id', 'attempts', 'claims',
+      'traceparent', 'created_ms')
     -- A job whose hash expired or was removed is skipped rather than run without a payload.
     if job[1] then
       local attempts = tonumber(job[4]) + 1
@@ -81,7 +82,8 @@ if ids then
       redis.call('HSET', key, 'attempts', attempts, 'claims', claims, 'state', 'running',
         'worker', worker, 'token', token, 'started_ms', now)
       redis.call('ZADD', running, now + lease, id)
-      table.insert(claimed, {id, kind, job[1], attempts, tonumber(job[2]), job[3], token})
+      table.insert(claimed, {id, kind, job[1], attempts, tonumber(job[2]), job[3], token,
+        job[6] or '', tonumber(job[7]) or 0, now})
     end
   end
 end

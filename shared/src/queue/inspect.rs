@@ -44,6 +44,8 @@ pub struct JobRecord {
     pub worker: Option<String>,
     pub last_error: Option<String>,
     pub request_id: Option<String>,
+    /// The trace the job belongs to (from its `traceparent`), to find it in a trace viewer.
+    pub trace_id: Option<String>,
     pub history: Vec<AttemptRecord>,
 }
 
@@ -147,6 +149,8 @@ impl QueueStore {
             worker: text("worker").filter(|_| state == JobState::Running),
             last_error: text("last_error"),
             request_id: text("request_id"),
+            trace_id: text("traceparent")
+                .and_then(|tp| crate::trace::trace_id_of(&tp).map(str::to_owned)),
             history,
         }))
     }

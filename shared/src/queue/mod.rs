@@ -1,7 +1,8 @@
 //! Tasklane's Redis job store: durable queues with leases timed by Redis.
 //!
 //! Per queue, under the hash-tagged namespace `<prefix>:{<queue>}`:
-//! - `job:<id>` hash: kind, payload, attempts, max attempts, state, history of attempts;
+//! - `job:<id>` hash: kind, payload, attempts, max attempts, state, history of attempts,
+//!   the request and the trace (`traceparent`) that caused it;
 //! - `pending` list (FIFO), `running` zset (score: lease expiry), `scheduled` zset (score:
 //!   when a retry is due), `done` and `dead` zsets (score: when it ended);
 //! - `wake` list: one token per pushed job, so an idle worker blocks in `BLPOP` instead of
@@ -93,6 +94,8 @@ pub struct NewJob {
     pub payload: String,
     pub max_attempts: u32,
     pub request_id: Option<String>,
+    /// The W3C `traceparent` of the span that caused the job, continued by the worker.
+    pub traceparent: Option<String>,
     /// For kinds that run once per key: the key (under the queue's namespace) and how long
     /// its claim lasts. A second job with a claimed key is skipped.
     pub unique: Option<(String, Duration)>,
@@ -111,6 +114,11 @@ pub struct Claim {
     pub request_id: Option<String>,
     /// Fences this attempt's outcome; see the module doc.
     pub token: String,
+    /// The trace the job continues (its `traceparent`), and when it was pushed and claimed
+    /// (Redis' clock, milliseconds): the job's wait in the queue, for its trace.
+    pub traceparent: Option<String>,
+    pub pushed_ms: u64,
+    pub claimed_ms: u64,
 }
 
 impl Claim {

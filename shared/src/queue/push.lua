@@ -8,12 +8,12 @@
 -- Keys live under the queue's namespace NS (one hash tag, so one cluster slot); KEYS[1] is a
 -- key of that namespace, for routing.
 -- ARGV: NS, wake_cap, then per job: id, kind, payload, max_attempts, request_id,
---       unique_key ('' for none), unique_ttl_ms
+--       unique_key ('' for none), unique_ttl_ms, traceparent ('' for none)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, cap = ARGV[1], tonumber(ARGV[2])
 local added = 0
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   local id, kind, unique = ARGV[i], ARGV[i + 1], ARGV[i + 5]
   local key = ns .. 'job:' .. id
   local fresh = redis.call('EXISTS', key) == 0
@@ -24,7 +24,7 @@ for i = 3, #ARGV, 7 do
     redis.call('HSET', key,
       'id', id, 'kind', kind, 'payload', ARGV[i + 2], 'attempts', 0,
       'max_attempts', ARGV[i + 3], 'state', 'pending', 'created_ms', now,
-      'request_id', ARGV[i + 4], 'history', '[]')
+      'request_id', ARGV[i + 4], 'traceparent', ARGV[i + 7], 'history', '[]')
     redis.call('RPUSH', ns .. 'pending:' .. kind, id)
     -- One token per job wakes one idle worker of the kind blocked on its wake list; the cap
     -- keeps the list bounded when no worker is listening.

@@ -126,6 +126,7 @@ impl QueueStore {
                 Some((key, ttl)) => invocation.arg(key).arg(millis(*ttl)),
                 None => invocation.arg("").arg(0),
             };
+            invocation.arg(job.traceparent.as_deref().unwrap_or(""));
         }
         invocation.invoke_async(&mut self.conn.clone()).await
     }
@@ -302,20 +303,26 @@ impl QueueStore {
     }
 }
 
-/// A claimed job as `fetch.lua` returns it.
-type ClaimRow = (String, String, String, u32, u32, String, String);
+/// A claimed job as `fetch.lua` returns it: id, kind, payload, attempt, max attempts,
+/// request id, token, traceparent, when it was pushed and when claimed (Redis ms).
+type ClaimRow = (String, String, String, u32, u32, String, String, String, u64, u64);
 
 fn claims_from(queue: Queue, rows: Vec<ClaimRow>) -> Vec<Claim> {
     rows.into_iter()
-        .map(|(id, kind, payload, attempt, max_attempts, request_id, token)| Claim {
-            queue,
-            id,
-            kind,
-            payload,
-            attempt,
-            max_attempts,
-            request_id: Some(request_id).filter(|r| !r.is_empty()),
-            token,
+        .map(|(id, kind, payload, attempt, max_attempts, request_id, token, trace, pushed, now)| {
+            Claim {
+                queue,
+                id,
+                kind,
+                payload,
+                attempt,
+                max_attempts,
+                request_id: Some(request_id).filter(|r| !r.is_empty()),
+                token,
+                traceparent: Some(trace).filter(|t| !t.is_empty()),
+                pushed_ms: pushed,
+                claimed_ms: now,
+            }
         })
         .collect()
 }

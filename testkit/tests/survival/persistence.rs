@@ -45,6 +45,7 @@ async fn a_redis_killed_and_started_again_still_has_the_jobs_it_accepted() {
             payload: serde_json::to_string(&email(to)).unwrap(),
             max_attempts: SendEmail::SPEC.max_attempts,
             request_id: None,
+            traceparent: None,
             unique: None,
         })
         .collect();

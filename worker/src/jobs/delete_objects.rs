@@ -7,10 +7,12 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use tasklane_shared::jobs::DeleteObjects;
 use tasklane_shared::storage::Bucket;
+use tracing::Instrument;
 
 pub async fn delete_objects(job: DeleteObjects, bucket: Data<Bucket>) -> Result<(), BoxDynError> {
     for key in &job.keys {
-        bucket.client.delete_object().bucket(&bucket.name).key(key).send().await?;
+        let span = tasklane_shared::storage::s3_span("DeleteObject", key);
+        bucket.client.delete_object().bucket(&bucket.name).key(key).send().instrument(span).await?;
     }
     tracing::info!(objects = job.keys.len(), "objects deleted");
     Ok(())

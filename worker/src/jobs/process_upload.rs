@@ -31,6 +31,7 @@ use tasklane_shared::jobs::{DependencyDown, ProcessUpload};
 use tasklane_shared::queue::Claim;
 use tasklane_shared::storage::{self, Bucket};
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Bytes enough for every signature `infer` knows, and for a UTF-8 check of text.
@@ -98,6 +99,7 @@ async fn verify(
         .bucket(&bucket.name)
         .key(&attachment.upload_key)
         .send()
+        .instrument(storage::s3_span("HeadObject", &attachment.upload_key))
         .await
     {
         Ok(head) => head,
@@ -132,6 +134,7 @@ async fn verify(
         .key(&attachment.upload_key)
         .if_match(&etag)
         .send()
+        .instrument(storage::s3_span("GetObject", &attachment.upload_key))
         .await?;
     let mut hasher = Sha256::new();
     let mut sniffed = Vec::with_capacity(SNIFF_BYTES);
@@ -186,6 +189,7 @@ async fn verify(
             .content_type("image/png")
             .body(png.into())
             .send()
+            .instrument(storage::s3_span("PutObject", &key))
             .await?;
         thumbnail_key = Some(key);
     }
@@ -200,6 +204,7 @@ async fn verify(
         .copy_source_if_match(&etag)
         .key(&attachment.object_key)
         .send()
+        .instrument(storage::s3_span("CopyObject", &attachment.object_key))
         .await?;
     Ok(Ok(Verified { size, sha256, detected_type, thumbnail_key }))
 }

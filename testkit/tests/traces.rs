@@ -1,0 +1,151 @@
+//! Traces (SPEC section 13): one request is one trace, from the HTTP request through the
+//! outbox and the queue to the job's SMTP call, exported over OTLP by the API and by a real
+//! worker process; and a collector that is down never slows the API.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tasklane_shared::jobs::Queue;
+use tasklane_shared::telemetry;
+use tasklane_testkit::{
+    OtlpReceiver, PASSWORD, ReceivedSpan, TestApp, base_settings, email_address, wait_until,
+};
+
+/// The caller's own trace and span, continued by the API.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    spans
+        .iter()
+        .find(|span| span.name == name)
+        .unwrap_or_else(|| panic!("no span {name:?} in {:#?}", names(spans)))
+}
+
+fn names(spans: &[ReceivedSpan]) -> Vec<(String, String, String, String)> {
+    spans
+        .iter()
+        .map(|s| (s.service.clone(), s.name.clone(), s.span_id.clone(), s.parent_span_id.clone()))
+        .collect()
+}
+
+/// Whether `ancestor` is `span`'s parent, grandparent, ... within `spans`.
+fn descends_from(spans: &[ReceivedSpan], span: &ReceivedSpan, ancestor: &ReceivedSpan) -> bool {
+    let by_id: HashMap<&str, &ReceivedSpan> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut parent = span.parent_span_id.as_str();
+    while let Some(next) = by_id.get(parent) {
+        if next.span_id == ancestor.span_id {
+            return true;
+        }
+        parent = next.parent_span_id.as_str();
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_registration_is_one_trace_from_the_request_to_the_smtp_call() {
+    let collector = OtlpReceiver::start().await;
+    let mut settings = base_settings();
+    settings.trace.endpoint = Some(collector.traces_url());
+    let _tracing = telemetry::init_tracing(&settings, telemetry::API_SERVICE);
+    let app = TestApp::spawn().await;
+    let _worker = app
+        .worker_process()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .spawn()
+        .expect("worker starts");
+
+    let email = email_address();
+    let resp = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(resp.status(), 201);
+    app.wait_for_emails(&email, 1, Duration::from_secs(30)).await;
+
+    let wanted = ["outbox.wait", "queue.wait", "job send_email", "smtp.send"];
+    let spans = wait_until(Duration::from_secs(30), "the whole trace at the collector", || {
+        let spans = collector.trace(TRACE_ID);
+        let complete = wanted.iter().all(|name| spans.iter().any(|s| &s.name == name))
+            && spans.iter().any(|s| s.parent_span_id == CALLER_SPAN);
+        std::future::ready(complete.then_some(spans))
+    })
+    .await;
+
+    // The API's span continues the caller's trace and is named by its route.
+    let api = spans.iter().find(|s| s.parent_span_id == CALLER_SPAN).expect("the API span");
+    assert_eq!(api.service, "tasklane-api");
+    assert_eq!(api.name, "POST /api/v1/auth/register");
+    assert_eq!(api.attribute("http.response.status_code"), Some("201"));
+
+    // The outbox wait, the queue wait and the attempt hang off the request; the SMTP call
+    // off the attempt. The worker exported them under its own service name.
+    let outbox_wait = named(&spans, "outbox.wait");
+    let queue_wait = named(&spans, "queue.wait");
+    let attempt = named(&spans, "job send_email");
+    let smtp = named(&spans, "smtp.send");
+    for span in [outbox_wait, queue_wait, attempt] {
+        assert!(
+            descends_from(&spans, span, api),
+            "{} under the API span: {:#?}",
+            span.name,
+            names(&spans)
+        );
+        assert_eq!(span.service, "tasklane-worker", "{}", span.name);
+    }
+    assert_eq!(smtp.parent_span_id, attempt.span_id, "{:#?}", names(&spans));
+    assert_eq!(smtp.attribute("smtp.code"), Some("250"));
+    assert_eq!(attempt.attribute("attempt"), Some("1"));
+
+    // The waits are where the time went, in order: outbox, then queue, then the attempt.
+    assert!(outbox_wait.start_unix_nano >= api.start_unix_nano);
+    assert!(outbox_wait.end_unix_nano <= queue_wait.start_unix_nano + 5_000_000);
+    assert!(queue_wait.end_unix_nano <= attempt.start_unix_nano + 5_000_000);
+    assert_eq!(outbox_wait.attribute("job.id"), attempt.attribute("id"));
+    assert_eq!(queue_wait.attribute("job.id"), attempt.attribute("id"));
+
+    // The admin view of the job names its trace.
+    let store = app.spawn_store();
+    let job_id = attempt.attribute("id").expect("the job id");
+    let job = store.job(Queue::Emails, job_id).await.expect("Redis").expect("the job");
+    assert_eq!(job.trace_id.as_deref(), Some(TRACE_ID));
+
+    // The job record in Postgres keeps the trace it belongs to.
+    let traceparent: Option<String> =
+        sqlx::query_scalar("select traceparent from outbox where kind = 'send_email'")
+            .fetch_one(&app.db)
+            .await
+            .expect("the job record");
+    assert!(traceparent.expect("a traceparent").contains(TRACE_ID));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_keeps_its_latency_with_the_collector_down() {
+    // A collector that takes connections and never answers (the worst kind of down: every
+    // export waits out its timeout).
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = hanging.local_addr().expect("address");
+    let mut settings = base_settings();
+    settings.trace.endpoint = Some(format!("http://{addr}/v1/traces"));
+    let _tracing = telemetry::init_tracing(&settings, telemetry::API_SERVICE);
+    let app = TestApp::spawn().await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().expect("token").to_owned();
+
+    let mut slowest = Duration::ZERO;
+    for _ in 0..200 {
+        let started = Instant::now();
+        let resp = app.get_as("/api/v1/me", &token).await;
+        assert_eq!(resp.status(), 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    // Every span of those requests was handed to the exporter off the request path; a
+    // request that waited on the collector would wait out the 5 s export timeout.
+    assert!(slowest < Duration::from_secs(2), "slowest request took {slowest:?}");
+    drop(hanging);
+}
