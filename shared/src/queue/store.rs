@@ -170,8 +170,10 @@ impl QueueStore {
     }
 
     /// Records outcomes and claims up to `n` more jobs of `kind` in one round trip (a
-    /// pipeline of both scripts, each loaded first so a restarted Redis needs no retry):
-    /// a worker whose handlers just finished has its next jobs in the same trip.
+    /// pipeline of both scripts by their hashes): a worker whose handlers just finished has
+    /// its next jobs in the same trip. A script Redis does not know (it restarted) is run
+    /// again on its own, which loads it: the outcomes then go by [`QueueStore::finish_many`],
+    /// and the next jobs by the backend's own claim.
     pub async fn finish_and_claim(
         &self,
         queue: Queue,
@@ -182,14 +184,33 @@ impl QueueStore {
     ) -> redis::RedisResult<(Vec<bool>, Vec<Claim>)> {
         let finish = self.finish_invocation(queue, outcomes);
         let claim = self.claim_invocation(queue, kind, worker, n);
-        let (_, _, recorded, rows): (String, String, Vec<i64>, Vec<ClaimRow>) = redis::pipe()
-            .load_script(&FINISH)
-            .load_script(&FETCH)
+        let results: Vec<redis::Value> = redis::pipe()
+            .ignore_errors()
             .invoke_script(&finish)
             .invoke_script(&claim)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok((recorded.into_iter().map(|r| r == 1).collect(), claims_from(queue, rows)))
+        let mut results = results.into_iter();
+        let recorded = match results.next() {
+            Some(redis::Value::ServerError(err)) if err.code() == "NOSCRIPT" => {
+                self.finish_many(queue, outcomes).await?
+            }
+            Some(value) => redis::from_redis_value::<Vec<i64>>(value)
+                .map_err(redis::RedisError::from)?
+                .into_iter()
+                .map(|r| r == 1)
+                .collect(),
+            None => return Err((redis::ErrorKind::Client, "empty pipeline reply").into()),
+        };
+        let claims = match results.next() {
+            Some(redis::Value::ServerError(err)) if err.code() == "NOSCRIPT" => Vec::new(),
+            Some(value) => claims_from(
+                queue,
+                redis::from_redis_value::<Vec<ClaimRow>>(value).map_err(redis::RedisError::from)?,
+            ),
+            None => Vec::new(),
+        };
+        Ok((recorded, claims))
     }
 
     /// Records an attempt's outcome; `false` when the claim was no longer this worker's.
