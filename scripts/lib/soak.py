@@ -272,12 +272,15 @@ def psql(sql):
 def delivered():
     with urllib.request.urlopen(f"{MAIL}/email", timeout=60) as response:
         mails = json.loads(response.read())
-    per_address, message_ids = Counter(), Counter()
+    per_address, message_ids, seen = Counter(), Counter(), {}
     for mail in mails:
+        message_id = mail.get("headers", {}).get("message-id", "")
         for to in mail.get("to", []):
             per_address[to["address"].lower()] += 1
-        message_ids[mail.get("headers", {}).get("message-id", "")] += 1
-    return per_address, message_ids
+            seen.setdefault(to["address"].lower(), set()).add(message_id)
+        message_ids[message_id] += 1
+    distinct = Counter({address: len(ids) for address, ids in seen.items()})
+    return per_address, message_ids, distinct
 
 
 def main():
@@ -329,11 +332,15 @@ def main():
             "select coalesce(outcome, 'unfinished'), count(*) from outbox "
             "where queue <> 'events' group by 1").splitlines() if line))
     stored_tasks = int(psql("select count(*) from tasks"))
-    per_address, message_ids = delivered()
+    per_address, message_ids, distinct = delivered()
     want = sum(expected.values())
     lost = sum(max(0, n - per_address.get(a, 0)) for a, n in expected.items())
     duplicated = sum(max(0, per_address.get(a, 0) - n) for a, n in expected.items())
+    # A resend after an ambiguous SMTP failure (cut after DATA, a worker killed between the
+    # server's 250 and the commit) carries the same Message-ID: recognisably the same email
+    # (SPEC section 9). Two different emails for one request would be a real duplicate.
     resent = sum(n - 1 for n in message_ids.values() if n > 1)
+    twice = sum(max(0, distinct.get(a, 0) - n) for a, n in expected.items())
     print()
     print("== soak result ==")
     print("requests:", dict(sorted(outcomes.items())))
@@ -341,8 +348,9 @@ def main():
     print(f"jobs accepted (records): {accepted}; by outcome: {dict(finished)}")
     print(f"emails: {want} owed to accepted requests, {sum(per_address.values())} delivered")
     print(f"accepted {want}, finished {want - lost}, lost {lost}, duplicated {duplicated}"
-          f" (same Message-ID delivered again: {resent})")
-    ok = lost == 0 and duplicated == 0 and finished.get("unfinished", 0) == 0 \
+          f" (of which resends with the same Message-ID: {resent}; different emails for"
+          f" one request: {twice})")
+    ok = lost == 0 and twice == 0 and finished.get("unfinished", 0) == 0 \
         and stored_tasks == tasks_created
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
