@@ -11,58 +11,18 @@ use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use tasklane_shared::domain::jobs::JobState;
-use tasklane_shared::jobs::{
-    Backoff, EmailMessage, Job, JobSpec, PermanentError, Queue, SendEmail,
-};
-use tasklane_shared::outbox;
+use tasklane_shared::jobs::{Backoff, Job, JobSpec, PermanentError, Queue};
 use tasklane_shared::queue::{
     HeldClaims, NewJob, Outcome, QueueSettings, QueueStore, RedisBackend,
 };
-use tasklane_shared::redis::Keys;
-use tasklane_testkit::{GateMode, TcpGate, TestApp, TestRedis, signal, unique, wait_until};
-
-fn email(to: &str) -> SendEmail {
-    SendEmail {
-        idempotency_key: unique("key"),
-        to: to.to_owned(),
-        message: EmailMessage::PasswordChanged { display_name: None },
-    }
-}
-
-fn address() -> String {
-    format!("{}@example.test", unique("to"))
-}
-
-async fn enqueue(app: &TestApp, job: &SendEmail) -> String {
-    let mut tx = app.db.begin().await.unwrap();
-    let id = outbox::enqueue(&mut tx, job, None).await.unwrap();
-    tx.commit().await.unwrap();
-    id.to_string()
-}
-
-fn store(app: &TestApp, settings: QueueSettings) -> QueueStore {
-    let conn = tasklane_shared::redis::connect(&app.settings).unwrap();
-    QueueStore::new(conn, Keys::new(app.settings.redis_prefix.clone()), settings)
-}
-
-async fn wait_for_state(
-    store: &QueueStore,
-    queue: Queue,
-    id: &str,
-    state: JobState,
-    deadline: Duration,
-) {
-    wait_until(deadline, &format!("job {id} {state}"), || async {
-        let job = store.job(queue, id).await.unwrap()?;
-        (job.state == state).then_some(())
-    })
-    .await;
-}
+use tasklane_testkit::email_address as address;
+use tasklane_testkit::jobs::{enqueue_committed as enqueue, notice_email as email, wait_for_state};
+use tasklane_testkit::{GateMode, TcpGate, TestApp, TestRedis, signal, wait_until};
 
 #[tokio::test]
 async fn a_job_held_by_a_killed_worker_is_finished_by_another_and_sends_once() {
     let app = TestApp::spawn_with(|s| s.job_lease = Duration::from_secs(3)).await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let hung_smtp = TcpGate::smtp(GateMode::Hold).await;
     let mut doomed = app.worker_process().env("SMTP_URL", hung_smtp.url("smtp")).spawn().unwrap();
     let to = address();
@@ -93,7 +53,7 @@ async fn a_job_held_by_a_killed_worker_is_finished_by_another_and_sends_once() {
 async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
     let app = TestApp::spawn().await;
     let lease = Duration::from_millis(300);
-    let store = store(&app, QueueSettings { lease, ..QueueSettings::default() });
+    let store = app.store_with(QueueSettings { lease, ..QueueSettings::default() });
     let job = NewJob {
         id: uuid::Uuid::now_v7(),
         kind: "send_email".into(),
@@ -133,10 +93,10 @@ async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
 #[tokio::test]
 async fn a_late_result_from_an_expired_claim_is_refused() {
     let app = TestApp::spawn().await;
-    let store = store(
-        &app,
-        QueueSettings { lease: Duration::from_millis(200), ..QueueSettings::default() },
-    );
+    let store = app.store_with(QueueSettings {
+        lease: Duration::from_millis(200),
+        ..QueueSettings::default()
+    });
     let job = NewJob {
         id: uuid::Uuid::now_v7(),
         kind: "send_email".into(),
@@ -163,7 +123,7 @@ async fn a_late_result_from_an_expired_claim_is_refused() {
 #[tokio::test]
 async fn sigterm_mid_job_hands_the_job_back_and_nothing_is_lost() {
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let hung_smtp = TcpGate::smtp(GateMode::Hold).await;
     let mut stopping = app
         .worker_process()
@@ -238,7 +198,7 @@ async fn push_flaky(store: &QueueStore, job: &Flaky) -> String {
 #[tokio::test]
 async fn a_job_that_always_fails_is_dead_after_its_attempts_and_the_worker_carries_on() {
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let blocking = tasklane_shared::redis::connect_blocking(&app.settings).unwrap();
     let backend_store = store.clone();
     let monitor = Monitor::new().register(move |_| {
@@ -309,7 +269,7 @@ async fn after_a_redis_restart_relay_and_workers_reconnect_by_themselves() {
     enqueue(&app, &email(&after)).await;
     app.wait_for_emails(&after, 1, Duration::from_secs(30)).await;
     // Then nothing is left to run, and each email went out exactly once.
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     wait_until(Duration::from_secs(30), "the outbox and the emails queue idle", || async {
         let depth = store.depth(Queue::Emails).await.ok()?;
         let idle = depth.pending == 0 && depth.running == 0 && depth.scheduled == 0;
@@ -328,7 +288,7 @@ async fn after_a_redis_restart_relay_and_workers_reconnect_by_themselves() {
 async fn three_worker_processes_run_each_tick_of_a_two_second_schedule_once() {
     const WINDOW: Duration = Duration::from_secs(60);
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let mut workers: Vec<_> = (0..3)
         .map(|_| {
             app.worker_process()
@@ -377,7 +337,7 @@ async fn three_worker_processes_run_each_tick_of_a_two_second_schedule_once() {
 #[tokio::test]
 async fn after_all_workers_were_down_only_the_latest_missed_tick_runs() {
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     // The schedule last ran ten minutes ago (about 300 two-second ticks were missed).
     let ten_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
     store.record_tick("prune_sent_emails", ten_minutes_ago.timestamp_millis()).await.unwrap();
@@ -501,7 +461,7 @@ async fn redis_over_maxmemory_refuses_new_work_whole_keeps_leases_and_says_so() 
     let redis = TestRedis::start().await;
     let url = redis.url();
     let app = TestApp::spawn_with(|s| s.redis_url = url.into()).await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let new_job = || NewJob {
         id: uuid::Uuid::now_v7(),
         kind: "send_email".into(),

@@ -18,46 +18,12 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use serde_json::Value;
 use tasklane_shared::domain::jobs::JobState;
-use tasklane_shared::jobs::{
-    Backoff, DependencyDown, EmailMessage, Job, JobSpec, Queue, SendEmail,
-};
-use tasklane_shared::outbox;
+use tasklane_shared::jobs::{Backoff, DependencyDown, Job, JobSpec, Queue, SendEmail};
 use tasklane_shared::queue::held::Cancel;
 use tasklane_shared::queue::{Claim, HeldClaims, NewJob, QueueSettings, QueueStore, RedisBackend};
-use tasklane_shared::redis::Keys;
+use tasklane_testkit::email_address as address;
+use tasklane_testkit::jobs::{enqueue_committed as enqueue, notice_email as email, wait_for_state};
 use tasklane_testkit::{GateMode, TcpGate, TestApp, email_address, signal, unique, wait_until};
-
-fn email(to: &str) -> SendEmail {
-    SendEmail {
-        idempotency_key: unique("key"),
-        to: to.to_owned(),
-        message: EmailMessage::PasswordChanged { display_name: None },
-    }
-}
-
-fn address() -> String {
-    format!("{}@example.test", unique("to"))
-}
-
-async fn enqueue(app: &TestApp, job: &SendEmail) -> String {
-    let mut tx = app.db.begin().await.unwrap();
-    let id = outbox::enqueue(&mut tx, job, None).await.unwrap();
-    tx.commit().await.unwrap();
-    id.to_string()
-}
-
-fn store(app: &TestApp, settings: QueueSettings) -> QueueStore {
-    let conn = tasklane_shared::redis::connect(&app.settings).unwrap();
-    QueueStore::new(conn, Keys::new(app.settings.redis_prefix.clone()), settings)
-}
-
-async fn wait_for_state(store: &QueueStore, queue: Queue, id: &str, state: JobState) {
-    wait_until(Duration::from_secs(60), &format!("job {id} {state}"), || async {
-        let job = store.job(queue, id).await.unwrap()?;
-        (job.state == state).then_some(())
-    })
-    .await;
-}
 
 /// A gate in front of the test's Redis.
 async fn redis_gate(app: &TestApp) -> TcpGate {
@@ -117,7 +83,7 @@ async fn next_task(
 #[tokio::test]
 async fn a_dropped_backend_hands_back_every_claim_and_holds_nothing() {
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(push_idle(&store, n).await);
@@ -156,7 +122,7 @@ async fn a_dropped_backend_hands_back_every_claim_and_holds_nothing() {
 async fn a_claim_whose_renewal_is_refused_cancels_its_handler() {
     let app = TestApp::spawn().await;
     let lease = Duration::from_secs(3);
-    let store = store(&app, QueueSettings { lease, ..QueueSettings::default() });
+    let store = app.store_with(QueueSettings { lease, ..QueueSettings::default() });
     push_idle(&store, 1).await;
     let held = HeldClaims::default();
     let mut backend = backend(&app, &store, &held);
@@ -181,7 +147,7 @@ async fn a_worker_partitioned_from_redis_stops_its_job_before_another_worker_tak
     // hung SMTP send (10 s timeout) is still waiting when the handler must stop.
     let lease = Duration::from_secs(5);
     let app = TestApp::spawn_with(|s| s.job_lease = lease).await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let smtp = TcpGate::smtp(GateMode::Hold).await;
     let redis = redis_gate(&app).await;
     let mut partitioned = app
@@ -197,7 +163,7 @@ async fn a_worker_partitioned_from_redis_stops_its_job_before_another_worker_tak
         (smtp.open() == 1).then_some(())
     })
     .await;
-    wait_for_state(&store, Queue::Emails, &id, JobState::Running).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Running, Duration::from_secs(60)).await;
     let mut other = app.worker_process().env("SMTP_URL", smtp.url("smtp")).spawn().unwrap();
 
     redis.set(GateMode::Refuse);
@@ -219,7 +185,7 @@ async fn a_worker_partitioned_from_redis_stops_its_job_before_another_worker_tak
     redis.set(GateMode::Forward);
     smtp.set(GateMode::Forward);
     app.wait_for_emails(&to, 1, Duration::from_secs(60)).await;
-    wait_for_state(&store, Queue::Emails, &id, JobState::Done).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Done, Duration::from_secs(60)).await;
     let job = store.job(Queue::Emails, &id).await.unwrap().unwrap();
     assert!(
         job.history[0].error.as_deref().unwrap_or("").contains("lease expired"),
@@ -332,7 +298,7 @@ async fn held_entry(store: &QueueStore) -> Option<std::collections::HashMap<Stri
 #[tokio::test]
 async fn a_dependency_down_holds_the_kind_without_counting_attempts() {
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let world = World::default();
     let _stop = run_fragile(&app, &store, &world);
     let mut ids = Vec::new();
@@ -360,7 +326,8 @@ async fn a_dependency_down_holds_the_kind_without_counting_attempts() {
 
     world.up.store(true, Ordering::SeqCst);
     for id in &ids {
-        wait_for_state(&store, Queue::Maintenance, id, JobState::Done).await;
+        wait_for_state(&store, Queue::Maintenance, id, JobState::Done, Duration::from_secs(60))
+            .await;
         let job = store.job(Queue::Maintenance, id).await.unwrap().unwrap();
         assert_eq!(job.attempts, 1, "the outage cost no attempt: {job:?}");
     }
@@ -373,19 +340,21 @@ async fn a_dependency_down_holds_the_kind_without_counting_attempts() {
 #[tokio::test]
 async fn a_job_failure_counts_its_attempts_and_holds_nothing() {
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let world = World::default();
     world.up.store(true, Ordering::SeqCst);
     let _stop = run_fragile(&app, &store, &world);
 
     let doomed = push_fragile(&store, &Fragile { fail: true }).await;
-    wait_for_state(&store, Queue::Maintenance, &doomed, JobState::Dead).await;
+    wait_for_state(&store, Queue::Maintenance, &doomed, JobState::Dead, Duration::from_secs(60))
+        .await;
     let job = store.job(Queue::Maintenance, &doomed).await.unwrap().unwrap();
     assert_eq!(job.attempts, 3, "{job:?}");
     assert!(job.history.iter().all(|a| a.error.as_deref() == Some("the job's own failure")));
     assert!(held_entry(&store).await.is_none(), "a job's failure does not hold its kind");
     let fine = push_fragile(&store, &Fragile { fail: false }).await;
-    wait_for_state(&store, Queue::Maintenance, &fine, JobState::Done).await;
+    wait_for_state(&store, Queue::Maintenance, &fine, JobState::Done, Duration::from_secs(60))
+        .await;
 }
 
 /// An admin's bearer token in a fresh app.
@@ -411,7 +380,7 @@ async fn held_emails(app: &TestApp, token: &str) -> Vec<Value> {
 #[tokio::test]
 async fn smtp_down_longer_than_the_whole_retry_schedule_loses_no_email() {
     let (app, token) = admin_app().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     // send_email's whole retry schedule (over a day) compressed to about 2 s.
     let spec = SendEmail::SPEC;
     let longest = spec.backoff.min_span(spec.max_attempts) * 2;
@@ -486,7 +455,7 @@ async fn smtp_down_longer_than_the_whole_retry_schedule_loses_no_email() {
 async fn postgres_unreachable_holds_send_email_and_costs_no_attempt() {
     use secrecy::ExposeSecret;
     let app = TestApp::spawn().await;
-    let store = store(&app, QueueSettings::default());
+    let store = app.store_with(QueueSettings::default());
     let mut url = url::Url::parse(app.settings.database_url.expose_secret()).unwrap();
     let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
     let postgres = TcpGate::start(upstream.parse().unwrap(), GateMode::Refuse).await;
@@ -517,7 +486,7 @@ async fn postgres_unreachable_holds_send_email_and_costs_no_attempt() {
 
     postgres.set(GateMode::Forward);
     app.wait_for_emails(&to, 1, Duration::from_secs(30)).await;
-    wait_for_state(&store, Queue::Emails, &id, JobState::Done).await;
+    wait_for_state(&store, Queue::Emails, &id, JobState::Done, Duration::from_secs(60)).await;
     assert_eq!(store.job(Queue::Emails, &id).await.unwrap().unwrap().attempts, 1);
     wait_until(Duration::from_secs(20), "send_email no longer held", || async {
         let held = store.held_kinds().await.unwrap();

@@ -1,0 +1,42 @@
+//! Helpers for the queue's fault tests: an email job to send, writing a job to the outbox as
+//! the API does, and waiting for a job's state in Redis.
+
+use std::time::Duration;
+
+use tasklane_shared::domain::jobs::JobState;
+use tasklane_shared::jobs::{EmailMessage, Job, Queue, SendEmail};
+use tasklane_shared::queue::QueueStore;
+
+use crate::{TestApp, unique, wait_until};
+
+/// A password-changed notice to `to` under a fresh idempotency key: the simplest email job.
+pub fn notice_email(to: &str) -> SendEmail {
+    SendEmail {
+        idempotency_key: unique("key"),
+        to: to.to_owned(),
+        message: EmailMessage::PasswordChanged { display_name: None },
+    }
+}
+
+/// Writes `job` to the outbox in a committed transaction (as the API does); its job id.
+pub async fn enqueue_committed<J: Job>(app: &TestApp, job: &J) -> String {
+    let mut tx = app.db.begin().await.expect("begin");
+    let id = tasklane_shared::outbox::enqueue(&mut tx, job, None).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    id.to_string()
+}
+
+/// Waits until job `id` of `queue` is in `state`.
+pub async fn wait_for_state(
+    store: &QueueStore,
+    queue: Queue,
+    id: &str,
+    state: JobState,
+    deadline: Duration,
+) {
+    wait_until(deadline, &format!("job {id} {state}"), || async {
+        let job = store.job(queue, id).await.expect("read the job")?;
+        (job.state == state).then_some(())
+    })
+    .await;
+}
