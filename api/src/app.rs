@@ -99,6 +99,14 @@ impl Application {
         };
         tracing::info!(addr = %self.local_addr, "API listening");
         self.state.hub.spawn_listener(&self.state.settings)?;
+        // Every instance keeps the queue controls copied to Redis, like every worker: fetching
+        // claims nothing while Redis has no copy (SPEC section 10), so the more copiers the
+        // shorter that lasts after Redis lost its data.
+        let copier = tokio::spawn(tasklane_shared::controls::run(
+            self.state.db.clone(),
+            self.state.queue.clone(),
+            std::future::pending(),
+        ));
         // Event streams never end on their own: they are closed first, so draining waits
         // only for ordinary requests.
         let hub = self.state.hub.clone();
@@ -109,6 +117,7 @@ impl Application {
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(routes(self.state).with(policy), shutdown, Some(grace))
             .await?;
+        copier.abort();
         tracing::info!("API stopped");
         Ok(())
     }

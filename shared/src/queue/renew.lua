@@ -23,6 +23,9 @@ for i = 5, #ARGV, 2 do
     else
       local kind = redis.call('HGET', key, 'kind')
       redis.call('ZREM', ns .. 'running', id)
+      if redis.call('HINCRBY', ns .. 'active', kind, -1) < 0 then
+        redis.call('HSET', ns .. 'active', kind, 0)
+      end
       redis.call('HINCRBY', key, 'attempts', -1)
       redis.call('HSET', key, 'state', 'pending', 'token', '')
       redis.call('LPUSH', ns .. 'pending:' .. kind, id)
