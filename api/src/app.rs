@@ -74,6 +74,12 @@ impl Application {
             tokens: TokenIssuer::new(&settings),
             settings: Arc::new(settings),
         };
+        // A first copy of the queue controls before serving (fetching claims nothing until
+        // Redis has one); briefly, so a Redis that is down does not hold the start back.
+        let first_copy = tasklane_shared::controls::sync(&state.db, &state.queue);
+        if tokio::time::timeout(std::time::Duration::from_millis(500), first_copy).await.is_err() {
+            tracing::warn!("cannot copy the queue controls to Redis yet; retrying every second");
+        }
         Ok(Self { acceptor, local_addr, state })
     }
 

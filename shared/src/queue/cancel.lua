@@ -22,8 +22,8 @@ elseif state == 'scheduled' then
   redis.call('ZREM', ns .. 'scheduled', id)
 elseif state == 'running' then
   redis.call('ZREM', ns .. 'running', id)
-  if redis.call('HINCRBY', ns .. 'active', kind, -1) < 0 then
-    redis.call('HSET', ns .. 'active', kind, 0)
+  if redis.call('HINCRBY', ns .. 'active', kind, -1) <= 0 then
+    redis.call('HDEL', ns .. 'active', kind)
   end
 else
   return state

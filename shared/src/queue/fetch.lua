@@ -54,8 +54,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0
   redis.call('ZREM', running, id)
   local key = ns .. 'job:' .. id
   local job = redis.call('HMGET', key, 'attempts', 'max_attempts', 'worker', 'started_ms', 'kind')
-  if job[5] and redis.call('HINCRBY', ns .. 'active', job[5], -1) < 0 then
-    redis.call('HSET', ns .. 'active', job[5], 0)
+  if job[5] and redis.call('HINCRBY', ns .. 'active', job[5], -1) <= 0 then
+    redis.call('HDEL', ns .. 'active', job[5])
   end
   local error = 'lease expired: worker ' .. tostring(job[3]) .. ' stopped renewing it'
   push_history(key, {attempt = tonumber(job[1]), worker = job[3], error = error,

@@ -14,9 +14,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local recorded = {}
 
 -- One job of the kind fewer running, for its concurrency limit (see fetch.lua).
+-- The field goes at zero, so an idle queue keeps no key for it.
 local function free_slot(kind)
-  if redis.call('HINCRBY', ns .. 'active', kind, -1) < 0 then
-    redis.call('HSET', ns .. 'active', kind, 0)
+  if redis.call('HINCRBY', ns .. 'active', kind, -1) <= 0 then
+    redis.call('HDEL', ns .. 'active', kind)
   end
 end
 

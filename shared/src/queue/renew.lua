@@ -23,8 +23,8 @@ for i = 5, #ARGV, 2 do
     else
       local kind = redis.call('HGET', key, 'kind')
       redis.call('ZREM', ns .. 'running', id)
-      if redis.call('HINCRBY', ns .. 'active', kind, -1) < 0 then
-        redis.call('HSET', ns .. 'active', kind, 0)
+      if redis.call('HINCRBY', ns .. 'active', kind, -1) <= 0 then
+        redis.call('HDEL', ns .. 'active', kind)
       end
       redis.call('HINCRBY', key, 'attempts', -1)
       redis.call('HSET', key, 'state', 'pending', 'token', '')
