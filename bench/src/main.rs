@@ -19,6 +19,7 @@
 //! Benchmarks, not tests: they print figures and never fail on them.
 
 mod auth;
+mod dead_set;
 mod events;
 mod queue;
 mod tasks;

@@ -21,9 +21,9 @@ use crate::{ms, percentile};
 
 /// A job that does nothing: what is measured is the queue.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Noop {
+pub(crate) struct Noop {
     /// When it was enqueued (Unix µs); gives the payload a realistic size.
-    enqueued_us: i64,
+    pub(crate) enqueued_us: i64,
 }
 
 impl Job for Noop {
@@ -51,7 +51,7 @@ fn settings() -> anyhow::Result<Settings> {
 
 /// A store under `prefix`, with the (empty) queue controls fetching needs in place, as a
 /// worker or the API would have copied them.
-async fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
+pub(crate) async fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
     let conn = tasklane_shared::redis::connect(settings)?;
     let store = QueueStore::new(conn, Keys::new(prefix.to_owned()), QueueSettings::default());
     tasklane_shared::controls::publish(&store, &[]).await?;
@@ -75,7 +75,7 @@ pub async fn run() -> anyhow::Result<()> {
         println!("drain, {workers} worker process(es):        {rate:>10.0} jobs/s");
         rates.push((workers, rate));
     }
-    let single = drain_with(&settings, 1, 1).await?;
+    let single = drain_with(&settings, 1, 1, false).await?;
     println!("drain, 1 worker, concurrency 1:         {single:>10.0} jobs/s");
     let bullmq_single = bullmq_drain(&redis_url, 1).await?;
     println!("BullMQ 6.7 drain, concurrency 1:        {bullmq_single:>10.0} jobs/s");
@@ -100,6 +100,16 @@ pub async fn run() -> anyhow::Result<()> {
         "outbox drain, job records kept:        {:>10.0} jobs/s  (every record finished: {:.0} jobs/s; median of 3)",
         kept.redis_rate, kept.records_rate
     );
+    // Limits checked on every claim, against none: three of each, alternating, medians.
+    let (mut free, mut limited) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        free.push(drain_with(&settings, 1, CONCURRENCY, false).await?);
+        limited.push(drain_with(&settings, 1, CONCURRENCY, true).await?);
+    }
+    let (free, limited) = (crate::dead_set::median(free), crate::dead_set::median(limited));
+    println!("drain, 1 worker, no limits:             {free:>10.0} jobs/s  (median of 3)");
+    println!("drain, 1 worker, rate and concurrency limits: {limited:>10.0} jobs/s  (median of 3)");
+    let bulk = crate::dead_set::bulk_retry(&settings).await?;
     let (p50, p99) = latency(&settings).await?;
     println!("enqueue-to-start via outbox: p50 {} p99 {}", ms(p50), ms(p99));
     println!();
@@ -116,6 +126,14 @@ pub async fn run() -> anyhow::Result<()> {
         kept.records_rate / lpush
     );
     println!("latency p50 {} (target <= 10 ms), p99 {} (target <= 100 ms)", ms(p50), ms(p99));
+    println!("ratio drain with limits / without: {:.2}", limited / free);
+    println!(
+        "bulk retry of {} dead jobs: {:.2} s ({:.0} jobs/s); a second call (nothing left): {:.3} s",
+        bulk.jobs,
+        bulk.took.as_secs_f64(),
+        bulk.jobs as f64 / bulk.took.as_secs_f64(),
+        bulk.again.as_secs_f64()
+    );
     for (workers, rate) in &rates[1..] {
         println!("scaling {workers} workers / 1 worker: {:.2}", rate / rates[0].1);
     }
@@ -163,17 +181,28 @@ async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64> {
 
 /// Pushes the jobs, then times `workers` processes draining them.
 async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
-    drain_with(settings, workers, CONCURRENCY).await
+    drain_with(settings, workers, CONCURRENCY, false).await
 }
 
-/// Like [`drain`], each worker running `concurrency` jobs at once.
+/// Like [`drain`], each worker running `concurrency` jobs at once; with `limited`, under a
+/// fleet-wide rate and concurrency limit too high to bind, so what is measured is the cost
+/// of checking them (SPEC section 10).
 async fn drain_with(
     settings: &Settings,
     workers: usize,
     concurrency: usize,
+    limited: bool,
 ) -> anyhow::Result<f64> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let store = store(settings, &prefix).await?;
+    if limited {
+        let kind = Noop::SPEC.kind;
+        let limits = [
+            (format!("rate:{kind}"), "10000000".to_owned()),
+            (format!("concurrency:{kind}"), "10000000".to_owned()),
+        ];
+        store.apply_controls(Queue::Maintenance, 1, &limits).await?;
+    }
     let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
     for chunk in (0..drain_jobs()).collect::<Vec<_>>().chunks(500) {
         let jobs: Vec<NewJob> = chunk
