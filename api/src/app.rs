@@ -74,6 +74,12 @@ impl Application {
             tokens: TokenIssuer::new(&settings),
             settings: Arc::new(settings),
         };
+        // A first copy of the queue controls before serving (fetching claims nothing until
+        // Redis has one); briefly, so a Redis that is down does not hold the start back.
+        let first_copy = tasklane_shared::controls::sync(&state.db, &state.queue);
+        if tokio::time::timeout(std::time::Duration::from_millis(500), first_copy).await.is_err() {
+            tracing::warn!("cannot copy the queue controls to Redis yet; retrying every second");
+        }
         Ok(Self { acceptor, local_addr, state })
     }
 
@@ -99,6 +105,14 @@ impl Application {
         };
         tracing::info!(addr = %self.local_addr, "API listening");
         self.state.hub.spawn_listener(&self.state.settings)?;
+        // Every instance keeps the queue controls copied to Redis, like every worker: fetching
+        // claims nothing while Redis has no copy (SPEC section 10), so the more copiers the
+        // shorter that lasts after Redis lost its data.
+        let copier = tokio::spawn(tasklane_shared::controls::run(
+            self.state.db.clone(),
+            self.state.queue.clone(),
+            std::future::pending(),
+        ));
         // Event streams never end on their own: they are closed first, so draining waits
         // only for ordinary requests.
         let hub = self.state.hub.clone();
@@ -109,6 +123,7 @@ impl Application {
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(routes(self.state).with(policy), shutdown, Some(grace))
             .await?;
+        copier.abort();
         tracing::info!("API stopped");
         Ok(())
     }

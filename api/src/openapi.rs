@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::ops::OpsApi;
 use crate::routes::admin_jobs::AdminJobsApi;
+use crate::routes::admin_ops::AdminOpsApi;
 use crate::routes::admin_outbox::AdminOutboxApi;
 use crate::routes::admin_users::AdminUsersApi;
 use crate::routes::attachments::AttachmentsApi;
@@ -35,6 +36,7 @@ pub type Apis = (
     AdminUsersApi,
     AdminFlagsApi,
     AdminJobsApi,
+    AdminOpsApi,
     AdminOutboxApi,
     OpsApi,
 );
@@ -53,6 +55,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             AdminUsersApi,
             AdminFlagsApi,
             AdminJobsApi,
+            AdminOpsApi,
             AdminOutboxApi,
             OpsApi,
         ),

@@ -49,9 +49,13 @@ fn settings() -> anyhow::Result<Settings> {
     Ok(Settings::from_env()?)
 }
 
-fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
+/// A store under `prefix`, with the (empty) queue controls fetching needs in place, as a
+/// worker or the API would have copied them.
+async fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
     let conn = tasklane_shared::redis::connect(settings)?;
-    Ok(QueueStore::new(conn, Keys::new(prefix.to_owned()), QueueSettings::default()))
+    let store = QueueStore::new(conn, Keys::new(prefix.to_owned()), QueueSettings::default());
+    tasklane_shared::controls::publish(&store, &[]).await?;
+    Ok(store)
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -169,7 +173,7 @@ async fn drain_with(
     concurrency: usize,
 ) -> anyhow::Result<f64> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
-    let store = store(settings, &prefix)?;
+    let store = store(settings, &prefix).await?;
     let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
     for chunk in (0..drain_jobs()).collect::<Vec<_>>().chunks(500) {
         let jobs: Vec<NewJob> = chunk
@@ -182,6 +186,7 @@ async fn drain_with(
                 request_id: None,
                 traceparent: None,
                 unique: None,
+                due_ms: None,
             })
             .collect();
         store.push(Queue::Maintenance, &jobs).await?;
@@ -245,7 +250,7 @@ async fn outbox_drain(settings: &Settings, records: bool) -> anyhow::Result<Outb
         .await?;
     tasklane_shared::db::migrate(&db).await?;
     sqlx::raw_sql("truncate outbox").execute(&db).await?;
-    let mut store = store(settings, &prefix)?;
+    let mut store = store(settings, &prefix).await?;
     if records {
         let (recorder, _task) = OutcomeRecorder::spawn(db.clone());
         store = store.with_outcomes(recorder);
@@ -320,7 +325,7 @@ pub async fn drain_worker(args: &[String]) -> anyhow::Result<()> {
     let settings = settings()?;
     let prefix = args.first().ok_or_else(|| anyhow::anyhow!("prefix"))?.clone();
     let concurrency: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(CONCURRENCY);
-    let store = store(&settings, &prefix)?;
+    let store = store(&settings, &prefix).await?;
     let name = format!("bench-{}", std::process::id());
     let monitor = Monitor::new().register(move |_| {
         let blocking = tasklane_shared::redis::connect_blocking(&settings).expect("redis url");
@@ -359,7 +364,7 @@ async fn record_start(
 /// Redis push, a blocked worker woken by its wake list.
 async fn latency(settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
-    let store = store(settings, &prefix)?;
+    let store = store(settings, &prefix).await?;
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(settings.database_url.expose_secret())

@@ -9,7 +9,9 @@
 //! - [`jobs`]: the declaration of every job kind and its payload; [`schedules`]: the
 //!   effective cron schedule of each scheduled kind; [`outage`]: a dependency down, told
 //!   from a failure of the job.
-//! - [`queue`]: the Redis job store, its admin inspection and its apalis backend.
+//! - [`queue`]: the Redis job store, its admin inspection and its apalis backend;
+//!   [`controls`]: the operators' pauses and limits, kept in Postgres, obeyed from Redis.
+//! - [`fleet`]: the live worker processes, as each says every two seconds.
 //! - [`readiness`]: the PostgreSQL and Redis checks behind both binaries' `/health/ready`.
 //! - [`outbox`]: writing jobs in the caller's transaction, and the relay that moves them to
 //!   Redis.
@@ -19,9 +21,11 @@
 //!   context across the outbox and the queue; [`shutdown`]: the signal to stop.
 
 pub mod config;
+pub mod controls;
 pub mod db;
 pub mod domain;
 pub mod events;
+pub mod fleet;
 pub mod jobs;
 pub mod outage;
 pub mod outbox;

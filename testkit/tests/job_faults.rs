@@ -62,6 +62,7 @@ async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     let id = job.id.to_string();
     store.push(Queue::Emails, &[job]).await.unwrap();
@@ -105,6 +106,7 @@ async fn a_late_result_from_an_expired_claim_is_refused() {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     store.push(Queue::Emails, &[job]).await.unwrap();
     let first = store.claim(Queue::Emails, "send_email", "slow", 1).await.unwrap().pop().unwrap();
@@ -190,6 +192,7 @@ async fn push_flaky(store: &QueueStore, job: &Flaky) -> String {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     store.push(Flaky::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
     new.id.to_string()
@@ -470,6 +473,7 @@ async fn redis_over_maxmemory_refuses_new_work_whole_keeps_leases_and_says_so() 
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     let waiting = new_job();
     store.push(Queue::Emails, &[new_job(), waiting.clone()]).await.unwrap();

@@ -253,6 +253,7 @@ async fn a_payload_a_worker_cannot_decode_is_quarantined_in_its_record() {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     store.push(Queue::Emails, &[job]).await.unwrap();
     let _worker = app.spawn_worker().await;

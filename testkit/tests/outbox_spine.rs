@@ -144,6 +144,7 @@ async fn a_row_pushed_twice_is_one_job() {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     assert_eq!(store.push(Queue::Emails, std::slice::from_ref(&job)).await.unwrap(), 1);
     assert_eq!(store.push(Queue::Emails, &[job]).await.unwrap(), 0);

@@ -60,6 +60,7 @@ async fn push_idle(store: &QueueStore, n: u32) -> String {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     store.push(Idle::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
     new.id.to_string()
@@ -252,6 +253,7 @@ async fn push_fragile(store: &QueueStore, job: &Fragile) -> String {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     store.push(Fragile::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
     new.id.to_string()
@@ -471,6 +473,7 @@ async fn postgres_unreachable_holds_send_email_and_costs_no_attempt() {
         request_id: None,
         traceparent: None,
         unique: None,
+        due_ms: None,
     };
     let id = job.id.to_string();
     store.push(Queue::Emails, &[job]).await.unwrap();

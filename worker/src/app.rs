@@ -9,6 +9,7 @@ use apalis_core::monitor::Monitor;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Server};
 use tasklane_shared::config::Settings;
+use tasklane_shared::controls;
 use tasklane_shared::outbox::{OutcomeRecorder, Reconciler, Relay};
 use tasklane_shared::queue::{HeldClaims, QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
@@ -29,11 +30,14 @@ pub struct WorkerApp {
     settings: Arc<Settings>,
     /// Writes jobs' outcomes to Postgres; ends once every store clone is gone.
     recorder: tokio::task::JoinHandle<()>,
+    /// The kinds' limits from `TASKLANE_LIMIT_<KIND>`.
+    limits: Vec<(String, controls::Limits)>,
 }
 
 impl WorkerApp {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         tasklane_shared::schedules::validate(&settings)?;
+        let limits = controls::limits_from_env(&settings.limits).map_err(anyhow::Error::msg)?;
         let settings = Arc::new(settings);
         // Every send_email attempt holds a connection across its SMTP send, and one with a
         // link takes a second for a moment to mint its token; the relay's listener holds one
@@ -80,7 +84,7 @@ impl WorkerApp {
             .first()
             .and_then(|addr| addr.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
-        Ok(Self { ctx, acceptor, local_addr, settings, recorder })
+        Ok(Self { ctx, acceptor, local_addr, settings, recorder, limits })
     }
 
     /// Where `/health/*` and `/metrics` are served.
@@ -123,7 +127,14 @@ impl WorkerApp {
             ctx.name.clone(),
         );
         let reconciler = tokio::spawn(reconciler.run(until_stopped()));
+        // The operators' pauses and limits: seeded from the environment, then kept copied
+        // from Postgres to Redis (SPEC section 10).
+        if let Err(err) = controls::seed_limits(&ctx.db, &self.limits).await {
+            tracing::warn!(error = %err, "cannot record the limits of TASKLANE_LIMIT_*; using those already set");
+        }
+        tokio::spawn(controls::run(ctx.db.clone(), ctx.store.clone(), until_stopped()));
         tokio::spawn(health::heartbeat(until_stopped()));
+        let announcing = tokio::spawn(health::announce(ctx.clone(), until_stopped()));
         let routes = health::routes().data(ctx.clone());
         let http =
             tokio::spawn(Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
@@ -154,6 +165,7 @@ impl WorkerApp {
         }
         let _ = relay.await;
         let _ = reconciler.await;
+        let _ = announcing.await;
         let _ = http.await;
         // The outcomes reported last are written before the process ends (the reconciler
         // would copy them from Redis otherwise).

@@ -57,6 +57,11 @@ pub async fn on_tick<J: CronJob>(
         .ok()
         .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
         .ok_or("tick out of range")?;
+    // An operator paused the schedule (SPEC section 10): its ticks pass without a job.
+    if tasklane_shared::controls::schedule_paused(&db, J::SPEC.kind).await? {
+        tracing::info!(kind = J::SPEC.kind, tick = %at, "schedule paused; tick skipped");
+        return Ok(());
+    }
     enqueue_tick_at::<J>(&db, &store, at).await?;
     Ok(())
 }
@@ -71,6 +76,9 @@ pub async fn catch_up<J: CronJob>(
     let Some(last_ms) = store.last_tick(J::SPEC.kind).await? else {
         return Ok(());
     };
+    if tasklane_shared::controls::schedule_paused(db, J::SPEC.kind).await? {
+        return Ok(());
+    }
     let now = redis_now(&mut store.connection()).await?;
     let Some(latest) = schedule.after(&(now + chrono::Duration::milliseconds(1))).next_back()
     else {

@@ -5,6 +5,7 @@ use poem::http::StatusCode;
 use poem::web::{Data, Json};
 use poem::{IntoResponse, Response, Route, get, handler};
 use tasklane_shared::domain::jobs::JobState;
+use tasklane_shared::fleet::{self, WorkerInfo};
 use tasklane_shared::jobs::Queue;
 use tasklane_shared::readiness::Readiness;
 
@@ -58,6 +59,36 @@ pub async fn heartbeat(stopped: impl std::future::Future<Output = ()>) {
     }
 }
 
+/// Says every [`fleet::BEAT`] that this worker is alive and what it runs (`GET
+/// /admin/workers`) until `stopped` resolves; then leaves the fleet's list.
+pub async fn announce(ctx: WorkerContext, stopped: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut info = WorkerInfo {
+        id: ctx.name.clone(),
+        host: std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: chrono::Utc::now(),
+        concurrency: ctx.concurrency,
+        running: Default::default(),
+        last_seen: None,
+    };
+    let (mut conn, keys) = (ctx.store.connection(), ctx.store.keys().clone());
+    let mut every = tokio::time::interval(fleet::BEAT);
+    loop {
+        tokio::select! {
+            () = &mut stopped => break,
+            _ = every.tick() => {
+                info.running = ctx.held.by_kind();
+                if let Err(err) = fleet::beat(&mut conn, &keys, &info).await {
+                    tracing::debug!(error = %err, "cannot announce this worker");
+                }
+            }
+        }
+    }
+    let _ = fleet::leave(&mut conn, &keys, &info.id).await;
+}
+
 #[handler]
 async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
     for queue in Queue::ALL {
@@ -86,5 +117,33 @@ async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
         }
         Err(err) => tracing::warn!(error = %err, "cannot read the outbox"),
     }
+    match tasklane_shared::controls::all(&ctx.db).await {
+        Ok(controls) => control_gauges(&controls),
+        Err(err) => tracing::warn!(error = %err, "cannot read the queue controls"),
+    }
     tasklane_shared::telemetry::metrics_handle().render()
+}
+
+/// The operators' pauses and limits (SPEC section 10) as gauges: `queue_paused{queue}` and
+/// `kind_paused{kind}` (1 or 0), `kind_rate_limit_per_second{kind}` and
+/// `kind_concurrency_limit{kind}` (0 when the kind has no such limit).
+fn control_gauges(controls: &[tasklane_shared::controls::Control]) {
+    let find = |scope: &str, name: &str| {
+        controls.iter().find(|control| control.scope == scope && control.name == name)
+    };
+    let flag = |paused: bool| if paused { 1.0 } else { 0.0 };
+    for queue in Queue::ALL {
+        let paused = find("queue", queue.as_str()).is_some_and(|control| control.paused);
+        metrics::gauge!("queue_paused", "queue" => queue.as_str()).set(flag(paused));
+    }
+    for spec in tasklane_shared::jobs::ALL {
+        let control = find("kind", spec.kind);
+        let limits = control.map(|control| control.limits).unwrap_or_default();
+        metrics::gauge!("kind_paused", "kind" => spec.kind)
+            .set(flag(control.is_some_and(|control| control.paused)));
+        metrics::gauge!("kind_rate_limit_per_second", "kind" => spec.kind)
+            .set(limits.rate_per_second.unwrap_or(0.0));
+        metrics::gauge!("kind_concurrency_limit", "kind" => spec.kind)
+            .set(f64::from(limits.concurrency.unwrap_or(0)));
+    }
 }

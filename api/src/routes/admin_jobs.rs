@@ -1,6 +1,6 @@
 //! `/api/v1/admin/queues`, `/admin/jobs`, `/admin/schedules`: the job queues seen and steered
 //! from Swagger UI (admins only). Reads come straight from the Redis store; nothing here
-//! changes a job except retrying a dead one.
+//! changes a job except retrying a dead one ([`super::admin_ops`] has the other writes).
 
 use chrono::{DateTime, Utc};
 use poem::http::StatusCode;
@@ -10,11 +10,13 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::{self, Queue};
+use tasklane_shared::queue::breaker::HeldKind;
 use tasklane_shared::schedules;
 
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
 use crate::routes::job_view::JobView;
 use crate::security::BearerAuth;
+use crate::services::audit;
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
@@ -38,6 +40,8 @@ pub struct QueueStats {
     pub done: u64,
     /// Seconds the oldest pending job has waited.
     pub oldest_pending_age_seconds: f64,
+    /// Paused by an operator: no worker starts its jobs until it is resumed.
+    pub paused: bool,
     /// Kinds of this queue held because a dependency is down: their jobs wait, attempts
     /// uncounted, until a probe finds it back (SPEC section 9).
     pub held: Vec<HeldKindView>,
@@ -55,6 +59,18 @@ pub struct HeldKindView {
     pub error: String,
     /// The worker that reported it last.
     pub worker: String,
+}
+
+impl From<&HeldKind> for HeldKindView {
+    fn from(held: &HeldKind) -> Self {
+        Self {
+            kind: held.kind.clone(),
+            dependency: held.dependency.clone(),
+            since: DateTime::from_timestamp_millis(held.since_ms),
+            error: held.error.clone(),
+            worker: held.worker.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Object)]
@@ -80,6 +96,8 @@ pub struct ScheduleView {
     /// The scheduled time of the last tick that was enqueued.
     pub last_run: Option<DateTime<Utc>>,
     pub next_run: Option<DateTime<Utc>>,
+    /// Paused by an operator: its ticks enqueue nothing until it is resumed.
+    pub paused: bool,
 }
 
 #[derive(ApiResponse)]
@@ -162,6 +180,12 @@ impl AdminJobsApi {
             return Ok(OverviewResponse::Forbidden(Json(problem)));
         }
         let held = state.queue.held_kinds().await?;
+        let controls = tasklane_shared::controls::all(&state.db).await?;
+        let paused: Vec<&str> = controls
+            .iter()
+            .filter(|control| control.scope == "queue" && control.paused)
+            .map(|control| control.name.as_str())
+            .collect();
         let mut queues = Vec::new();
         for queue in Queue::ALL {
             let depth = state.queue.depth(queue).await?;
@@ -174,16 +198,11 @@ impl AdminJobsApi {
                 dead: depth.dead,
                 done: depth.done,
                 oldest_pending_age_seconds: depth.oldest_pending_age.as_secs_f64(),
+                paused: paused.contains(&queue.as_str()),
                 held: held
                     .iter()
                     .filter(|held| held.queue == queue)
-                    .map(|held| HeldKindView {
-                        kind: held.kind.clone(),
-                        dependency: held.dependency.clone(),
-                        since: DateTime::from_timestamp_millis(held.since_ms),
-                        error: held.error.clone(),
-                        worker: held.worker.clone(),
-                    })
+                    .map(HeldKindView::from)
                     .collect(),
             });
         }
@@ -318,8 +337,11 @@ impl AdminJobsApi {
         }
         // Its record is in flight again, so the reconciler watches it.
         if let Ok(uuid) = uuid::Uuid::parse_str(&id.0) {
-            tasklane_shared::outbox::reopen(&state.db, uuid).await?;
+            tasklane_shared::outbox::reopen(&state.db, &[uuid]).await?;
         }
+        let detail = serde_json::json!({ "kind": job.kind });
+        let target = format!("job:{}", id.0);
+        audit::record(&mut *state.db.acquire().await?, admin, "job.retry", &target, detail).await?;
         tracing::info!(%admin, job = %id.0, kind = %job.kind, "dead job retried by an admin");
         let job = state
             .queue
@@ -339,6 +361,7 @@ impl AdminJobsApi {
         if let Err(problem) = auth.require_admin() {
             return Ok(SchedulesResponse::Forbidden(Json(problem)));
         }
+        let controls = tasklane_shared::controls::all(&state.db).await?;
         let mut schedules = Vec::new();
         for spec in jobs::ALL {
             let Some(cron) = schedules::expression(spec, &state.settings) else { continue };
@@ -351,6 +374,9 @@ impl AdminJobsApi {
                 cron,
                 last_run,
                 next_run,
+                paused: controls.iter().any(|control| {
+                    control.scope == "schedule" && control.name == spec.kind && control.paused
+                }),
             });
         }
         Ok(SchedulesResponse::Ok(Json(schedules)))

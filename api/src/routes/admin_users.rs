@@ -11,6 +11,7 @@ use crate::auth::Role;
 use crate::problem::{AuthedError, FieldError, Problem};
 use crate::routes::user_view::UserView;
 use crate::security::BearerAuth;
+use crate::services::audit;
 use crate::services::users::{self, UserRow};
 use crate::state::AppState;
 use crate::tags::ApiTags;
@@ -192,6 +193,9 @@ impl AdminUsersApi {
         if body.disabled == Some(true) {
             users::revoke_sessions(&mut *tx, id.0, None).await?;
         }
+        let detail =
+            serde_json::json!({ "role": body.role.map(Role::as_str), "disabled": body.disabled });
+        audit::record(&mut tx, admin.id, "user.update", &format!("user:{}", id.0), detail).await?;
         let user = users::find(&mut *tx, id.0).await?;
         tx.commit().await?;
         state.accounts.changed(id.0).await;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::problem::{AuthedError, FieldError, Problem};
 use crate::security::BearerAuth;
+use crate::services::audit;
 // The task list gates `q` on a flag; re-exported until it calls the service directly.
 use crate::services::flags::{DEFAULTS, Rule, evaluate};
 use crate::state::AppState;
@@ -212,6 +213,7 @@ impl AdminFlagsApi {
         if !errors.is_empty() {
             return Ok(FlagResponse::Invalid(Json(Problem::validation(errors))));
         }
+        let mut tx = state.db.begin().await?;
         let flag = sqlx::query_as!(
             Flag,
             "insert into feature_flags (key, enabled, rollout_percent, allow_users)
@@ -224,8 +226,14 @@ impl AdminFlagsApi {
             body.rollout_percent,
             &body.allow_users
         )
-        .fetch_one(&state.db)
+        .fetch_one(&mut *tx)
         .await?;
+        let detail = serde_json::json!({
+            "enabled": flag.enabled, "rollout_percent": flag.rollout_percent,
+            "allow_users": flag.allow_users.len(),
+        });
+        audit::record(&mut tx, admin, "flag.set", &format!("flag:{}", key.0), detail).await?;
+        tx.commit().await?;
         tracing::info!(%admin, flag = %key.0, enabled = flag.enabled, rollout = flag.rollout_percent, "feature flag set");
         Ok(FlagResponse::Ok(Json(flag)))
     }
@@ -238,16 +246,21 @@ impl AdminFlagsApi {
         state: Data<&AppState>,
         key: Path<String>,
     ) -> Result<FlagDeleteResponse, AuthedError> {
-        if let Err(problem) = auth.require_admin() {
-            return Ok(FlagDeleteResponse::Forbidden(Json(problem)));
-        }
+        let admin = match auth.require_admin() {
+            Ok(admin) => admin.id,
+            Err(problem) => return Ok(FlagDeleteResponse::Forbidden(Json(problem))),
+        };
+        let mut tx = state.db.begin().await?;
         let deleted = sqlx::query!("delete from feature_flags where key = $1", key.0)
-            .execute(&state.db)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted == 0 {
             return Ok(FlagDeleteResponse::NotFound(Json(not_found())));
         }
+        let target = format!("flag:{}", key.0);
+        audit::record(&mut tx, admin, "flag.delete", &target, serde_json::json!({})).await?;
+        tx.commit().await?;
         Ok(FlagDeleteResponse::NoContent)
     }
 }

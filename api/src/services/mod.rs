@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`attachments`]: attachment rows and their changes on the API's side.
+//! - [`audit`]: the admin audit log.
 //! - [`download_links`]: the signed, short-lived links a ready attachment downloads by.
 //! - [`flags`]: the flags the code knows, and whether one is on for a user.
 //! - [`tasks`]: task rows and their changes, the task list, creation (group commit), the
@@ -12,6 +13,7 @@
 //!   tokens behind verification and password resets.
 
 pub mod attachments;
+pub mod audit;
 pub mod download_links;
 pub mod flags;
 pub mod tasks;

@@ -108,6 +108,10 @@ pub struct Settings {
     /// `TASKLANE_CRON_MARK_OVERDUE="*/2 * * * * *"` for `mark_overdue`). The worker parses
     /// and validates them at start-up.
     pub cron: HashMap<String, String>,
+    /// Fleet-wide limits by job kind, from `TASKLANE_LIMIT_<KIND>` (e.g.
+    /// `TASKLANE_LIMIT_SEND_EMAIL="rate=20,concurrency=4"`). The worker parses them at
+    /// start-up and sets those of kinds that have none yet (see `crate::controls`).
+    pub limits: HashMap<String, String>,
     pub auth: AuthSettings,
     /// Task creations per user per UTC day (`TASKLANE_TASKS_DAILY_QUOTA`).
     pub tasks_daily_quota: u32,
@@ -252,14 +256,8 @@ impl Settings {
         let dead_job_retention =
             Duration::from_secs(r.parsed_any("TASKLANE_DEAD_JOB_RETENTION_SECS", "604800"));
         let worker_concurrency = r.parsed_any("TASKLANE_WORKER_CONCURRENCY", "8");
-        let cron = r
-            .vars
-            .iter()
-            .filter_map(|(key, value)| {
-                let kind = key.strip_prefix("TASKLANE_CRON_")?.to_ascii_lowercase();
-                Some((kind, value.trim().to_owned()))
-            })
-            .collect();
+        let cron = by_kind(&r.vars, "TASKLANE_CRON_");
+        let limits = by_kind(&r.vars, "TASKLANE_LIMIT_");
 
         let trusted_proxies = r
             .string_any("TASKLANE_TRUSTED_PROXIES", "")
@@ -325,6 +323,7 @@ impl Settings {
             dead_job_retention,
             worker_concurrency,
             cron,
+            limits,
             auth,
             tasks_daily_quota: r.parsed_any("TASKLANE_TASKS_DAILY_QUOTA", "50"),
             events_heartbeat: Duration::from_secs(
@@ -412,3 +411,16 @@ impl Settings {
 
 #[cfg(test)]
 mod tests;
+
+/// The variables `<prefix><KIND>`, by kind (lowercase), values trimmed.
+fn by_kind<'a>(
+    vars: impl IntoIterator<Item = (&'a String, &'a String)>,
+    prefix: &str,
+) -> HashMap<String, String> {
+    vars.into_iter()
+        .filter_map(|(key, value)| {
+            let kind = key.strip_prefix(prefix)?.to_ascii_lowercase();
+            Some((kind, value.trim().to_owned()))
+        })
+        .collect()
+}

@@ -2,9 +2,10 @@
 //! the admin API (which documents them when the `openapi` feature is on).
 //!
 //! A job is `pending` (waiting in its kind's list), `running` (claimed, under a lease),
-//! `scheduled` (waiting out a retry backoff), `done` (finished, kept for inspection) or
-//! `dead` (out of attempts, kept for inspection and a manual retry). Each state but
-//! `pending` is also the name of the queue's sorted set that indexes it.
+//! `scheduled` (waiting out a retry backoff, or a delayed job not yet due), `done` (finished,
+//! kept for inspection), `dead` (out of attempts, kept for inspection and a manual retry) or
+//! `cancelled` (stopped by an operator). Each state but `pending` is also the name of the
+//! queue's sorted set that indexes it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,12 +21,19 @@ pub enum JobState {
     Scheduled,
     Done,
     Dead,
+    Cancelled,
 }
 
 impl JobState {
     /// Every state, in the order a job moves through them.
-    pub const ALL: [JobState; 5] =
-        [JobState::Pending, JobState::Running, JobState::Scheduled, JobState::Done, JobState::Dead];
+    pub const ALL: [JobState; 6] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::Scheduled,
+        JobState::Done,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
 
     /// The name the store writes in a job's `state` field (and of the state's index).
     pub fn as_str(self) -> &'static str {
@@ -35,6 +43,7 @@ impl JobState {
             JobState::Scheduled => "scheduled",
             JobState::Done => "done",
             JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
         }
     }
 }

@@ -34,7 +34,7 @@ use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
 use crate::events::Recorded;
-use crate::jobs::Job;
+use crate::jobs::{Job, JobSpec};
 
 /// The channel the `outbox_notify` trigger notifies at commit.
 pub const CHANNEL: &str = "tasklane_outbox";
@@ -59,19 +59,44 @@ pub async fn enqueue<J: Job>(
     job: &J,
     request_id: Option<&str>,
 ) -> Result<Uuid, sqlx::Error> {
+    enqueue_as(conn, &J::SPEC, encode(job)?, request_id, None).await
+}
+
+/// Like [`enqueue`], for a job due at `run_at` (a delayed job: it waits in the queue's
+/// schedule until then).
+pub async fn enqueue_at<J: Job>(
+    conn: &mut PgConnection,
+    job: &J,
+    request_id: Option<&str>,
+    run_at: DateTime<Utc>,
+) -> Result<Uuid, sqlx::Error> {
+    enqueue_as(conn, &J::SPEC, encode(job)?, request_id, Some(run_at)).await
+}
+
+/// Writes a job of the kind `spec` with an already encoded payload, which the caller has
+/// checked decodes as that kind ([`crate::jobs::check_payload`]); see [`enqueue`].
+pub async fn enqueue_as(
+    conn: &mut PgConnection,
+    spec: &JobSpec,
+    payload: serde_json::Value,
+    request_id: Option<&str>,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
     sqlx::query!(
-        "insert into outbox (id, queue, kind, payload, max_attempts, request_id, traceparent, user_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "insert into outbox (id, queue, kind, payload, max_attempts, request_id, traceparent, user_id,
+                             run_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         id,
-        J::SPEC.queue.as_str(),
-        J::SPEC.kind,
-        encode(job)?,
-        max_attempts::<J>(),
+        spec.queue.as_str(),
+        spec.kind,
+        payload,
+        i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
         request_id,
         crate::trace::current_traceparent(),
         // The authenticated caller of the request, whose receipt shows the job.
         crate::trace::current_caller(),
+        run_at,
     )
     .execute(conn)
     .await?;
@@ -182,15 +207,50 @@ pub async fn record_events(
     Ok(())
 }
 
-/// Makes a finished job's record in flight again: an operator sent a dead job back to its
-/// queue, so the reconciler must watch it again.
-pub async fn reopen(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "update outbox set finished_at = null, outcome = null
-         where id = $1 and relayed_at is not null and outcome = 'dead'",
+/// Makes finished jobs' records in flight again: an operator sent dead jobs back to their
+/// queue, so the reconciler must watch them again.
+pub async fn reopen(db: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(10_000) {
+        sqlx::query!(
+            "update outbox set finished_at = null, outcome = null
+             where id = any($1) and relayed_at is not null and outcome = 'dead'",
+            chunk,
+        )
+        .execute(db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Cancels a job still waiting in the outbox (not yet relayed): it never reaches Redis.
+/// `None` when it is not waiting (relayed meanwhile, finished, or no such row); else its
+/// kind.
+pub async fn cancel_waiting(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    // Blocks while a relay holds the row; once it committed, the row is relayed and this
+    // matches nothing, so the caller cancels the job in Redis instead.
+    sqlx::query_scalar!(
+        "update outbox set relayed_at = now(), finished_at = now(), outcome = 'cancelled',
+                last_error = 'cancelled by an operator'
+         where id = $1 and relayed_at is null and finished_at is null and queue <> 'events'
+         returning kind",
         id,
     )
-    .execute(db)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records that an operator cancelled a job in flight (Redis already has it cancelled).
+pub async fn record_cancelled(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update outbox set finished_at = now(), outcome = 'cancelled',
+                last_error = 'cancelled by an operator'
+         where id = $1 and finished_at is null",
+        id,
+    )
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -54,6 +54,8 @@ struct InFlight {
     max_attempts: i32,
     request_id: Option<String>,
     traceparent: Option<String>,
+    /// When a delayed job is due (milliseconds since the epoch).
+    run_at_ms: Option<i64>,
     relayed_at: DateTime<Utc>,
 }
 
@@ -121,7 +123,8 @@ impl Reconciler {
             let page = sqlx::query_as!(
                 InFlight,
                 r#"select id, queue, kind, payload::text as "payload!", max_attempts, request_id,
-                          traceparent, relayed_at as "relayed_at!"
+                          traceparent, (extract(epoch from run_at) * 1000)::bigint as run_at_ms,
+                          relayed_at as "relayed_at!"
                    from outbox
                    where relayed_at is not null and finished_at is null and (relayed_at, id) > ($1, $2)
                      and queue = any($4)
@@ -145,6 +148,7 @@ impl Reconciler {
                     None => missing.push(job),
                     Some("done") => ended.push((job.id, "succeeded", None)),
                     Some("dead") => ended.push((job.id, "dead", error)),
+                    Some("cancelled") => ended.push((job.id, "cancelled", error)),
                     Some(_) => {}
                 }
             }
@@ -228,6 +232,7 @@ impl Reconciler {
                     request_id: job.request_id.clone(),
                     traceparent: job.traceparent.clone(),
                     unique: None,
+                    due_ms: job.run_at_ms,
                 })
                 .collect();
             for chunk in jobs.chunks(500) {

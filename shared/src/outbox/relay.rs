@@ -79,7 +79,8 @@ impl Relay {
             Queue::ALL.map(Queue::as_str).into_iter().chain([EVENTS]).map(str::to_owned).collect();
         let rows = sqlx::query!(
             r#"select id, queue, kind, payload::text as "payload!", max_attempts, request_id,
-                      traceparent, user_id, created_at
+                      traceparent, user_id, created_at,
+                      (extract(epoch from run_at) * 1000)::bigint as run_at_ms
              from outbox
              where relayed_at is null and finished_at is null and queue = any($2)
              order by created_at, id
@@ -140,6 +141,7 @@ impl Relay {
                 request_id: row.request_id,
                 traceparent: row.traceparent,
                 unique: None,
+                due_ms: row.run_at_ms,
             };
             match by_queue.iter_mut().find(|(q, _)| *q == queue) {
                 Some((_, jobs)) => jobs.push(job),

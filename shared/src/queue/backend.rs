@@ -127,8 +127,14 @@ impl<J: Job> RedisBackend<J> {
                     }
                 };
                 let sent = Instant::now();
-                let result = match store.claim(queue, kind, &worker, n).await {
-                    Ok(claims) if !claims.is_empty() => return (sent, claims),
+                let result = match store.claim_paced(queue, kind, &worker, n).await {
+                    Ok((claims, _)) if !claims.is_empty() => return (sent, claims),
+                    // Paused, or at its limits: new jobs' wake tokens would not help.
+                    Ok((_, wait)) if !wait.is_zero() => {
+                        breaker.nothing_claimed();
+                        tokio::time::sleep(wait.min(IDLE_WAIT)).await;
+                        Ok(())
+                    }
                     Ok(_) => {
                         breaker.nothing_claimed();
                         store.wait_for_work(&mut blocking, queue, kind, IDLE_WAIT).await

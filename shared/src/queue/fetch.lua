@@ -8,6 +8,12 @@
 -- past retention leave the indexes.
 -- The attempt is counted here, at claim time, so a job that kills its worker still uses up
 -- an attempt and cannot loop forever.
+-- The operators' controls (SPEC section 10, in the namespace's `controls` hash) decide how
+-- many it may claim: none while the queue or the kind is paused; no more than the kind's
+-- fleet-wide concurrency (its jobs running, counted in `active`) and rate (a token bucket in
+-- `bucket:<kind>`) allow. Every worker claims through here, so the limits hold for the fleet.
+-- Returns the claimed jobs and, when the controls held some back, how many milliseconds to
+-- wait before asking again (0 when nothing was held back).
 -- KEYS[1]: a key of the namespace, for routing.
 -- ARGV: NS, kind, worker, lease_ms, n, done_retention_ms, dead_retention_ms, sweep_limit,
 --       wake_cap
@@ -16,6 +22,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, kind, worker = ARGV[1], ARGV[2], ARGV[3]
 local lease, n, sweep, cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local running, scheduled, done, dead = ns .. 'running', ns .. 'scheduled', ns .. 'done', ns .. 'dead'
+-- While paused (or without controls), a worker looks again this often, so a resume reaches
+-- the fleet within it.
+local PAUSED_WAIT_MS = 250
 
 local function push_history(key, entry)
   local history = cjson.decode(redis.call('HGET', key, 'history') or '[]')
@@ -44,7 +53,10 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, sweep)) do
   redis.call('ZREM', running, id)
   local key = ns .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'attempts', 'max_attempts', 'worker', 'started_ms')
+  local job = redis.call('HMGET', key, 'attempts', 'max_attempts', 'worker', 'started_ms', 'kind')
+  if job[5] and redis.call('HINCRBY', ns .. 'active', job[5], -1) <= 0 then
+    redis.call('HDEL', ns .. 'active', job[5])
+  end
   local error = 'lease expired: worker ' .. tostring(job[3]) .. ' stopped renewing it'
   push_history(key, {attempt = tonumber(job[1]), worker = job[3], error = error,
     started_ms = tonumber(job[4]), duration_ms = now - (tonumber(job[4]) or now)})
@@ -63,6 +75,45 @@ end
 
 redis.call('ZREMRANGEBYSCORE', done, '-inf', now - tonumber(ARGV[6]))
 redis.call('ZREMRANGEBYSCORE', dead, '-inf', now - tonumber(ARGV[7]))
+redis.call('ZREMRANGEBYSCORE', ns .. 'cancelled', '-inf', now - tonumber(ARGV[7]))
+
+local wait = 0
+local controls = redis.call('HMGET', ns .. 'controls', 'paused', 'paused:' .. kind,
+  'concurrency:' .. kind, 'rate:' .. kind, 'version')
+-- No copy of the controls at all: Redis lost them (restarted without its data, failed over,
+-- flushed), and a pause may be among them. Claim nothing until a copy is back (within a
+-- second: every worker and API instance copies them each second).
+if controls[1] == '1' or controls[2] == '1' or not controls[5] then
+  return {{}, PAUSED_WAIT_MS}
+end
+if controls[3] then
+  local active = tonumber(redis.call('HGET', ns .. 'active', kind) or '0')
+  local free = tonumber(controls[3]) - active
+  if free < n then
+    n = math.max(free, 0)
+    -- A slot frees when a running job ends; its worker's next fetch is not told, so look
+    -- again soon.
+    wait = 50
+  end
+end
+local limiter, rate, tokens = ns .. 'bucket:' .. kind, tonumber(controls[4]), nil
+if rate and n > 0 then
+  -- A token bucket refilled at `rate` per second, holding at most a tenth of a second's
+  -- worth (at least one): the rate holds over any window longer than that.
+  local capacity = math.max(1, rate / 10)
+  local state = redis.call('HMGET', limiter, 'tokens', 'at')
+  tokens = tonumber(state[1]) or capacity
+  local at = tonumber(state[2]) or now
+  tokens = math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
+  if tokens < n then
+    n = math.floor(tokens)
+    wait = math.max(wait, math.ceil((1 - (tokens - n)) * 1000 / rate))
+  end
+end
+if n <= 0 then
+  if tokens then redis.call('HSET', limiter, 'tokens', tokens, 'at', now) end
+  return {{}, wait}
+end
 
 local claimed = {}
 local pending = ns .. 'pending:' .. kind
@@ -88,4 +139,11 @@ if ids then
     end
   end
 end
-return claimed
+if #claimed > 0 then
+  redis.call('HINCRBY', ns .. 'active', kind, #claimed)
+end
+if tokens then
+  redis.call('HSET', limiter, 'tokens', tokens - #claimed, 'at', now)
+  redis.call('PEXPIRE', limiter, 60000)
+end
+return {claimed, wait}

@@ -152,6 +152,15 @@ impl HeldClaims {
             .collect()
     }
 
+    /// How many claims are held per kind.
+    pub fn by_kind(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for held in self.lock().values() {
+            *counts.entry(held.claim.kind.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }

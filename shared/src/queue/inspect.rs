@@ -57,6 +57,7 @@ pub struct Depth {
     pub scheduled: u64,
     pub done: u64,
     pub dead: u64,
+    pub cancelled: u64,
     /// How long the job at the head of the queue has waited (zero when empty).
     pub oldest_pending_age: Duration,
 }
@@ -70,6 +71,7 @@ impl Depth {
             JobState::Scheduled => self.scheduled,
             JobState::Done => self.done,
             JobState::Dead => self.dead,
+            JobState::Cancelled => self.cancelled,
         }
     }
 }
@@ -191,15 +193,23 @@ impl QueueStore {
     /// Counts per state, and the age of the oldest pending job.
     pub async fn depth(&self, queue: Queue) -> redis::RedisResult<Depth> {
         let mut conn = self.conn.clone();
-        let (running, scheduled, done, dead, time): (u64, u64, u64, u64, (u64, u64)) =
-            redis::pipe()
-                .zcard(self.key(queue, JobState::Running.as_str()))
-                .zcard(self.key(queue, JobState::Scheduled.as_str()))
-                .zcard(self.key(queue, JobState::Done.as_str()))
-                .zcard(self.key(queue, JobState::Dead.as_str()))
-                .cmd("TIME")
-                .query_async(&mut conn)
-                .await?;
+        #[allow(clippy::type_complexity)] // one count per sorted set, then the time
+        let (running, scheduled, done, dead, cancelled, time): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            (u64, u64),
+        ) = redis::pipe()
+            .zcard(self.key(queue, JobState::Running.as_str()))
+            .zcard(self.key(queue, JobState::Scheduled.as_str()))
+            .zcard(self.key(queue, JobState::Done.as_str()))
+            .zcard(self.key(queue, JobState::Dead.as_str()))
+            .zcard(self.key(queue, JobState::Cancelled.as_str()))
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await?;
         let now_ms = time.0 * 1000 + time.1 / 1000;
         let (mut pending, mut oldest_ms) = (0, now_ms);
         for kind in kinds_of(queue) {
@@ -222,6 +232,7 @@ impl QueueStore {
             scheduled,
             done,
             dead,
+            cancelled,
             oldest_pending_age: Duration::from_millis(now_ms.saturating_sub(oldest_ms)),
         })
     }

@@ -6,7 +6,7 @@
 //! worker sent it; so a lease lasts at least `lease` after the send of the last renewal
 //! Redis confirmed. A claim is cancelled when
 //! - Redis refuses its renewal by token (the lease expired and the job went back to the
-//!   queue, or another worker holds it now), or
+//!   queue, or another worker holds it now, or an operator cancelled the job), or
 //! - no renewal was confirmed for `lease - margin` (Redis unreachable, or partitioned): the
 //!   handler stops with `margin` to spare, checked every [`WATCH_EVERY`].
 //!
@@ -22,6 +22,10 @@ use tokio::task::JoinHandle;
 use super::held::Cancel;
 use super::{ClaimRef, HeldClaims, QueueStore};
 use crate::jobs::Queue;
+
+/// Longest time between two renewals: an operator's cancel (SPEC section 10, which clears
+/// the claim's token) stops the handler at the next renewal, so within this.
+const RENEW_AT_LEAST_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the keeper looks for claims past their deadline.
 pub(super) const WATCH_EVERY: Duration = Duration::from_millis(250);
@@ -43,7 +47,7 @@ pub(super) fn spawn(
 
 async fn keep(store: QueueStore, held: HeldClaims, owner: u64, queue: Queue) {
     let lease = store.settings().lease;
-    let renew_every = lease / 3;
+    let renew_every = (lease / 3).min(RENEW_AT_LEAST_EVERY);
     let deadline = lease.saturating_sub(margin(lease));
     let mut ticks = tokio::time::interval(WATCH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -3,9 +3,12 @@
 //! Per queue, under the hash-tagged namespace `<prefix>:{<queue>}`:
 //! - `job:<id>` hash: kind, payload, attempts, max attempts, state, history of attempts,
 //!   the request and the trace (`traceparent`) that caused it, and when it last became
-//!   claimable again (`due_ms`: a retry fell due, or it was handed back);
-//! - `pending` list (FIFO), `running` zset (score: lease expiry), `scheduled` zset (score:
-//!   when a retry is due), `done` and `dead` zsets (score: when it ended);
+//!   claimable again (`due_ms`: a retry or a delayed job fell due, or it was handed back);
+//! - `pending:<kind>` lists (FIFO), `running` zset (score: lease expiry), `scheduled` zset
+//!   (score: when a retry or a delayed job is due), `done`, `dead` and `cancelled` zsets
+//!   (score: when it ended);
+//! - `controls` hash: the operators' pauses and limits, copied from Postgres; `active` hash:
+//!   jobs running per kind, and `bucket:<kind>`: a kind's rate limiter (see `fetch.lua`);
 //! - `wake` list: one token per pushed job, so an idle worker blocks in `BLPOP` instead of
 //!   polling and starts a new job within milliseconds.
 //!
@@ -21,6 +24,8 @@
 //! - [`store`]: [`QueueStore`] and the protocol workers speak (push, claim, finish, renew,
 //!   release);
 //! - [`inspect`]: reading jobs and depths, and retrying dead jobs, for operators;
+//! - [`operate`]: what operators change: cancelling, bulk retry and discard, and the
+//!   pauses and limits (`controls`) that fetching obeys;
 //! - [`ticks`]: when each schedule last enqueued a tick;
 //! - [`backend`]: the store as an apalis backend; [`held`]: the claims a process holds;
 //!   [`lease`]: renewing them, and stopping a handler whose lease is lost; [`ack`]: the
@@ -34,12 +39,14 @@ mod handoff;
 pub mod held;
 pub mod inspect;
 pub mod lease;
+pub mod operate;
 pub mod store;
 pub mod ticks;
 
 pub use backend::RedisBackend;
 pub use held::HeldClaims;
 pub use inspect::{AttemptRecord, Depth, JobRecord};
+pub use operate::{BulkAction, Cancelled, DeadFilter};
 pub use store::QueueStore;
 
 use std::time::Duration;
@@ -100,6 +107,9 @@ pub struct NewJob {
     /// For kinds that run once per key: the key (under the queue's namespace) and how long
     /// its claim lasts. A second job with a claimed key is skipped.
     pub unique: Option<(String, Duration)>,
+    /// A delayed job: when it is due (milliseconds since the epoch); it waits in the
+    /// schedule until then. `None` (or a time past) runs it now.
+    pub due_ms: Option<i64>,
 }
 
 /// A job claimed by a worker for one attempt.

@@ -7,13 +7,15 @@
 -- tick that another replica enqueued first). The claim and the push are one atomic step.
 -- Keys live under the queue's namespace NS (one hash tag, so one cluster slot); KEYS[1] is a
 -- key of that namespace, for routing.
+-- A delayed job (due later than now, by Redis' clock) waits in `scheduled` until it is due,
+-- like a retry; fetch.lua moves it to its kind's list then.
 -- ARGV: NS, wake_cap, then per job: id, kind, payload, max_attempts, request_id,
---       unique_key ('' for none), unique_ttl_ms, traceparent ('' for none)
+--       unique_key ('' for none), unique_ttl_ms, traceparent ('' for none), due_ms (0: now)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, cap = ARGV[1], tonumber(ARGV[2])
 local added = 0
-for i = 3, #ARGV, 8 do
+for i = 3, #ARGV, 9 do
   local id, kind, unique = ARGV[i], ARGV[i + 1], ARGV[i + 5]
   local key = ns .. 'job:' .. id
   local fresh = redis.call('EXISTS', key) == 0
@@ -21,15 +23,23 @@ for i = 3, #ARGV, 8 do
     fresh = redis.call('SET', ns .. 'unique:' .. unique, id, 'NX', 'PX', tonumber(ARGV[i + 6])) ~= false
   end
   if fresh then
+    local due = tonumber(ARGV[i + 8])
+    local state = due > now and 'scheduled' or 'pending'
     redis.call('HSET', key,
       'id', id, 'kind', kind, 'payload', ARGV[i + 2], 'attempts', 0,
-      'max_attempts', ARGV[i + 3], 'state', 'pending', 'created_ms', now,
+      'max_attempts', ARGV[i + 3], 'state', state, 'created_ms', now,
       'request_id', ARGV[i + 4], 'traceparent', ARGV[i + 7], 'history', '[]')
-    redis.call('RPUSH', ns .. 'pending:' .. kind, id)
-    -- One token per job wakes one idle worker of the kind blocked on its wake list; the cap
-    -- keeps the list bounded when no worker is listening.
-    redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
-    redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
+    if state == 'scheduled' then
+      -- Its queue wait starts when it falls due.
+      redis.call('HSET', key, 'due_ms', due)
+      redis.call('ZADD', ns .. 'scheduled', due, id)
+    else
+      redis.call('RPUSH', ns .. 'pending:' .. kind, id)
+      -- One token per job wakes one idle worker of the kind blocked on its wake list; the
+      -- cap keeps the list bounded when no worker is listening.
+      redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
+      redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
+    end
     added = added + 1
   end
 end

@@ -23,6 +23,9 @@ for i = 5, #ARGV, 2 do
     else
       local kind = redis.call('HGET', key, 'kind')
       redis.call('ZREM', ns .. 'running', id)
+      if redis.call('HINCRBY', ns .. 'active', kind, -1) <= 0 then
+        redis.call('HDEL', ns .. 'active', kind)
+      end
       redis.call('HINCRBY', key, 'attempts', -1)
       redis.call('HSET', key, 'state', 'pending', 'token', '', 'due_ms', now)
       redis.call('LPUSH', ns .. 'pending:' .. kind, id)

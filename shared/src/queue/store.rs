@@ -138,7 +138,7 @@ impl QueueStore {
                 Some((key, ttl)) => invocation.arg(key).arg(millis(*ttl)),
                 None => invocation.arg("").arg(0),
             };
-            invocation.arg(job.traceparent.as_deref().unwrap_or(""));
+            invocation.arg(job.traceparent.as_deref().unwrap_or("")).arg(job.due_ms.unwrap_or(0));
         }
         invocation.invoke_async(&mut self.conn.clone()).await
     }
@@ -152,11 +152,23 @@ impl QueueStore {
         worker: &str,
         n: usize,
     ) -> redis::RedisResult<Vec<Claim>> {
-        let rows: Vec<ClaimRow> = self
+        Ok(self.claim_paced(queue, kind, worker, n).await?.0)
+    }
+
+    /// Like [`QueueStore::claim`], also saying how long to wait before claiming again when
+    /// the kind's controls held jobs back (paused, or at its limits); zero otherwise.
+    pub async fn claim_paced(
+        &self,
+        queue: Queue,
+        kind: &str,
+        worker: &str,
+        n: usize,
+    ) -> redis::RedisResult<(Vec<Claim>, Duration)> {
+        let (rows, wait_ms): (Vec<ClaimRow>, u64) = self
             .claim_invocation(queue, kind, worker, n)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(claims_from(queue, rows))
+        Ok((claims_from(queue, rows), Duration::from_millis(wait_ms)))
     }
 
     fn claim_invocation(
@@ -218,7 +230,9 @@ impl QueueStore {
             Some(redis::Value::ServerError(err)) if err.code() == "NOSCRIPT" => Vec::new(),
             Some(value) => claims_from(
                 queue,
-                redis::from_redis_value::<Vec<ClaimRow>>(value).map_err(redis::RedisError::from)?,
+                redis::from_redis_value::<(Vec<ClaimRow>, u64)>(value)
+                    .map_err(redis::RedisError::from)?
+                    .0,
             ),
             None => Vec::new(),
         };

@@ -47,6 +47,7 @@ async fn a_redis_killed_and_started_again_still_has_the_jobs_it_accepted() {
             request_id: None,
             traceparent: None,
             unique: None,
+            due_ms: None,
         })
         .collect();
     assert_eq!(store.push(Queue::Emails, &jobs).await.unwrap(), JOBS);

@@ -1,0 +1,47 @@
+#!lua
+-- Declared (a shebang with no flags) so that Redis refuses the whole script when it is over
+-- maxmemory, before it runs, instead of failing at its first write and leaving the writes
+-- before it applied (SPEC section 9, "Redis full").
+-- Retries or discards, in one bounded step, the dead jobs that match a filter (SPEC section
+-- 10, bulk retry and discard). It looks at up to `batch` dead jobs that ended in
+-- [min_ms, max_ms], skipping the first `skip` of them (the ones earlier steps looked at and
+-- left because they did not match); the caller repeats with skip + returned skipped until
+-- fewer than `batch` were looked at. A retried job goes back to its kind's queue with fresh
+-- attempts and its history kept; a discarded one is deleted.
+-- Returns {looked_at, skipped, changed ids...}.
+-- KEYS[1]: a key of the namespace, for routing.
+-- ARGV: NS, action (retry|discard), kind ('' for any), error_contains (lowercase, '' for
+--       any), min_ms, max_ms, skip, batch, wake_cap
+local ns, action, kind, needle = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local skip, batch, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local dead = ns .. 'dead'
+local ids = redis.call('ZRANGEBYSCORE', dead, ARGV[5], ARGV[6], 'LIMIT', skip, batch)
+local skipped, changed = 0, {}
+for _, id in ipairs(ids) do
+  local key = ns .. 'job:' .. id
+  local job = redis.call('HMGET', key, 'kind', 'last_error')
+  local matches = job[1] ~= false and (kind == '' or job[1] == kind)
+    and (needle == '' or string.find(string.lower(job[2] or ''), needle, 1, true) ~= nil)
+  if not job[1] then
+    -- Its hash expired before its index entry: nothing to retry.
+    redis.call('ZREM', dead, id)
+  elseif not matches then
+    skipped = skipped + 1
+  elseif action == 'discard' then
+    redis.call('ZREM', dead, id)
+    redis.call('DEL', key)
+    table.insert(changed, id)
+  else
+    redis.call('ZREM', dead, id)
+    redis.call('PERSIST', key)
+    redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'token', '')
+    redis.call('HDEL', key, 'finished_ms')
+    redis.call('RPUSH', ns .. 'pending:' .. job[1], id)
+    redis.call('RPUSH', ns .. 'wake:' .. job[1], '1')
+    redis.call('LTRIM', ns .. 'wake:' .. job[1], -cap, -1)
+    table.insert(changed, id)
+  end
+end
+local reply = {#ids, skipped}
+for _, id in ipairs(changed) do table.insert(reply, id) end
+return reply
