@@ -60,7 +60,7 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<CurrentUser
     let claims = state.tokens.verify(&bearer.token).map_err(|_| unauthorized())?;
     let user = authenticate_user(state, claims.sub, claims.sid).await?.ok_or_else(unauthorized)?;
     // Jobs and events this request causes now belong to its caller's receipts.
-    tasklane_shared::trace::set_caller(user.id);
+    tasklane_shared::trace::own_receipt(user.id);
     Ok(user)
 }
 

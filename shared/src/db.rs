@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
+use sqlx::PgConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use tracing::Instrument;
 
 use crate::config::Settings;
 
@@ -27,6 +29,50 @@ pub fn connect_sized(settings: &Settings, max_connections: u32) -> anyhow::Resul
         .acquire_timeout(Duration::from_secs(3))
         .connect_lazy(settings.database_url.expose_secret())?;
     Ok(pool)
+}
+
+/// A transaction traced as a `db.transaction` span of the current span (SPEC section 13:
+/// a request's writes, and the outbox rows they cause, commit together), from its `BEGIN`
+/// to its commit or rollback: a trace shows how long the request held it. It derefs to the
+/// connection, as sqlx's own does.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// Open as long as the transaction: it ends, and is exported, when the `Tx` is dropped
+    /// (a rollback) or once the commit returns.
+    span: tracing::Span,
+}
+
+/// Begins a traced transaction; `operation` names what it writes (`register`).
+pub async fn begin(pool: &PgPool, operation: &'static str) -> sqlx::Result<Tx> {
+    let span = tracing::info_span!(
+        "db.transaction",
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation = operation,
+    );
+    let inner = pool.begin().instrument(span.clone()).await?;
+    Ok(Tx { inner, span })
+}
+
+impl Tx {
+    pub async fn commit(self) -> sqlx::Result<()> {
+        let Tx { inner, span } = self;
+        inner.commit().instrument(span).await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.inner
+    }
 }
 
 /// Applies pending migrations; safe to run repeatedly (sqlx takes an advisory lock).

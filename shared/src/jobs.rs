@@ -11,8 +11,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 
+pub use self::failure::{Failure, safe_reason};
 pub use crate::outage::DependencyDown;
 use uuid::Uuid;
+
+mod failure;
 
 /// The Redis queues. Each is drained by its own apalis worker(s), so a flood of one kind of
 /// work (uploads) never starves another (emails).

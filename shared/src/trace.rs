@@ -101,9 +101,9 @@ pub fn from_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// The span of one attempt of a job, continuing the trace of the request that caused it;
-/// on the first attempt it also records the job's wait in the queue, from its push to its
-/// claim (both by Redis' clock).
+/// The span of one attempt of a job, continuing the trace of the request that caused it.
+/// It also records the attempt's wait in the queue, from when the job became claimable (its
+/// push, or for a later attempt its retry falling due) to its claim, both by Redis' clock.
 pub fn job_span(claim: &Claim) -> Span {
     let span = tracing::info_span!(
         "job",
@@ -117,15 +117,16 @@ pub fn job_span(claim: &Claim) -> Span {
         trace_id = tracing::field::Empty,
     );
     let parent = context_from(claim.traceparent.as_deref(), None);
-    if claim.attempt == 1 && claim.pushed_ms > 0 {
+    if claim.ready_ms > 0 {
         record_wait(
             "queue.wait",
             &parent,
-            from_millis(claim.pushed_ms),
+            from_millis(claim.ready_ms),
             from_millis(claim.claimed_ms),
             vec![
                 KeyValue::new("job.id", claim.id.clone()),
                 KeyValue::new("job.kind", claim.kind.clone()),
+                KeyValue::new("job.attempt", i64::from(claim.attempt)),
                 KeyValue::new("queue", claim.queue.as_str()),
             ],
         );
@@ -134,10 +135,10 @@ pub fn job_span(claim: &Claim) -> Span {
     span
 }
 
-/// The API request a task serves: its id, and its caller once authenticated.
+/// The API request a task serves: its id, and the account its receipt belongs to.
 struct RequestScope {
     id: String,
-    caller: std::sync::OnceLock<uuid::Uuid>,
+    owner: std::sync::OnceLock<uuid::Uuid>,
 }
 
 tokio::task_local! {
@@ -148,7 +149,7 @@ tokio::task_local! {
 
 /// Runs `work` as part of request `id` (the API's HTTP middleware wraps every request).
 pub async fn in_request<F: std::future::Future>(id: String, work: F) -> F::Output {
-    REQUEST.scope(RequestScope { id, caller: std::sync::OnceLock::new() }, work).await
+    REQUEST.scope(RequestScope { id, owner: std::sync::OnceLock::new() }, work).await
 }
 
 /// The id of the request this task serves, if any.
@@ -156,14 +157,18 @@ pub fn current_request_id() -> Option<String> {
     REQUEST.try_with(|scope| scope.id.clone()).ok()
 }
 
-/// Records the authenticated caller of the request this task serves (the bearer check).
-pub fn set_caller(user: uuid::Uuid) {
-    let _ = REQUEST.try_with(|scope| scope.caller.set(user));
+/// Makes `user` the owner of the receipt of the request this task serves: its
+/// authenticated caller (the bearer check), or for an anonymous request the account it acts
+/// on once known (a registration's new account, the account a password reset is for). That
+/// account sees the request's jobs once signed in; an anonymous caller learns nothing (a
+/// receipt needs the owner's bearer token). The first owner set stays.
+pub fn own_receipt(user: uuid::Uuid) {
+    let _ = REQUEST.try_with(|scope| scope.owner.set(user));
 }
 
-/// The authenticated caller of the request this task serves: the owner of the receipt of
-/// whatever the request causes. `None` outside requests and for anonymous ones (register,
-/// a password reset), which have no receipt.
+/// The owner of the receipt of the request this task serves: its authenticated caller, or
+/// the account an anonymous request acts on ([`own_receipt`]). `None` outside requests and
+/// before an anonymous request knows its account.
 pub fn current_caller() -> Option<uuid::Uuid> {
-    REQUEST.try_with(|scope| scope.caller.get().copied()).ok().flatten()
+    REQUEST.try_with(|scope| scope.owner.get().copied()).ok().flatten()
 }

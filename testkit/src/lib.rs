@@ -37,11 +37,13 @@ use tokio::task::JoinHandle;
 mod database;
 mod faults;
 pub mod jobs;
+mod mailbox;
 mod otlp;
 mod postgres;
 
 use database::create_database;
 pub use faults::{GateMode, REDIS_PERSISTENCE, TcpGate, TestRedis, signal, skew_clock};
+pub use mailbox::BusyMailbox;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::TestPostgres;
 

@@ -1,6 +1,7 @@
 //! Traces (SPEC section 13): one request is one trace, from the HTTP request through the
 //! outbox and the queue to the job's SMTP call, exported over OTLP by the API and by a real
-//! worker process; and a collector that is down never slows the API.
+//! worker process, each attempt of a retried job with its own wait in the queue; and a
+//! collector that is down never slows the API.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use tasklane_shared::jobs::Queue;
 use tasklane_shared::telemetry;
 use tasklane_testkit::{
-    OtlpReceiver, PASSWORD, ReceivedSpan, TestApp, base_settings, email_address, wait_until,
+    BusyMailbox, OtlpReceiver, PASSWORD, ReceivedSpan, TestApp, base_settings, email_address,
+    wait_until,
 };
 
 /// The caller's own trace and span, continued by the API.
@@ -68,7 +70,7 @@ async fn one_registration_is_one_trace_from_the_request_to_the_smtp_call() {
     assert_eq!(resp.status(), 201);
     app.wait_for_emails(&email, 1, Duration::from_secs(30)).await;
 
-    let wanted = ["outbox.wait", "queue.wait", "job send_email", "smtp.send"];
+    let wanted = ["db.transaction", "outbox.wait", "queue.wait", "job send_email", "smtp.send"];
     let spans = wait_until(Duration::from_secs(30), "the whole trace at the collector", || {
         let spans = collector.trace(TRACE_ID);
         let complete = wanted.iter().all(|name| spans.iter().any(|s| &s.name == name))
@@ -82,6 +84,15 @@ async fn one_registration_is_one_trace_from_the_request_to_the_smtp_call() {
     assert_eq!(api.service, "tasklane-api");
     assert_eq!(api.name, "POST /api/v1/auth/register");
     assert_eq!(api.attribute("http.response.status_code"), Some("201"));
+
+    // The transaction that wrote the account and its outbox row is a child of the request,
+    // inside it.
+    let transaction = named(&spans, "db.transaction");
+    assert_eq!(transaction.service, "tasklane-api");
+    assert_eq!(transaction.parent_span_id, api.span_id, "{:#?}", names(&spans));
+    assert_eq!(transaction.attribute("db.operation"), Some("register"));
+    assert!(transaction.start_unix_nano >= api.start_unix_nano);
+    assert!(transaction.end_unix_nano <= api.end_unix_nano);
 
     // The outbox wait, the queue wait and the attempt hang off the request; the SMTP call
     // off the attempt. The worker exported them under its own service name.
@@ -122,6 +133,77 @@ async fn one_registration_is_one_trace_from_the_request_to_the_smtp_call() {
             .await
             .expect("the job record");
     assert!(traceparent.expect("a traceparent").contains(TRACE_ID));
+}
+
+/// A retried email: every attempt gets its own wait in the queue, the second one from when
+/// its retry fell due to its claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_attempt_of_a_retried_job_has_its_own_queue_wait() {
+    let collector = OtlpReceiver::start().await;
+    let mut settings = base_settings();
+    settings.trace.endpoint = Some(collector.traces_url());
+    let _tracing = telemetry::init_tracing(&settings, telemetry::API_SERVICE);
+    let app = TestApp::spawn().await;
+    let smtp = BusyMailbox::start(true).await;
+    let _worker = app
+        .worker_process()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .env("SMTP_URL", smtp.url())
+        // send_email's backoff starts at 30 s: compressed, as SPEC section 9 allows.
+        .env("TASKLANE_RETRY_SCALE", "0.05")
+        .spawn()
+        .expect("worker starts");
+    let email = email_address();
+    let resp = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(resp.status(), 201);
+
+    // The first attempt fails (450); then the mailbox takes the email.
+    let attempt_ends =
+        |spans: &[ReceivedSpan]| spans.iter().filter(|s| s.name == "job send_email").count();
+    wait_until(Duration::from_secs(30), "a failed first attempt", || {
+        std::future::ready((attempt_ends(&collector.trace(TRACE_ID)) >= 1).then_some(()))
+    })
+    .await;
+    smtp.set_busy(false);
+    app.wait_for_emails(&email, 1, Duration::from_secs(30)).await;
+    let spans = wait_until(Duration::from_secs(30), "every attempt and its wait", || {
+        let spans = collector.trace(TRACE_ID);
+        let attempts = attempt_ends(&spans);
+        let waits = spans.iter().filter(|s| s.name == "queue.wait").count();
+        let sent =
+            spans.iter().any(|s| s.name == "smtp.send" && s.attribute("smtp.code") == Some("250"));
+        std::future::ready((sent && attempts >= 2 && waits == attempts).then_some(spans))
+    })
+    .await;
+
+    let api = spans.iter().find(|s| s.parent_span_id == CALLER_SPAN).expect("the API span");
+    let mut attempts: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| s.name == "job send_email").collect();
+    attempts.sort_by_key(|s| s.start_unix_nano);
+    for (n, attempt) in attempts.iter().enumerate() {
+        let number = (n + 1).to_string();
+        assert_eq!(attempt.attribute("attempt"), Some(number.as_str()));
+        let wait = spans
+            .iter()
+            .find(|s| s.name == "queue.wait" && s.attribute("job.attempt") == Some(&number))
+            .unwrap_or_else(|| panic!("no queue.wait of attempt {number}: {:#?}", names(&spans)));
+        assert!(descends_from(&spans, wait, api), "{:#?}", names(&spans));
+        assert_eq!(wait.attribute("job.id"), attempt.attribute("id"));
+        // The wait ends as its attempt starts (Redis' clock and the worker's, one machine).
+        assert!(wait.end_unix_nano <= attempt.start_unix_nano + 5_000_000, "attempt {number}");
+        if n > 0 {
+            // A retry waits from when it fell due: after the failed attempt ended.
+            let failed = attempts[n - 1];
+            assert!(wait.start_unix_nano + 5_000_000 >= failed.end_unix_nano, "attempt {number}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

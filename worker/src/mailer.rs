@@ -40,6 +40,18 @@ pub enum MailError {
 }
 
 impl MailError {
+    /// What the user the email is for may be told of this failure (request receipts): the
+    /// server's reply code, never its text, which may quote the address.
+    pub fn reason(&self) -> String {
+        match self {
+            MailError::Invalid(_) => "the address is not valid".to_owned(),
+            MailError::Transport(err) => match err.status() {
+                Some(code) => format!("the mail server answered {code}"),
+                None => "the mail server could not be reached".to_owned(),
+            },
+        }
+    }
+
     /// Whether the SMTP server is down rather than the email failing: it could not be
     /// reached, timed out, dropped the connection, or said it is not available (421). A 5xx
     /// rejection, another 4xx (a mailbox busy) or a bad message fails the email itself.

@@ -24,7 +24,8 @@ pub enum EventType {
     #[oai(rename = "attachment.rejected")]
     AttachmentRejected,
     /// A job one of your requests caused moved on (`GET /requests/{request_id}` has the
-    /// receipt): `data` is `{request_id, job_id, kind, state}`.
+    /// receipt): `data` is `{request_id, job_id, kind, state}`, and for `retrying` (an
+    /// attempt failed) also `{attempt, reason, retry_at}`.
     #[oai(rename = "request.progress")]
     RequestProgress,
     /// Events were missed beyond what is kept (or while the server could not tell): reload

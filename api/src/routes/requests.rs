@@ -9,7 +9,7 @@ use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use tasklane_shared::outbox::receipts::{self, ReceiptJob};
+use tasklane_shared::outbox::receipts::{self, ReceiptAttempt, ReceiptJob};
 use tasklane_shared::{domain::jobs::JobState, jobs};
 
 use crate::problem::{AuthedError, Problem};
@@ -35,6 +35,23 @@ pub struct ReceiptJobView {
     pub queued_at: Option<DateTime<Utc>>,
     /// When it succeeded or failed for good.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Each attempt that ended, in order: "attempt 1 failed, retrying at 10:01; attempt 2
+    /// succeeded".
+    pub history: Vec<ReceiptAttemptView>,
+}
+
+/// One attempt of a job.
+#[derive(Debug, Object)]
+pub struct ReceiptAttemptView {
+    /// Its number, from 1.
+    pub attempt: u32,
+    /// `succeeded`, `failed` (another attempt follows at `retry_at`) or `dead` (none does).
+    pub outcome: String,
+    /// Why it failed, in a few words (an SMTP reply code, `timed out`): never the job's data.
+    pub reason: Option<String>,
+    /// When the next attempt is due, after a failure.
+    pub retry_at: Option<DateTime<Utc>>,
+    pub ended_at: DateTime<Utc>,
 }
 
 /// One event a request published to the caller's stream.
@@ -69,8 +86,10 @@ pub enum ReceiptResponse {
 impl RequestsApi {
     /// The receipt of one of your requests: the jobs it caused and the events it published.
     ///
-    /// Pass the `X-Request-Id` of a response. Job progress also reaches your event stream as
-    /// `request.progress` events (`{request_id, job_id, kind, state}`: `queued`, then
+    /// Pass the `X-Request-Id` of a response. A registration's receipt, and a password
+    /// reset's, belong to the account it is for. Job progress also reaches your event stream
+    /// as `request.progress` events (`{request_id, job_id, kind, state}`: `queued`,
+    /// `retrying` with `attempt`, `reason` and `retry_at` after each failed attempt, then
     /// `succeeded`, `failed` or `rejected`).
     #[oai(path = "/requests/:request_id", method = "get")]
     async fn receipt(
@@ -79,8 +98,7 @@ impl RequestsApi {
         state: Data<&AppState>,
         request_id: Path<String>,
     ) -> Result<ReceiptResponse, AuthedError> {
-        let Some((jobs, events)) = receipts::receipt(&state.db, &request_id.0, auth.0.id).await?
-        else {
+        let Some(receipt) = receipts::receipt(&state.db, &request_id.0, auth.0.id).await? else {
             let detail = "no request of yours has this id";
             return Ok(ReceiptResponse::NotFound(Json(Problem::new(
                 StatusCode::NOT_FOUND,
@@ -88,14 +106,17 @@ impl RequestsApi {
                 detail,
             ))));
         };
-        let mut views = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            views.push(job_view(&state, job).await);
+        let mut views = Vec::with_capacity(receipt.jobs.len());
+        for job in receipt.jobs {
+            let id = job.id;
+            let history = receipt.attempts.iter().filter(|a| a.job_id == id);
+            views.push(job_view(&state, job, history.map(attempt_view).collect()).await);
         }
         Ok(ReceiptResponse::Ok(Json(RequestReceipt {
             request_id: request_id.0,
             jobs: views,
-            events: events
+            events: receipt
+                .events
                 .into_iter()
                 .map(|event| ReceiptEventView {
                     id: event.event_id,
@@ -107,9 +128,24 @@ impl RequestsApi {
     }
 }
 
-/// A job as the caller sees it: its record, with the queue's live state and attempt count
-/// while Redis holds it (a Redis outage just leaves them out).
-async fn job_view(state: &AppState, job: ReceiptJob) -> ReceiptJobView {
+fn attempt_view(attempt: &ReceiptAttempt) -> ReceiptAttemptView {
+    ReceiptAttemptView {
+        attempt: u32::try_from(attempt.attempt).unwrap_or_default(),
+        outcome: attempt.outcome.clone(),
+        reason: attempt.reason.clone(),
+        retry_at: attempt.retry_at,
+        ended_at: attempt.ended_at,
+    }
+}
+
+/// A job as the caller sees it: its record and attempts, with the queue's live state and
+/// attempt count while Redis holds it (a Redis outage just leaves them out; the count is
+/// then the last attempt that ended).
+async fn job_view(
+    state: &AppState,
+    job: ReceiptJob,
+    history: Vec<ReceiptAttemptView>,
+) -> ReceiptJobView {
     let live = match jobs::spec(&job.kind) {
         Some(spec) => state.queue.job(spec.queue, &job.id.to_string()).await.ok().flatten(),
         None => None,
@@ -132,9 +168,10 @@ async fn job_view(state: &AppState, job: ReceiptJob) -> ReceiptJobView {
         id: job.id.to_string(),
         kind: job.kind,
         state: state.to_owned(),
-        attempts: live.map(|live| live.attempts),
+        attempts: live.map(|live| live.attempts).or(history.last().map(|a| a.attempt)),
         created_at: job.created_at,
         queued_at: job.relayed_at,
         finished_at,
+        history,
     }
 }

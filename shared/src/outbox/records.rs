@@ -6,8 +6,9 @@
 //! [`MAX_BATCH`] reports) and writes the lot with one statement. While Postgres is away the
 //! reports wait and are written when it returns; a report lost with a crashed worker is
 //! recovered by the [`super::Reconciler`], which copies outcomes it finds in Redis.
-//! Ends of jobs a user's request caused are then announced on that user's event stream
-//! (`request.progress`, best effort).
+//! Attempts of jobs a user's request caused are kept for its receipt, and their failed
+//! attempts and ends announced on that user's event stream (`request.progress`, best
+//! effort).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::queue::{Finished, OutcomeSink};
+use crate::queue::{AttemptEnd, Finished, OutcomeSink};
 
 /// How long the recorder waits for more reports after the first one of a batch.
 const LINGER: Duration = Duration::from_millis(20);
@@ -25,10 +26,16 @@ const MAX_BATCH: usize = 2000;
 /// Reports kept while Postgres is away; beyond it the reconciler recovers them from Redis.
 const MAX_WAITING: usize = 100_000;
 
+/// What a worker reports of a job.
+enum Report {
+    End(Finished),
+    Attempt(u32, AttemptEnd),
+}
+
 /// The sending half, given to the queue store; cheap to clone.
 #[derive(Clone)]
 pub struct OutcomeRecorder {
-    reports: mpsc::UnboundedSender<(Uuid, Finished)>,
+    reports: mpsc::UnboundedSender<(Uuid, Report)>,
 }
 
 /// Where the recorder tells callers how their requests' jobs ended (`request.progress`,
@@ -57,17 +64,23 @@ impl OutcomeSink for OutcomeRecorder {
     fn finished(&self, id: &str, how: Finished) {
         // Jobs pushed straight to Redis (never through the outbox) have no record.
         if let Ok(id) = Uuid::parse_str(id) {
-            let _ = self.reports.send((id, how));
+            let _ = self.reports.send((id, Report::End(how)));
+        }
+    }
+
+    fn attempted(&self, id: &str, attempt: u32, how: AttemptEnd) {
+        if let Ok(id) = Uuid::parse_str(id) {
+            let _ = self.reports.send((id, Report::Attempt(attempt, how)));
         }
     }
 }
 
 async fn run(
     db: PgPool,
-    mut receiver: mpsc::UnboundedReceiver<(Uuid, Finished)>,
+    mut receiver: mpsc::UnboundedReceiver<(Uuid, Report)>,
     mut progress: Progress,
 ) {
-    let mut batch: Vec<(Uuid, Finished)> = Vec::new();
+    let mut batch: Vec<(Uuid, Report)> = Vec::new();
     let mut failures = 0u32;
     loop {
         if batch.is_empty() {
@@ -85,11 +98,12 @@ async fn run(
         }
         let written = batch.len().min(MAX_BATCH);
         match write(&db, &batch[..written]).await {
-            Ok(ended) => {
+            Ok((retrying, ended)) => {
                 failures = 0;
-                batch.drain(..written);
-                metrics::counter!("job_outcomes_recorded_total").increment(written as u64);
+                let ends = batch.drain(..written).filter(|(_, r)| matches!(r, Report::End(_)));
+                metrics::counter!("job_outcomes_recorded_total").increment(ends.count() as u64);
                 if let Some((conn, keys)) = progress.as_mut() {
+                    super::receipts::announce_retries(conn, keys, retrying).await;
                     super::receipts::announce_ends(conn, keys, ended).await;
                 }
             }
@@ -111,11 +125,35 @@ async fn run(
     }
 }
 
-/// Writes the outcomes; returns the ends of jobs that a user's request caused.
+/// Writes the attempts and the outcomes in one transaction (a failed batch is written whole
+/// again); returns the failed attempts and the ends of jobs that a user's request caused.
 async fn write(
     db: &PgPool,
-    batch: &[(Uuid, Finished)],
+    batch: &[(Uuid, Report)],
+) -> sqlx::Result<(Vec<super::receipts::Retrying>, Vec<super::receipts::Ended>)> {
+    let mut attempts = Vec::new();
+    let mut ends = Vec::with_capacity(batch.len());
+    for (id, report) in batch {
+        match report {
+            Report::Attempt(attempt, how) => attempts.push((*id, *attempt, how.clone())),
+            Report::End(how) => ends.push((*id, how)),
+        }
+    }
+    let mut tx = db.begin().await?;
+    let retrying = super::receipts::keep_attempts(&mut tx, &attempts).await?;
+    let ended = write_ends(&mut tx, &ends).await?;
+    tx.commit().await?;
+    Ok((retrying, ended))
+}
+
+/// Writes the jobs' outcomes; returns the ends of jobs that a user's request caused.
+async fn write_ends(
+    tx: &mut sqlx::PgConnection,
+    batch: &[(Uuid, &Finished)],
 ) -> sqlx::Result<Vec<super::receipts::Ended>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut ids = Vec::with_capacity(batch.len());
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut errors: Vec<Option<String>> = Vec::with_capacity(batch.len());
@@ -134,7 +172,7 @@ async fn write(
         &outcomes,
         &errors as &[Option<String>],
     )
-    .fetch_all(db)
+    .fetch_all(tx)
     .await?;
     Ok(rows
         .into_iter()

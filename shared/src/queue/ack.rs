@@ -21,7 +21,7 @@ use super::breaker::Breaker;
 use super::handoff::NextClaims;
 use super::held::Cancel;
 use super::{Claim, HeldClaims, Outcome, QueueStore, lease};
-use crate::jobs::{DependencyDown, Job, PermanentError};
+use crate::jobs::{DependencyDown, Failure, Job, PermanentError, safe_reason};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -42,6 +42,8 @@ pub(super) fn spawn<J>(
 struct Ack {
     claim: Claim,
     outcome: Outcome,
+    /// Why it failed, as the user the job runs for may see it ([`crate::jobs::safe_reason`]).
+    reason: String,
     took: Duration,
     recorded: oneshot::Sender<()>,
 }
@@ -136,7 +138,10 @@ where
                 let run = tokio::time::timeout(J::SPEC.timeout, inner);
                 let result = match lease::unless_cancelled(cancel, kind, run).await {
                     Ok(Ok(result)) => result.map_err(Into::into),
-                    Ok(Err(_)) => Err(format!("timed out after {:?}", J::SPEC.timeout).into()),
+                    Ok(Err(_)) => {
+                        let error = format!("timed out after {:?}", J::SPEC.timeout);
+                        Err(Failure::new("timed out", error).into())
+                    }
                     // The claim is gone: no outcome to record.
                     Err(reason) => return Err(format!("cancelled: {reason}").into()),
                 };
@@ -165,8 +170,10 @@ where
                         tracing::warn!(%error, "dependency down; job handed back, attempt uncounted");
                     }
                 }
+                let reason = result.as_ref().err().map(|error| safe_reason(error.as_ref()));
+                let reason = reason.unwrap_or_default();
                 let (recorded, wait) = oneshot::channel();
-                if acks.send(Ack { claim, outcome, took, recorded }).is_ok() {
+                if acks.send(Ack { claim, outcome, reason, took, recorded }).is_ok() {
                     // Done only once recorded, so a graceful stop never loses an outcome.
                     let _ = wait.await;
                 }
@@ -225,7 +232,7 @@ async fn record(store: &QueueStore, batch: &[Ack], next: &NextClaims) {
             Ok(recorded) => {
                 for (ack, accepted) in batch.iter().zip(recorded) {
                     if accepted {
-                        store.report(&ack.claim, &ack.outcome);
+                        store.report(&ack.claim, &ack.outcome, &ack.reason);
                     } else {
                         tracing::warn!(id = %ack.claim.id, "outcome refused: the lease had expired and the job was handed to another worker");
                     }

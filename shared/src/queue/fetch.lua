@@ -60,7 +60,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0
   local error = 'lease expired: worker ' .. tostring(job[3]) .. ' stopped renewing it'
   push_history(key, {attempt = tonumber(job[1]), worker = job[3], error = error,
     started_ms = tonumber(job[4]), duration_ms = now - (tonumber(job[4]) or now)})
-  redis.call('HSET', key, 'last_error', error, 'token', '')
+  redis.call('HSET', key, 'last_error', error, 'token', '', 'due_ms', now)
   local bucket = ns .. 'failed:' .. math.floor(now / 60000)
   redis.call('INCR', bucket)
   redis.call('PEXPIRE', bucket, 3900000)
@@ -122,7 +122,7 @@ if ids then
   for _, id in ipairs(ids) do
     local key = ns .. 'job:' .. id
     local job = redis.call('HMGET', key, 'payload', 'max_attempts', 'request_id', 'attempts', 'claims',
-      'traceparent', 'created_ms')
+      'traceparent', 'created_ms', 'due_ms')
     -- A job whose hash expired or was removed is skipped rather than run without a payload.
     if job[1] then
       local attempts = tonumber(job[4]) + 1
@@ -134,7 +134,8 @@ if ids then
         'worker', worker, 'token', token, 'started_ms', now)
       redis.call('ZADD', running, now + lease, id)
       table.insert(claimed, {id, kind, job[1], attempts, tonumber(job[2]), job[3], token,
-        job[6] or '', tonumber(job[7]) or 0, now})
+        -- Claimable since: its retry fell due or it was handed back (due_ms), else pushed.
+        job[6] or '', tonumber(job[8]) or tonumber(job[7]) or 0, now})
     end
   end
 end

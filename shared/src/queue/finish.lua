@@ -44,7 +44,7 @@ for i = 4, #ARGV, 6 do
       -- that is not finds it at its next look.
       redis.call('ZREM', ns .. 'running', id)
       redis.call('HINCRBY', key, 'attempts', -1)
-      redis.call('HSET', key, 'token', '', 'state', 'pending', 'last_error', ARGV[i + 4])
+      redis.call('HSET', key, 'token', '', 'state', 'pending', 'last_error', ARGV[i + 4], 'due_ms', now)
       redis.call('LPUSH', ns .. 'pending:' .. job[6], id)
       table.insert(recorded, 1)
     else
@@ -61,7 +61,8 @@ for i = 4, #ARGV, 6 do
       local encoded = cjson.encode(history)
       redis.call('ZREM', ns .. 'running', id)
       if outcome == 'retry' then
-        redis.call('HSET', key, 'history', encoded, 'token', '', 'state', 'scheduled', 'last_error', ARGV[i + 4])
+        redis.call('HSET', key, 'history', encoded, 'token', '', 'state', 'scheduled', 'last_error', ARGV[i + 4],
+          'due_ms', now + tonumber(ARGV[i + 5]))
         redis.call('ZADD', ns .. 'scheduled', now + tonumber(ARGV[i + 5]), id)
       else
         redis.call('HSET', key, 'history', encoded, 'token', '', 'state', 'dead', 'last_error', ARGV[i + 4],

@@ -2,7 +2,8 @@
 //!
 //! Per queue, under the hash-tagged namespace `<prefix>:{<queue>}`:
 //! - `job:<id>` hash: kind, payload, attempts, max attempts, state, history of attempts,
-//!   the request and the trace (`traceparent`) that caused it;
+//!   the request and the trace (`traceparent`) that caused it, and when it last became
+//!   claimable again (`due_ms`: a retry or a delayed job fell due, or it was handed back);
 //! - `pending:<kind>` lists (FIFO), `running` zset (score: lease expiry), `scheduled` zset
 //!   (score: when a retry or a delayed job is due), `done`, `dead` and `cancelled` zsets
 //!   (score: when it ended);
@@ -124,10 +125,11 @@ pub struct Claim {
     pub request_id: Option<String>,
     /// Fences this attempt's outcome; see the module doc.
     pub token: String,
-    /// The trace the job continues (its `traceparent`), and when it was pushed and claimed
-    /// (Redis' clock, milliseconds): the job's wait in the queue, for its trace.
+    /// The trace the job continues (its `traceparent`), and when it last became claimable
+    /// (pushed, its retry fell due, or it was handed back) and when it was claimed (Redis'
+    /// clock, milliseconds): this attempt's wait in the queue, for its trace.
     pub traceparent: Option<String>,
-    pub pushed_ms: u64,
+    pub ready_ms: u64,
     pub claimed_ms: u64,
 }
 
@@ -195,10 +197,29 @@ impl Finished {
     }
 }
 
-/// Where a job's end is reported once Redis has recorded it; the outbox's
-/// [`crate::outbox::OutcomeRecorder`] writes the reports to the job records in batches.
+/// How one attempt ended, as the user the job runs for may see it (request receipts, SPEC
+/// section 13): `reason` is [`crate::jobs::safe_reason`], never the error itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptEnd {
+    Succeeded,
+    /// Failed; the next attempt is due after `retry_in`.
+    Failed {
+        reason: String,
+        retry_in: Duration,
+    },
+    /// Failed, and no attempt follows.
+    Dead {
+        reason: String,
+    },
+}
+
+/// Where a job's end, and each of its attempts, is reported once Redis has recorded it; the
+/// outbox's [`crate::outbox::OutcomeRecorder`] writes the reports to the job records in
+/// batches.
 pub trait OutcomeSink: Send + Sync {
     fn finished(&self, id: &str, how: Finished);
+    /// Attempt `attempt` of job `id` ended (an attempt handed back uncounted is not one).
+    fn attempted(&self, id: &str, attempt: u32, how: AttemptEnd);
 }
 
 /// The declared kinds of a queue.

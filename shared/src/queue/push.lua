@@ -30,6 +30,8 @@ for i = 3, #ARGV, 9 do
       'max_attempts', ARGV[i + 3], 'state', state, 'created_ms', now,
       'request_id', ARGV[i + 4], 'traceparent', ARGV[i + 7], 'history', '[]')
     if state == 'scheduled' then
+      -- Its queue wait starts when it falls due.
+      redis.call('HSET', key, 'due_ms', due)
       redis.call('ZADD', ns .. 'scheduled', due, id)
     else
       redis.call('RPUSH', ns .. 'pending:' .. kind, id)

@@ -27,7 +27,7 @@ for i = 5, #ARGV, 2 do
         redis.call('HDEL', ns .. 'active', kind)
       end
       redis.call('HINCRBY', key, 'attempts', -1)
-      redis.call('HSET', key, 'state', 'pending', 'token', '')
+      redis.call('HSET', key, 'state', 'pending', 'token', '', 'due_ms', now)
       redis.call('LPUSH', ns .. 'pending:' .. kind, id)
       redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
       redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)

@@ -63,12 +63,24 @@ impl QueueStore {
         self
     }
 
-    /// Reports a job's end recorded in Redis: a success, a death, or a quarantine. Retries
-    /// are not ends.
-    pub(super) fn report(&self, claim: &Claim, outcome: &Outcome) {
+    /// Reports an attempt recorded in Redis (with its `reason` to show the user, when it
+    /// failed), and the job's end: a success, a death, or a quarantine. Retries are not ends.
+    pub(super) fn report(&self, claim: &Claim, outcome: &Outcome, reason: &str) {
         let Some(sink) = &self.outcomes else {
             return;
         };
+        let reason = reason.to_owned();
+        let attempt = match outcome {
+            Outcome::Succeeded => Some(super::AttemptEnd::Succeeded),
+            Outcome::Retry { delay, .. } => {
+                Some(super::AttemptEnd::Failed { reason, retry_in: *delay })
+            }
+            Outcome::Dead { .. } => Some(super::AttemptEnd::Dead { reason }),
+            Outcome::Held { .. } => None,
+        };
+        if let Some(attempt) = attempt {
+            sink.attempted(&claim.id, claim.attempt, attempt);
+        }
         match outcome {
             Outcome::Succeeded => sink.finished(&claim.id, Finished::Succeeded),
             Outcome::Dead { error } => sink.finished(&claim.id, Finished::Dead(error.clone())),
@@ -339,12 +351,12 @@ impl QueueStore {
 }
 
 /// A claimed job as `fetch.lua` returns it: id, kind, payload, attempt, max attempts,
-/// request id, token, traceparent, when it was pushed and when claimed (Redis ms).
+/// request id, token, traceparent, when it became claimable and when claimed (Redis ms).
 type ClaimRow = (String, String, String, u32, u32, String, String, String, u64, u64);
 
 fn claims_from(queue: Queue, rows: Vec<ClaimRow>) -> Vec<Claim> {
     rows.into_iter()
-        .map(|(id, kind, payload, attempt, max_attempts, request_id, token, trace, pushed, now)| {
+        .map(|(id, kind, payload, attempt, max_attempts, request_id, token, trace, ready, now)| {
             Claim {
                 queue,
                 id,
@@ -355,7 +367,7 @@ fn claims_from(queue: Queue, rows: Vec<ClaimRow>) -> Vec<Claim> {
                 request_id: Some(request_id).filter(|r| !r.is_empty()),
                 token,
                 traceparent: Some(trace).filter(|t| !t.is_empty()),
-                pushed_ms: pushed,
+                ready_ms: ready,
                 claimed_ms: now,
             }
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::Queue;
 use tasklane_shared::queue::QueueStore;
-use tasklane_testkit::{GateMode, TcpGate, TestApp, signal, skew_clock, wait_until};
+use tasklane_testkit::{BusyMailbox, GateMode, TcpGate, TestApp, signal, skew_clock, wait_until};
 
 use crate::{address, email, enqueue, wait_for_state};
 
@@ -87,7 +87,7 @@ async fn retries_by_workers_ten_minutes_off_wait_their_real_backoff() {
     let store = app.spawn_store();
     // The mail server answers "mailbox busy" (a failure of the email, which costs an
     // attempt; an unreachable server would hold the kind instead) until told otherwise.
-    let smtp = BusyMailbox::start().await;
+    let smtp = BusyMailbox::start(true).await;
     let mut workers: Vec<_> = SKEWS
         .iter()
         .map(|skew| {
@@ -123,7 +123,7 @@ async fn retries_by_workers_ten_minutes_off_wait_their_real_backoff() {
         );
     }
 
-    smtp.accept();
+    smtp.set_busy(false);
     app.wait_for_emails(&to, 1, Duration::from_secs(60)).await;
     wait_for_state(&store, Queue::Emails, &id, JobState::Done, Duration::from_secs(10)).await;
     assert_eq!(app.emails_to(&to).await.len(), 1, "one email in the end");
@@ -232,69 +232,4 @@ async fn a_worker_ten_minutes_fast_catches_up_no_tick_from_the_future() {
     assert!(created_ms - tick < 120_000, "the latest missed tick, not an older one");
     signal(&fast, "TERM");
     fast.wait().await.unwrap();
-}
-
-/// A mail server in front of the SMTP capture that answers `450 mailbox busy` to every
-/// recipient (a transient failure of the email itself) until [`BusyMailbox::accept`], then
-/// forwards new connections to the capture.
-struct BusyMailbox {
-    port: u16,
-    busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl BusyMailbox {
-    async fn start() -> Self {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let smtp = url::Url::parse(&std::env::var("SMTP_URL").unwrap()).unwrap();
-        let upstream = format!("{}:{}", smtp.host_str().unwrap(), smtp.port().unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let flag = busy.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let (busy, upstream) =
-                    (flag.load(std::sync::atomic::Ordering::SeqCst), upstream.clone());
-                let flag_now = flag.clone();
-                tokio::spawn(async move {
-                    if !busy {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                        return;
-                    }
-                    let (read, mut write) = inbound.into_split();
-                    let mut lines = BufReader::new(read).lines();
-                    let _ = write.write_all(b"220 busy.test ESMTP\r\n").await;
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        // Accepting now: a pooled connection is closed, and reconnects.
-                        if !flag_now.load(std::sync::atomic::Ordering::SeqCst) {
-                            break;
-                        }
-                        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-                        let reply: &[u8] = match verb.as_str() {
-                            "EHLO" | "HELO" => b"250 busy.test\r\n",
-                            "RCPT" => b"450 4.2.1 mailbox busy, try again later\r\n",
-                            "QUIT" => b"221 bye\r\n",
-                            _ => b"250 ok\r\n",
-                        };
-                        if write.write_all(reply).await.is_err() || verb == "QUIT" {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Self { port, busy }
-    }
-
-    fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    /// From now on, new connections reach the capture.
-    fn accept(&self) {
-        self.busy.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
 }

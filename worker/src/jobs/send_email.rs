@@ -26,7 +26,7 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use sqlx::PgPool;
 use tasklane_shared::domain::email_tokens;
-use tasklane_shared::jobs::{DependencyDown, PermanentError, SendEmail};
+use tasklane_shared::jobs::{DependencyDown, Failure, PermanentError, SendEmail};
 
 use crate::mailer::{Email, MailError, Mailer};
 use crate::templates::Templates;
@@ -78,7 +78,7 @@ pub async fn send_email(
         Err(MailError::Invalid(why)) => return Err(Box::new(PermanentError(why))),
         // The kind is held until SMTP answers again; this attempt does not count.
         Err(err) if err.is_outage() => return Err(Box::new(DependencyDown::new("smtp", err))),
-        Err(err) => return Err(Box::new(err)),
+        Err(err) => return Err(Box::new(Failure::new(err.reason(), err))),
     }
     // The email is out. A commit that fails now (Postgres went away during the send) must not
     // fail the job, or its retry would send the email again: the idempotency record is

@@ -12,6 +12,7 @@ use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
 use tasklane_shared::domain::users::EmailTokenPurpose;
+use tasklane_shared::{db, trace};
 use uuid::Uuid;
 
 pub use self::types::*;
@@ -73,7 +74,7 @@ impl AuthApi {
 
         let hash = state.hasher.hash(body.password).await?;
         let id = Uuid::now_v7();
-        let mut tx = state.db.begin().await?;
+        let mut tx = db::begin(&state.db, "register").await?;
         let inserted = sqlx::query!(
             "insert into users (id, email, password_hash, display_name) values ($1, $2, $3, $4)
              on conflict (email) do nothing",
@@ -92,6 +93,8 @@ impl AuthApi {
                 "an account with this email already exists",
             ))));
         }
+        // The new account owns this request's receipt (its verification email).
+        trace::own_receipt(id);
         users::send_verification(&mut tx, id, &email, display_name.clone(), &request_id.0.0)
             .await?;
         let grant = users::start_session(&mut *tx, id, state.tokens.refresh_ttl).await?;
@@ -296,7 +299,7 @@ impl AuthApi {
         let Some(email) = normalize_email(&body.email) else {
             return Ok(accepted);
         };
-        let mut tx = state.db.begin().await?;
+        let mut tx = db::begin(&state.db, "forgot_password").await?;
         // Locking the user serialises concurrent requests, so the hourly limit holds.
         let user = sqlx::query!(
             "select id, display_name from users where email = $1 and not disabled for update",
@@ -314,6 +317,8 @@ impl AuthApi {
             tracing::info!(user = %user_id, "reset email limit reached; sending nothing");
             return Ok(accepted);
         }
+        // The account owns the receipt; the anonymous caller sees the same answer either way.
+        trace::own_receipt(user_id);
         users::send_reset(&mut tx, user_id, email, display_name, RESET_TTL, &request_id.0.0)
             .await?;
         tx.commit().await?;
@@ -356,7 +361,7 @@ impl AuthApi {
         }
         let hash = state.hasher.hash(body.new_password).await?;
 
-        let mut tx = state.db.begin().await?;
+        let mut tx = db::begin(&state.db, "reset_password").await?;
         // Used once: the update succeeds for exactly one of two concurrent resets.
         let used = sqlx::query!(
             "update email_tokens set used_at = now()
@@ -370,6 +375,7 @@ impl AuthApi {
         if used != 1 {
             return Ok(TokenActionResponse::InvalidToken(Json(invalid_token())));
         }
+        trace::own_receipt(user_id);
         let ended = users::change_password(
             &mut tx,
             user_id,

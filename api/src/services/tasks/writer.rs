@@ -37,6 +37,9 @@ const WRITERS: usize = 2;
 
 struct Request {
     rows: Vec<TaskRow>,
+    /// The API request and the owner of its receipt, which shows the `task.created` events
+    /// (the writers run outside the request's task, so they cannot ask for them).
+    receipt: Option<(String, Uuid)>,
     reservation: Reservation,
     reply: oneshot::Sender<Result<Vec<TaskRow>, sqlx::Error>>,
 }
@@ -72,8 +75,10 @@ impl TaskWriter {
         reservation: Reservation,
     ) -> Result<Vec<TaskRow>, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
+        let receipt = tasklane_shared::trace::current_request_id()
+            .zip(tasklane_shared::trace::current_caller());
         self.sender
-            .send(Request { rows, reservation, reply })
+            .send(Request { rows, receipt, reservation, reply })
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
@@ -95,7 +100,7 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Request>>) -> Option<Vec<Req
 }
 
 async fn write(db: &PgPool, redis: &ConnectionManager, keys: &Keys, batch: Vec<Request>) {
-    let rows: Vec<&TaskRow> = batch.iter().flat_map(|request| &request.rows).collect();
+    let rows: Vec<Row<'_>> = batch.iter().flat_map(Request::rows).collect();
     metrics::histogram!("task_create_batch_size").record(rows.len() as f64);
     match insert(db, &rows).await {
         Ok(()) => settle(redis, keys, batch).await,
@@ -106,7 +111,7 @@ async fn write(db: &PgPool, redis: &ConnectionManager, keys: &Keys, batch: Vec<R
         Err(err) => {
             tracing::warn!(error = %err, requests = batch.len(), "a shared task insert failed; writing each request on its own");
             for request in batch {
-                let rows: Vec<&TaskRow> = request.rows.iter().collect();
+                let rows: Vec<Row<'_>> = request.rows().collect();
                 match insert(db, &rows).await {
                     Ok(()) => settle(redis, keys, vec![request]).await,
                     Err(err) => drop(request.reply.send(Err(err))),
@@ -128,10 +133,22 @@ async fn settle(redis: &ConnectionManager, keys: &Keys, committed: Vec<Request>)
         // Cached entries live 30 s at most: the damage is bounded.
         tracing::warn!(error = %err, "cannot invalidate cached tasks after a creation");
     }
-    for Request { rows, reservation, reply } in committed {
+    for Request { rows, reservation, reply, .. } in committed {
         reservation.keep();
         // A client that went away has nobody waiting: its tasks are created all the same.
         let _ = reply.send(Ok(rows));
+    }
+}
+
+/// A task to insert, with the request whose receipt shows its event (only its owner's).
+type Row<'a> = (&'a TaskRow, Option<&'a str>);
+
+impl Request {
+    fn rows(&self) -> impl Iterator<Item = Row<'_>> {
+        self.rows.iter().map(|task| {
+            let receipt = self.receipt.as_ref().filter(|(_, caller)| *caller == task.owner_id);
+            (task, receipt.map(|(request_id, _)| request_id.as_str()))
+        })
     }
 }
 
@@ -152,13 +169,14 @@ struct Input<'a> {
     audit_changes: serde_json::Map<String, serde_json::Value>,
     event_id: Uuid,
     event: serde_json::Value,
+    request_id: Option<&'a str>,
 }
 
 /// Inserts the tasks, their audit entries and their events in one statement (so in one
 /// transaction), from one JSON parameter.
-async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
+async fn insert(db: &PgPool, rows: &[Row<'_>]) -> Result<(), sqlx::Error> {
     let mut input = Vec::with_capacity(rows.len());
-    for &task in rows {
+    for &(task, request_id) in rows {
         input.push(Input {
             id: task.id,
             owner_id: task.owner_id,
@@ -174,6 +192,7 @@ async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
             audit_changes: task.created_changes(),
             event_id: Uuid::now_v7(),
             event: outbox::event_payload(task.owner_id, tasks::event_data(task, None))?,
+            request_id,
         });
     }
     let input = serde_json::to_value(&input).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
@@ -182,7 +201,7 @@ async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
              select * from jsonb_to_recordset($1) as x(
                  id uuid, owner_id uuid, title text, description text, status text, priority smallint,
                  tags text[], due_at timestamptz, completed_at timestamptz, created_at timestamptz,
-                 audit_id uuid, audit_changes jsonb, event_id uuid, event jsonb)
+                 audit_id uuid, audit_changes jsonb, event_id uuid, event jsonb, request_id text)
          ),
          created as (
              insert into tasks (id, owner_id, title, description, status, priority, tags, due_at, completed_at,
@@ -194,8 +213,8 @@ async fn insert(db: &PgPool, rows: &[&TaskRow]) -> Result<(), sqlx::Error> {
              insert into task_events (id, task_id, action, changes, actor_id, at)
              select audit_id, id, 'create', audit_changes, owner_id, created_at from input
          )
-         insert into outbox (id, queue, kind, payload, max_attempts)
-         select event_id, $2, $3, event, 1 from input",
+         insert into outbox (id, queue, kind, payload, max_attempts, request_id)
+         select event_id, $2, $3, event, 1, request_id from input",
         input,
         outbox::EVENTS,
         events::TASK_CREATED,
