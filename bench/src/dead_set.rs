@@ -13,21 +13,27 @@ use crate::queue::{Noop, store};
 const DEAD_JOBS: usize = 100_000;
 
 /// One bulk retry, and the same call again once nothing matches.
-pub struct BulkRetry {
-    pub jobs: usize,
-    pub took: Duration,
-    pub again: Duration,
+struct BulkRetry {
+    took: Duration,
+    again: Duration,
 }
 
-/// The middle of three runs.
-pub fn median(mut runs: Vec<f64>) -> f64 {
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
+/// Prints how long the bulk retry took (part of `scripts/bench queue`).
+pub async fn run() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let bulk = bulk_retry(&settings).await?;
+    println!(
+        "bulk retry of {DEAD_JOBS} dead jobs: {:.2} s ({:.0} jobs/s); a second call (nothing left): {:.3} s",
+        bulk.took.as_secs_f64(),
+        DEAD_JOBS as f64 / bulk.took.as_secs_f64(),
+        bulk.again.as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Fills a queue with [`DEAD_JOBS`] dead jobs (pushed, claimed and buried in batches), then
 /// times retrying all of them.
-pub async fn bulk_retry(settings: &Settings) -> anyhow::Result<BulkRetry> {
+async fn bulk_retry(settings: &Settings) -> anyhow::Result<BulkRetry> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let store = store(settings, &prefix).await?;
     let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
@@ -66,5 +72,5 @@ pub async fn bulk_retry(settings: &Settings) -> anyhow::Result<BulkRetry> {
     for chunk in keys.chunks(1000) {
         let _: () = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await?;
     }
-    Ok(BulkRetry { jobs: DEAD_JOBS, took, again })
+    Ok(BulkRetry { took, again })
 }

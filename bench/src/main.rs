@@ -36,7 +36,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("queue") => queue::run().await,
+        Some("queue") => {
+            queue::run().await?;
+            dead_set::run().await
+        }
         Some("auth") => auth::run().await,
         Some("tasks") => tasks::run().await,
         Some("upload") => upload::run().await,
@@ -48,6 +51,12 @@ async fn main() -> anyhow::Result<()> {
         Some("drain-worker") => queue::drain_worker(&args[1..]).await,
         _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks|upload|events|traces"),
     }
+}
+
+/// The middle of an odd number of runs.
+pub fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
 }
 
 /// The `p`-th percentile of a sorted slice.

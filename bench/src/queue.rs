@@ -106,10 +106,9 @@ pub async fn run() -> anyhow::Result<()> {
         free.push(drain_with(&settings, 1, CONCURRENCY, false).await?);
         limited.push(drain_with(&settings, 1, CONCURRENCY, true).await?);
     }
-    let (free, limited) = (crate::dead_set::median(free), crate::dead_set::median(limited));
+    let (free, limited) = (crate::median(free), crate::median(limited));
     println!("drain, 1 worker, no limits:             {free:>10.0} jobs/s  (median of 3)");
     println!("drain, 1 worker, rate and concurrency limits: {limited:>10.0} jobs/s  (median of 3)");
-    let bulk = crate::dead_set::bulk_retry(&settings).await?;
     let (p50, p99) = latency(&settings).await?;
     println!("enqueue-to-start via outbox: p50 {} p99 {}", ms(p50), ms(p99));
     println!();
@@ -127,13 +126,6 @@ pub async fn run() -> anyhow::Result<()> {
     );
     println!("latency p50 {} (target <= 10 ms), p99 {} (target <= 100 ms)", ms(p50), ms(p99));
     println!("ratio drain with limits / without: {:.2}", limited / free);
-    println!(
-        "bulk retry of {} dead jobs: {:.2} s ({:.0} jobs/s); a second call (nothing left): {:.3} s",
-        bulk.jobs,
-        bulk.took.as_secs_f64(),
-        bulk.jobs as f64 / bulk.took.as_secs_f64(),
-        bulk.again.as_secs_f64()
-    );
     for (workers, rate) in &rates[1..] {
         println!("scaling {workers} workers / 1 worker: {:.2}", rate / rates[0].1);
     }

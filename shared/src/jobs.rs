@@ -93,6 +93,9 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     const SPEC: JobSpec;
 }
 
+mod email;
+pub use self::email::{DigestItem, EmailMessage};
+
 /// Sends one email through SMTP. The idempotency key is recorded when the mail is sent, so a
 /// retried or duplicated job never sends the same email twice.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -105,60 +108,6 @@ pub struct SendEmail {
     pub message: EmailMessage,
 }
 
-/// Every email Tasklane sends, with the data its templates need.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "template", rename_all = "snake_case")]
-pub enum EmailMessage {
-    /// Confirms the address after registration. `token_id` is the `email_tokens` row whose
-    /// token the worker mints as it sends (SPEC section 14: no raw token in a job).
-    VerifyEmail { display_name: Option<String>, token_id: Uuid },
-    /// Carries a password reset link (30 minutes, single use), minted like the verification
-    /// link.
-    ResetPassword { display_name: Option<String>, token_id: Uuid },
-    /// Tells the owner the password changed, so an unexpected change is noticed.
-    PasswordChanged { display_name: Option<String> },
-    /// The daily digest: open, due-soon and overdue tasks, times in the user's zone.
-    DailyDigest {
-        display_name: Option<String>,
-        /// The user's local date, e.g. `2026-11-21`.
-        date: String,
-        open: Vec<DigestItem>,
-        due_soon: Vec<DigestItem>,
-        overdue: Vec<DigestItem>,
-    },
-}
-
-/// One task in a digest.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DigestItem {
-    pub title: String,
-    /// Local time, e.g. `2026-11-21 17:00`.
-    pub due: Option<String>,
-}
-
-impl EmailMessage {
-    /// The template folder of this email.
-    pub fn template(&self) -> &'static str {
-        match self {
-            Self::VerifyEmail { .. } => "verify_email",
-            Self::ResetPassword { .. } => "reset_password",
-            Self::PasswordChanged { .. } => "password_changed",
-            Self::DailyDigest { .. } => "daily_digest",
-        }
-    }
-
-    /// The `email_tokens` row whose link this email carries, if it carries one
-    /// ([`crate::domain::email_tokens::mint`]).
-    pub fn link_token(&self) -> Option<Uuid> {
-        match self {
-            Self::VerifyEmail { token_id, .. } | Self::ResetPassword { token_id, .. } => {
-                Some(*token_id)
-            }
-            Self::PasswordChanged { .. } | Self::DailyDigest { .. } => None,
-        }
-    }
-}
-
 impl Job for SendEmail {
     const SPEC: JobSpec = JobSpec {
         kind: "send_email",
@@ -168,6 +117,28 @@ impl Job for SendEmail {
         // least 25 h in all. An SMTP outage costs no attempt at all (the breaker holds it).
         max_attempts: 18,
         backoff: Backoff { base: Duration::from_secs(30), cap: Duration::from_secs(6 * 3600) },
+        timeout: Duration::from_secs(30),
+        unique: false,
+        schedule: None,
+    };
+}
+
+/// A task's reminder, due at its `remind_at` (a delayed job, enqueued by the change that set
+/// it). The worker sends it only if the task still has that reminder and is neither done nor
+/// deleted, as the email `reminder:<task>:<time>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SendReminder {
+    pub task_id: Uuid,
+    pub owner_id: Uuid,
+    pub remind_at: DateTime<Utc>,
+}
+
+impl Job for SendReminder {
+    const SPEC: JobSpec = JobSpec {
+        kind: "send_reminder",
+        queue: Queue::Emails,
+        max_attempts: SendEmail::SPEC.max_attempts,
+        backoff: SendEmail::SPEC.backoff,
         timeout: Duration::from_secs(30),
         unique: false,
         schedule: None,
@@ -323,6 +294,7 @@ pub const ABANDONED_UPLOAD_GRACE_MINUTES: i32 = 60;
 pub const ALL: &[JobSpec] = &[
     SendEmail::SPEC,
     SendDigest::SPEC,
+    SendReminder::SPEC,
     ProcessUpload::SPEC,
     DeleteObjects::SPEC,
     PruneSentEmails::SPEC,
@@ -348,6 +320,7 @@ pub fn check_payload(kind: &str, payload: &str) -> Result<(), String> {
     match kind {
         k if k == SendEmail::SPEC.kind => decodes::<SendEmail>(payload),
         k if k == SendDigest::SPEC.kind => decodes::<SendDigest>(payload),
+        k if k == SendReminder::SPEC.kind => decodes::<SendReminder>(payload),
         k if k == ProcessUpload::SPEC.kind => decodes::<ProcessUpload>(payload),
         k if k == DeleteObjects::SPEC.kind => decodes::<DeleteObjects>(payload),
         k if k == PruneSentEmails::SPEC.kind => decodes::<PruneSentEmails>(payload),

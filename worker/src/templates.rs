@@ -38,7 +38,14 @@ impl Templates {
     pub fn new(public_url: url::Url) -> anyhow::Result<Self> {
         let mut env = Environment::new();
         env.add_template("base.html", include_str!("../templates/base.html"))?;
-        email_templates!(env, "verify_email", "reset_password", "password_changed", "daily_digest");
+        email_templates!(
+            env,
+            "verify_email",
+            "reset_password",
+            "password_changed",
+            "daily_digest",
+            "task_reminder"
+        );
         Ok(Self { env: Arc::new(env), public_url })
     }
 
@@ -57,6 +64,9 @@ impl Templates {
             EmailMessage::PasswordChanged { display_name } => context! { display_name, public_url },
             EmailMessage::DailyDigest { display_name, date, open, due_soon, overdue } => {
                 context! { display_name, public_url, date, open, due_soon, overdue }
+            }
+            EmailMessage::TaskReminder { display_name, task_id, title, due } => {
+                context! { display_name, public_url, task_id, title, due }
             }
         };
         let name = message.template();

@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub const MAX_TITLE: usize = 200;
+/// How far ahead a reminder may be set.
+pub const MAX_REMINDER_DAYS: u64 = 5 * 366;
 pub const MAX_DESCRIPTION: usize = 10_000;
 pub const MAX_TAGS: usize = 10;
 pub const MAX_TAG: usize = 32;
@@ -98,6 +100,9 @@ pub struct TaskView {
     pub due_at: Option<DateTime<Utc>>,
     /// Set by the `mark_overdue` job once `due_at` has passed on an open task.
     pub overdue: bool,
+    /// When to email the owner a reminder of the task (one email, within seconds of it);
+    /// none is sent once the task is done or deleted.
+    pub remind_at: Option<DateTime<Utc>>,
     /// When the task became `done`.
     pub completed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -120,6 +125,7 @@ pub struct TaskRow {
     pub tags: Vec<String>,
     pub due_at: Option<DateTime<Utc>>,
     pub overdue: bool,
+    pub remind_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -129,7 +135,7 @@ pub struct TaskRow {
 
 /// The columns of a [`TaskRow`], for statements built at run time (the list's filters).
 pub const TASK_COLUMNS: &str = "id, owner_id, title, description, status, priority, tags, due_at, overdue, \
-                                completed_at, created_at, updated_at, deleted_at, version";
+                                remind_at, completed_at, created_at, updated_at, deleted_at, version";
 
 impl From<&TaskRow> for TaskView {
     fn from(row: &TaskRow) -> Self {
@@ -142,6 +148,7 @@ impl From<&TaskRow> for TaskView {
             tags: row.tags.clone(),
             due_at: row.due_at,
             overdue: row.overdue,
+            remind_at: row.remind_at,
             completed_at: row.completed_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -162,6 +169,7 @@ impl From<TaskRow> for TaskView {
             tags: row.tags,
             due_at: row.due_at,
             overdue: row.overdue,
+            remind_at: row.remind_at,
             completed_at: row.completed_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -181,6 +189,7 @@ pub struct NewTask {
     pub priority: TaskPriority,
     pub tags: Vec<String>,
     pub due_at: Option<DateTime<Utc>>,
+    pub remind_at: Option<DateTime<Utc>>,
 }
 
 impl TaskRow {
@@ -196,6 +205,7 @@ impl TaskRow {
             tags: task.tags,
             due_at: task.due_at,
             overdue: false,
+            remind_at: task.remind_at,
             completed_at: (task.status == TaskStatus::Done).then_some(now),
             created_at: now,
             updated_at: now,
@@ -236,6 +246,7 @@ impl TaskRow {
         field(&mut changes, "tags", self.tags.clone().into(), after.tags.clone().into());
         field(&mut changes, "due_at", json_time(self.due_at), json_time(after.due_at));
         field(&mut changes, "overdue", self.overdue.into(), after.overdue.into());
+        field(&mut changes, "remind_at", json_time(self.remind_at), json_time(after.remind_at));
         field(
             &mut changes,
             "completed_at",
@@ -265,6 +276,9 @@ impl TaskRow {
         }
         if self.overdue {
             field(&mut changes, "overdue", Value::Null, true.into());
+        }
+        if self.remind_at.is_some() {
+            field(&mut changes, "remind_at", Value::Null, json_time(self.remind_at));
         }
         if self.completed_at.is_some() {
             field(&mut changes, "completed_at", Value::Null, json_time(self.completed_at));
@@ -314,6 +328,7 @@ mod tests {
                 priority: TaskPriority::Normal,
                 tags: vec![],
                 due_at: None,
+                remind_at: None,
             },
             Utc::now(),
         )

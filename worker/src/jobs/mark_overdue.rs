@@ -26,7 +26,7 @@ pub async fn mark_overdue(
         r#"update tasks set overdue = true, updated_at = now(), version = version + 1
            where deleted_at is null and status <> 'done' and not overdue and due_at < $1
            returning id, owner_id, title, description, status as "status: TaskStatus",
-               priority as "priority: TaskPriority", tags, due_at, overdue, completed_at,
+               priority as "priority: TaskPriority", tags, due_at, overdue, remind_at, completed_at,
                created_at, updated_at, deleted_at, version"#,
         job.tick,
     )

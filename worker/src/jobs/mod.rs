@@ -14,6 +14,7 @@ mod process_upload;
 mod prune_sent_emails;
 mod purge_deleted;
 mod send_email;
+mod send_reminder;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +24,7 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use tasklane_shared::jobs::{
     CronJob, DailyDigest, DeleteObjects, ExpireUploads, Job, JobSpec, MarkOverdue, ProcessUpload,
-    PruneSentEmails, PurgeDeleted, SendDigest, SendEmail,
+    PruneSentEmails, PurgeDeleted, SendDigest, SendEmail, SendReminder,
 };
 
 use crate::context::WorkerContext;
@@ -37,6 +38,7 @@ pub use process_upload::process_upload;
 pub use prune_sent_emails::prune_sent_emails;
 pub use purge_deleted::purge_deleted;
 pub use send_email::send_email;
+pub use send_reminder::send_reminder;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Registers something with the monitor.
@@ -97,6 +99,10 @@ jobs! {
         data: [mailer, templates, db],
     }
     job SendDigest => send_digest {
+        concurrency: |ctx| ctx.concurrency,
+        data: [db, mailer, templates],
+    }
+    job SendReminder => send_reminder {
         concurrency: |ctx| ctx.concurrency,
         data: [db, mailer, templates],
     }

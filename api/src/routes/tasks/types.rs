@@ -27,6 +27,8 @@ pub struct CreateTaskRequest {
     /// Up to 10, each 1-32 of `a-z 0-9 _ -`.
     pub tags: Option<Vec<String>>,
     pub due_at: Option<DateTime<Utc>>,
+    /// When to email a reminder of the task: in the future, within 5 years.
+    pub remind_at: Option<DateTime<Utc>>,
 }
 
 /// A JSON merge patch of a task: an absent field stays, `null` clears a nullable one.
@@ -40,6 +42,8 @@ pub struct UpdateTaskRequest {
     /// `null` clears every tag.
     pub tags: MaybeUndefined<Vec<String>>,
     pub due_at: MaybeUndefined<DateTime<Utc>>,
+    /// Moves the reminder (in the future, within 5 years); `null` drops it.
+    pub remind_at: MaybeUndefined<DateTime<Utc>>,
 }
 
 #[derive(Debug, Object)]

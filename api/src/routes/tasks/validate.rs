@@ -5,7 +5,8 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use poem_openapi::types::MaybeUndefined;
 use tasklane_shared::domain::tasks::{
-    MAX_DESCRIPTION, MAX_TAG, MAX_TAGS, MAX_TITLE, NewTask, TaskPriority, TaskRow, TaskStatus,
+    MAX_DESCRIPTION, MAX_REMINDER_DAYS, MAX_TAG, MAX_TAGS, MAX_TITLE, NewTask, TaskPriority,
+    TaskRow, TaskStatus,
 };
 use uuid::Uuid;
 
@@ -28,6 +29,7 @@ pub fn new_row(
         priority: req.priority.unwrap_or(TaskPriority::Normal),
         tags: tags(prefix, req.tags.unwrap_or_default(), errors),
         due_at: req.due_at,
+        remind_at: req.remind_at.and_then(|at| remind_at(prefix, at, errors)),
     };
     // At the database's precision, so the response and the event show what is stored.
     TaskRow::new(task, Utc::now().trunc_subsecs(6))
@@ -62,7 +64,13 @@ pub fn patch(patch: UpdateTaskRequest, errors: &mut Vec<FieldError>) -> UpdateTa
         MaybeUndefined::Value(raw) => MaybeUndefined::Value(tags("", raw, errors)),
         other => other,
     };
-    UpdateTaskRequest { title, description, tags, ..patch }
+    let remind_at = match patch.remind_at {
+        MaybeUndefined::Value(at) => {
+            remind_at("", at, errors).map_or(MaybeUndefined::Undefined, MaybeUndefined::Value)
+        }
+        other => other,
+    };
+    UpdateTaskRequest { title, description, tags, remind_at, ..patch }
 }
 
 /// The task `before` with a patch checked by [`patch`] applied: absent fields stay, `null`
@@ -93,8 +101,32 @@ pub fn patched(before: &TaskRow, patch: UpdateTaskRequest) -> TaskRow {
         MaybeUndefined::Null => after.due_at = None,
         MaybeUndefined::Undefined => {}
     }
+    match patch.remind_at {
+        MaybeUndefined::Value(at) => after.remind_at = Some(at),
+        MaybeUndefined::Null => after.remind_at = None,
+        MaybeUndefined::Undefined => {}
+    }
     after.settle(before, Utc::now());
     after
+}
+
+/// Validates a reminder's time (in the future, within [`MAX_REMINDER_DAYS`]), at the
+/// database's precision so the job that sends it finds it equal to the stored one.
+pub fn remind_at(
+    prefix: &str,
+    at: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> Option<DateTime<Utc>> {
+    let now = Utc::now();
+    if at <= now || at > now + chrono::Days::new(MAX_REMINDER_DAYS) {
+        errors.push(FieldError::new(
+            format!("{prefix}remind_at"),
+            "out_of_range",
+            format!("must be in the future, within {MAX_REMINDER_DAYS} days"),
+        ));
+        return None;
+    }
+    Some(at.trunc_subsecs(6))
 }
 
 /// Validates and normalises a title (trimmed, 1-200 characters).

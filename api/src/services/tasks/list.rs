@@ -343,6 +343,7 @@ mod tests {
             tags: vec![],
             due_at: None,
             overdue: false,
+            remind_at: None,
             completed_at: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),

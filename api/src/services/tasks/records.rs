@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool};
 use tasklane_shared::domain::tasks::{self, TaskPriority, TaskRow, TaskStatus};
+use tasklane_shared::jobs::SendReminder;
 use tasklane_shared::{events, outbox};
 use uuid::Uuid;
 
@@ -29,7 +30,7 @@ pub async fn find(
     sqlx::query_as!(
         TaskRow,
         r#"select id, owner_id, title, description, status as "status: TaskStatus",
-               priority as "priority: TaskPriority", tags, due_at, overdue, completed_at,
+               priority as "priority: TaskPriority", tags, due_at, overdue, remind_at, completed_at,
                created_at, updated_at, deleted_at, version
            from tasks where id = $1 and owner_id = $2 and deleted_at is null"#,
         id,
@@ -48,7 +49,7 @@ pub async fn find_for_update(
     sqlx::query_as!(
         TaskRow,
         r#"select id, owner_id, title, description, status as "status: TaskStatus",
-               priority as "priority: TaskPriority", tags, due_at, overdue, completed_at,
+               priority as "priority: TaskPriority", tags, due_at, overdue, remind_at, completed_at,
                created_at, updated_at, deleted_at, version
            from tasks where id = $1 and owner_id = $2 and deleted_at is null
            for update"#,
@@ -70,11 +71,11 @@ pub async fn save(
     let updated = sqlx::query_as!(
         TaskRow,
         r#"update tasks set title = $3, description = $4, status = $5, priority = $6, tags = $7,
-               due_at = $8, overdue = $9, completed_at = $10, updated_at = now(),
+               due_at = $8, overdue = $9, completed_at = $10, remind_at = $11, updated_at = now(),
                version = version + 1
            where id = $1 and owner_id = $2
            returning id, owner_id, title, description, status as "status: TaskStatus",
-               priority as "priority: TaskPriority", tags, due_at, overdue, completed_at,
+               priority as "priority: TaskPriority", tags, due_at, overdue, remind_at, completed_at,
                created_at, updated_at, deleted_at, version"#,
         after.id,
         user,
@@ -86,13 +87,29 @@ pub async fn save(
         after.due_at,
         after.overdue,
         after.completed_at,
+        after.remind_at,
     )
     .fetch_one(&mut *conn)
     .await?;
+    if changes.contains_key("remind_at") {
+        remind(conn, &updated).await?;
+    }
     let data = tasks::event_data(&updated, Some(&changes));
     outbox::record_event(conn, user, events::TASK_UPDATED, data).await?;
     audit(conn, updated.id, "update", changes, Some(user)).await?;
     Ok(updated)
+}
+
+/// Enqueues the reminder of a task whose `remind_at` was just set or moved: a delayed
+/// `send_reminder` job due then. Nothing cancels the job of an earlier time: it finds the
+/// time no longer the task's and sends nothing (as after the task is done or deleted).
+pub async fn remind(conn: &mut PgConnection, task: &TaskRow) -> Result<(), sqlx::Error> {
+    let Some(at) = task.remind_at else {
+        return Ok(());
+    };
+    let job = SendReminder { task_id: task.id, owner_id: task.owner_id, remind_at: at };
+    outbox::enqueue_at(conn, &job, None, at).await?;
+    Ok(())
 }
 
 /// Moves live task `id` of `owner` to the trash, with its audit entry and `task.deleted`
@@ -142,7 +159,7 @@ pub async fn restore(
         r#"update tasks set deleted_at = null, updated_at = now(), version = version + 1
            where id = $1
            returning id, owner_id, title, description, status as "status: TaskStatus",
-               priority as "priority: TaskPriority", tags, due_at, overdue, completed_at,
+               priority as "priority: TaskPriority", tags, due_at, overdue, remind_at, completed_at,
                created_at, updated_at, deleted_at, version"#,
         id,
     )

@@ -1,7 +1,7 @@
 //! Task creation with group commit.
 //!
 //! A creation is three rows: the task, its audit entry and its `task.created` event (an
-//! outbox row). Each request's rows are written by one statement, so they commit together
+//! outbox row), and a fourth when the task has a reminder: its delayed `send_reminder` job. Each request's rows are written by one statement, so they commit together
 //! or not at all. Requests that arrive while a statement is running wait in a queue, and the
 //! next statement writes all of them at once: under load one round trip and one commit serve
 //! many requests, and an idle server still writes a request the moment it arrives (nothing
@@ -21,6 +21,7 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use tasklane_shared::domain::tasks::{self, TaskRow};
+use tasklane_shared::jobs::{Job, SendReminder};
 use tasklane_shared::redis::Keys;
 use tasklane_shared::{events, outbox};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -163,8 +164,12 @@ struct Input<'a> {
     priority: i16,
     tags: &'a [String],
     due_at: Option<DateTime<Utc>>,
+    remind_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    /// The task's reminder job (a delayed `send_reminder`), when `remind_at` is set.
+    reminder_id: Uuid,
+    reminder: Option<serde_json::Value>,
     audit_id: Uuid,
     audit_changes: serde_json::Map<String, serde_json::Value>,
     event_id: Uuid,
@@ -186,8 +191,18 @@ async fn insert(db: &PgPool, rows: &[Row<'_>]) -> Result<(), sqlx::Error> {
             priority: task.priority.rank(),
             tags: &task.tags,
             due_at: task.due_at,
+            remind_at: task.remind_at,
             completed_at: task.completed_at,
             created_at: task.created_at,
+            reminder_id: Uuid::now_v7(),
+            reminder: task
+                .remind_at
+                .map(|remind_at| {
+                    let job = SendReminder { task_id: task.id, owner_id: task.owner_id, remind_at };
+                    serde_json::to_value(job)
+                })
+                .transpose()
+                .map_err(|err| sqlx::Error::Encode(Box::new(err)))?,
             audit_id: Uuid::now_v7(),
             audit_changes: task.created_changes(),
             event_id: Uuid::now_v7(),
@@ -200,14 +215,21 @@ async fn insert(db: &PgPool, rows: &[Row<'_>]) -> Result<(), sqlx::Error> {
         "with input as (
              select * from jsonb_to_recordset($1) as x(
                  id uuid, owner_id uuid, title text, description text, status text, priority smallint,
-                 tags text[], due_at timestamptz, completed_at timestamptz, created_at timestamptz,
+                 tags text[], due_at timestamptz, remind_at timestamptz, completed_at timestamptz,
+                 created_at timestamptz, reminder_id uuid, reminder jsonb,
                  audit_id uuid, audit_changes jsonb, event_id uuid, event jsonb, request_id text)
          ),
          created as (
-             insert into tasks (id, owner_id, title, description, status, priority, tags, due_at, completed_at,
-                                created_at, updated_at)
-             select id, owner_id, title, description, status, priority, tags, due_at, completed_at, created_at, created_at
+             insert into tasks (id, owner_id, title, description, status, priority, tags, due_at, remind_at,
+                                completed_at, created_at, updated_at)
+             select id, owner_id, title, description, status, priority, tags, due_at, remind_at,
+                    completed_at, created_at, created_at
              from input
+         ),
+         reminded as (
+             insert into outbox (id, queue, kind, payload, max_attempts, request_id, user_id, run_at)
+             select reminder_id, $4, $5, reminder, $6, request_id, owner_id, remind_at
+             from input where reminder is not null
          ),
          audited as (
              insert into task_events (id, task_id, action, changes, actor_id, at)
@@ -218,6 +240,9 @@ async fn insert(db: &PgPool, rows: &[Row<'_>]) -> Result<(), sqlx::Error> {
         input,
         outbox::EVENTS,
         events::TASK_CREATED,
+        SendReminder::SPEC.queue.as_str(),
+        SendReminder::SPEC.kind,
+        i32::try_from(SendReminder::SPEC.max_attempts).unwrap_or(i32::MAX),
     )
     .execute(db)
     .await?;
