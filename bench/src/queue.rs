@@ -30,6 +30,7 @@ impl Job for Noop {
     const SPEC: JobSpec = JobSpec {
         kind: "bench_noop",
         queue: Queue::Maintenance,
+        priority: tasklane_shared::jobs::Priority::Normal,
         max_attempts: 3,
         backoff: Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(1) },
         timeout: Duration::from_secs(10),

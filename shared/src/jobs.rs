@@ -75,6 +75,9 @@ pub struct JobSpec {
     /// The kind's name, stored with each job.
     pub kind: &'static str,
     pub queue: Queue,
+    /// Its rank among the kinds of its queue: a kind's workers claim nothing while a kind
+    /// of the same queue with a higher priority has jobs waiting (SPEC section 10).
+    pub priority: Priority,
     /// Attempts before the job is dead, including the first.
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -86,6 +89,31 @@ pub struct JobSpec {
     /// For scheduled kinds, the default cron expression (`sec min hour day month weekday`),
     /// overridable with `TASKLANE_CRON_<KIND>`.
     pub schedule: Option<&'static str>,
+}
+
+/// A kind's rank in its queue (see [`JobSpec::priority`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+/// The kinds of `spec`'s queue that come before it: their waiting jobs hold it back.
+pub fn ahead_of(spec: &JobSpec) -> impl Iterator<Item = &'static str> + '_ {
+    ALL.iter()
+        .filter(move |other| other.queue == spec.queue && other.priority > spec.priority)
+        .map(|other| other.kind)
 }
 
 /// A job payload with its spec.
@@ -112,6 +140,7 @@ impl Job for SendEmail {
     const SPEC: JobSpec = JobSpec {
         kind: "send_email",
         queue: Queue::Emails,
+        priority: Priority::High,
         // Failures of the email itself (a mailbox busy, a greylisting server) are retried
         // for more than a day (SPEC section 9): 30 s doubling to a 6 h cap, 17 retries, at
         // least 25 h in all. An SMTP outage costs no attempt at all (the breaker holds it).
@@ -137,6 +166,7 @@ impl Job for SendReminder {
     const SPEC: JobSpec = JobSpec {
         kind: "send_reminder",
         queue: Queue::Emails,
+        priority: Priority::Normal,
         max_attempts: SendEmail::SPEC.max_attempts,
         backoff: SendEmail::SPEC.backoff,
         timeout: Duration::from_secs(30),
@@ -161,6 +191,7 @@ impl Job for SendDigest {
     const SPEC: JobSpec = JobSpec {
         kind: "send_digest",
         queue: Queue::Emails,
+        priority: Priority::Low,
         max_attempts: SendEmail::SPEC.max_attempts,
         backoff: SendEmail::SPEC.backoff,
         timeout: Duration::from_secs(60),
@@ -181,6 +212,7 @@ impl Job for ProcessUpload {
     const SPEC: JobSpec = JobSpec {
         kind: "process_upload",
         queue: Queue::Uploads,
+        priority: Priority::Normal,
         max_attempts: 5,
         backoff: Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(60) },
         timeout: Duration::from_secs(300),
@@ -200,6 +232,7 @@ impl Job for DeleteObjects {
     const SPEC: JobSpec = JobSpec {
         kind: "delete_objects",
         queue: Queue::Uploads,
+        priority: Priority::Normal,
         max_attempts: 10,
         backoff: Backoff { base: Duration::from_secs(2), cap: Duration::from_secs(600) },
         timeout: Duration::from_secs(120),
@@ -232,6 +265,7 @@ macro_rules! scheduled_job {
             const SPEC: JobSpec = JobSpec {
                 kind: $kind,
                 queue: Queue::Maintenance,
+                priority: Priority::Normal,
                 max_attempts: $attempts,
                 backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) },
                 timeout: Duration::from_secs($timeout),

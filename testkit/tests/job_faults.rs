@@ -167,6 +167,7 @@ impl Job for Flaky {
     const SPEC: JobSpec = JobSpec {
         kind: "flaky",
         queue: Queue::Maintenance,
+        priority: tasklane_shared::jobs::Priority::Normal,
         max_attempts: 3,
         backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) },
         timeout: Duration::from_secs(5),

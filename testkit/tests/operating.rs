@@ -519,3 +519,55 @@ async fn operating_the_queue_is_for_admins_only() {
         post(&app, "/api/v1/admin/jobs/retry", json!({ "state": "dead" }), token).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn waiting_high_priority_emails_start_before_any_low_priority_digest() {
+    let (app, token) = admin_app(|_| {}).await;
+    let store = app.spawn_store();
+    // Reset-like emails (high) and digests (low) land in the queue in one step; digests of an
+    // account that does not exist end at once, without an email.
+    let mut jobs = Vec::new();
+    for i in 0..200 {
+        let (kind, payload) = if i % 2 == 0 {
+            ("send_email", serde_json::to_string(&notice_email(&email_address())).unwrap())
+        } else {
+            let digest = tasklane_shared::jobs::SendDigest {
+                user_id: uuid::Uuid::now_v7(),
+                date: "2026-12-02".into(),
+                tick: chrono::Utc::now(),
+            };
+            ("send_digest", serde_json::to_string(&digest).unwrap())
+        };
+        jobs.push(tasklane_shared::queue::NewJob {
+            id: uuid::Uuid::now_v7(),
+            kind: kind.into(),
+            payload,
+            max_attempts: 3,
+            request_id: None,
+            traceparent: None,
+            unique: None,
+            due_ms: None,
+        });
+    }
+    store.push(Queue::Emails, &jobs).await.unwrap();
+    let kinds = get(&app, "/api/v1/admin/kinds", &token).await;
+    let priority = |kind: &str| {
+        kinds.as_array().unwrap().iter().find(|k| k["kind"] == kind).unwrap()["priority"].clone()
+    };
+    assert_eq!((priority("send_email"), priority("send_digest")), (json!("high"), json!("low")));
+
+    let _workers = (app.spawn_worker().await, app.spawn_worker().await);
+    let mut started = (Vec::new(), Vec::new());
+    for job in &jobs {
+        wait_for_state(&store, Queue::Emails, &job.id.to_string(), JobState::Done, DEADLINE).await;
+        let record = store.job(Queue::Emails, &job.id.to_string()).await.unwrap().unwrap();
+        let at = record.history.last().unwrap().started_ms.unwrap();
+        if job.kind == "send_email" { started.0.push(at) } else { started.1.push(at) }
+    }
+    let last_email = started.0.iter().max().unwrap();
+    let first_digest = started.1.iter().min().unwrap();
+    assert!(
+        first_digest >= last_email,
+        "a digest started at {first_digest}, an email at {last_email}"
+    );
+}

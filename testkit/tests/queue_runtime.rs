@@ -43,6 +43,7 @@ impl Job for Idle {
     const SPEC: JobSpec = JobSpec {
         kind: "idle",
         queue: Queue::Maintenance,
+        priority: tasklane_shared::jobs::Priority::Normal,
         max_attempts: 3,
         backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) },
         timeout: Duration::from_secs(60),
@@ -218,6 +219,7 @@ impl Job for Fragile {
     const SPEC: JobSpec = JobSpec {
         kind: "fragile",
         queue: Queue::Maintenance,
+        priority: tasklane_shared::jobs::Priority::Normal,
         max_attempts: 3,
         backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) },
         timeout: Duration::from_secs(5),

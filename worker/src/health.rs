@@ -6,7 +6,7 @@ use poem::web::{Data, Json};
 use poem::{IntoResponse, Response, Route, get, handler};
 use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::fleet::{self, WorkerInfo};
-use tasklane_shared::jobs::Queue;
+use tasklane_shared::jobs::{Priority, Queue};
 use tasklane_shared::readiness::Readiness;
 
 use crate::context::WorkerContext;
@@ -102,6 +102,7 @@ async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
                 }
                 metrics::gauge!("queue_oldest_pending_age_seconds", "queue" => q)
                     .set(depth.oldest_pending_age.as_secs_f64());
+                pending_by_priority(&ctx, queue).await;
             }
             Err(err) => {
                 tracing::warn!(queue = queue.as_str(), error = %err, "cannot read queue depth")
@@ -122,6 +123,20 @@ async fn render_metrics(ctx: Data<&WorkerContext>) -> String {
         Err(err) => tracing::warn!(error = %err, "cannot read the queue controls"),
     }
     tasklane_shared::telemetry::metrics_handle().render()
+}
+
+/// `queue_pending{queue, priority}`: the jobs waiting in each priority of a queue.
+async fn pending_by_priority(ctx: &WorkerContext, queue: Queue) {
+    let Ok(pending) = ctx.store.pending_by_kind(queue).await else { return };
+    for priority in [Priority::High, Priority::Normal, Priority::Low] {
+        let waiting: u64 = tasklane_shared::jobs::ALL
+            .iter()
+            .filter(|spec| spec.queue == queue && spec.priority == priority)
+            .filter_map(|spec| pending.get(spec.kind))
+            .sum();
+        metrics::gauge!("queue_pending", "queue" => queue.as_str(), "priority" => priority.as_str())
+            .set(waiting as f64);
+    }
 }
 
 /// The operators' pauses and limits (SPEC section 10) as gauges: `queue_paused{queue}` and

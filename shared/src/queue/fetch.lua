@@ -15,8 +15,10 @@
 -- Returns the claimed jobs and, when the controls held some back, how many milliseconds to
 -- wait before asking again (0 when nothing was held back).
 -- KEYS[1]: a key of the namespace, for routing.
+-- Priorities (SPEC section 10): a kind claims nothing while a kind of the same queue with a
+-- higher priority (ARGV[10...], not paused) has jobs waiting, so urgent work goes first.
 -- ARGV: NS, kind, worker, lease_ms, n, done_retention_ms, dead_retention_ms, sweep_limit,
---       wake_cap
+--       wake_cap, then the kinds ahead of this one
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, kind, worker = ARGV[1], ARGV[2], ARGV[3]
@@ -85,6 +87,13 @@ local controls = redis.call('HMGET', ns .. 'controls', 'paused', 'paused:' .. ki
 -- second: every worker and API instance copies them each second).
 if controls[1] == '1' or controls[2] == '1' or not controls[5] then
   return {{}, PAUSED_WAIT_MS}
+end
+for i = 10, #ARGV do
+  local ahead = ARGV[i]
+  if redis.call('LLEN', ns .. 'pending:' .. ahead) > 0
+      and redis.call('HGET', ns .. 'controls', 'paused:' .. ahead) ~= '1' then
+    return {{}, 50}
+  end
 end
 if controls[3] then
   local active = tonumber(redis.call('HGET', ns .. 'active', kind) or '0')

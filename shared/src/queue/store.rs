@@ -190,6 +190,9 @@ impl QueueStore {
             .arg(millis(self.settings.dead_retention))
             .arg(SWEEP_LIMIT)
             .arg(WAKE_CAP);
+        if let Some(spec) = crate::jobs::spec(kind) {
+            invocation.arg(crate::jobs::ahead_of(spec).collect::<Vec<_>>());
+        }
         invocation
     }
 

@@ -62,6 +62,7 @@ impl AdminOpsApi {
                 kinds.push(KindView {
                     kind: spec.kind.into(),
                     queue: queue.as_str().into(),
+                    priority: spec.priority.as_str().into(),
                     paused: mine.is_some_and(|control| control.paused),
                     queue_paused: control("queue", queue.as_str()).is_some_and(|c| c.paused),
                     limits: mine.map(|control| control.limits).unwrap_or_default().into(),

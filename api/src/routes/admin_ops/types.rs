@@ -31,6 +31,9 @@ impl From<Limits> for KindLimits {
 pub struct KindView {
     pub kind: String,
     pub queue: String,
+    /// `high`, `normal` or `low`: a kind's workers claim nothing while a kind of the same
+    /// queue with a higher priority has jobs waiting.
+    pub priority: String,
     /// Paused by an operator, as a kind (`queue_paused` says whether its whole queue is).
     pub paused: bool,
     pub queue_paused: bool,
