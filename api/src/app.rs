@@ -20,7 +20,7 @@ use crate::input_guard::InputGuard;
 use crate::openapi;
 use crate::services::download_links::DownloadLinks;
 use crate::services::tasks::TaskWriter;
-use crate::state::AppState;
+use crate::state::{AppState, Services};
 
 /// A bound, not yet running API server.
 pub struct Application {
@@ -49,7 +49,7 @@ impl Application {
         );
         let accounts = Arc::new(AccountCache::new(redis.clone(), keys.clone()));
         let task_writer = TaskWriter::spawn(db.clone(), redis.clone(), keys.clone());
-        let state = AppState {
+        let state = AppState::new(Services {
             db,
             throttle: LoginThrottle::new(redis.clone(), keys.clone()),
             queue: QueueStore::new(redis.clone(), keys.clone(), QueueSettings::from(&settings)),
@@ -73,7 +73,7 @@ impl Application {
             hasher: PasswordHasher::new(&settings.auth)?,
             tokens: TokenIssuer::new(&settings),
             settings: Arc::new(settings),
-        };
+        });
         // A first copy of the queue controls before serving (fetching claims nothing until
         // Redis has one); briefly, so a Redis that is down does not hold the start back.
         let first_copy = tasklane_shared::controls::sync(&state.db, &state.queue);

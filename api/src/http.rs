@@ -11,9 +11,11 @@
 //! any origin not on its list, which would break same-origin requests from Swagger UI
 //! (browsers send `Origin` on POST). Both rules are a few lines here.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
+use metrics::{Counter, Histogram};
 use poem::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response, Result};
 use tracing::Instrument;
@@ -48,13 +50,55 @@ impl<E: Endpoint> Middleware<E> for HttpPolicy {
     type Output = HttpPolicyEndpoint<E>;
 
     fn transform(&self, inner: E) -> Self::Output {
-        HttpPolicyEndpoint { inner, policy: Arc::new(self.clone()) }
+        HttpPolicyEndpoint {
+            inner,
+            policy: Arc::new(self.clone()),
+            metrics: RequestMetrics::default(),
+            unmatched: Arc::from("unmatched"),
+            preflight: Arc::from("preflight"),
+        }
     }
 }
 
 pub struct HttpPolicyEndpoint<E> {
     inner: E,
     policy: Arc<HttpPolicy>,
+    metrics: RequestMetrics,
+    /// The route label of requests no route matched, and of CORS preflights.
+    unmatched: Arc<str>,
+    preflight: Arc<str>,
+}
+
+/// The request counter and duration histogram of each method, route and status, found in
+/// the registry once: building their labels and looking them up again on every request
+/// cost more than recording the figures.
+#[derive(Default)]
+struct RequestMetrics(RwLock<HashMap<MetricsKey, (Counter, Histogram)>>);
+
+/// Method, route pattern and status.
+type MetricsKey = (Method, Arc<str>, u16);
+
+impl RequestMetrics {
+    fn record(&self, method: &Method, route: &Arc<str>, status: StatusCode, seconds: f64) {
+        let key = (method.clone(), route.clone(), status.as_u16());
+        if let Some((count, duration)) =
+            self.0.read().unwrap_or_else(PoisonError::into_inner).get(&key)
+        {
+            count.increment(1);
+            duration.record(seconds);
+            return;
+        }
+        let labels = [
+            ("method", method.to_string()),
+            ("route", route.to_string()),
+            ("status", status.as_u16().to_string()),
+        ];
+        let count = metrics::counter!("http_requests_total", &labels);
+        let duration = metrics::histogram!("http_request_duration_seconds", &labels);
+        count.increment(1);
+        duration.record(seconds);
+        self.0.write().unwrap_or_else(PoisonError::into_inner).insert(key, (count, duration));
+    }
 }
 
 impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
@@ -66,7 +110,7 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
             incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         req.set_data(RequestId(request_id.clone()));
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let docs = req.uri().path().starts_with("/docs");
         let origin = req
             .headers()
             .get(header::ORIGIN)
@@ -77,21 +121,15 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
 
         let work = async move {
             let (mut resp, route) = if origin.is_some() && is_preflight(&req) {
-                (preflight_response(), "preflight".to_owned())
+                (preflight_response(), self.preflight.clone())
             } else {
                 self.call_inner(req, &request_id).await
             };
             let status = resp.status();
             crate::trace_http::record_outcome(&method, &route, status);
-            apply_headers(&mut resp, &request_id, origin, path.starts_with("/docs"));
+            apply_headers(&mut resp, &request_id, origin, docs);
             let elapsed = started.elapsed().as_secs_f64();
-            let labels = [
-                ("method", method.to_string()),
-                ("route", route),
-                ("status", status.as_u16().to_string()),
-            ];
-            metrics::counter!("http_requests_total", &labels).increment(1);
-            metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed);
+            self.metrics.record(&method, &route, status, elapsed);
             tracing::info!(status = status.as_u16(), elapsed_ms = elapsed * 1000.0, "request done");
             Ok(resp)
         }
@@ -103,9 +141,9 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
 impl<E: Endpoint> HttpPolicyEndpoint<E> {
     /// Runs the inner endpoint; returns the response (errors as problems) and the matched
     /// route pattern, which labels metrics without one series per task id.
-    async fn call_inner(&self, mut req: Request, request_id: &str) -> (Response, String) {
+    async fn call_inner(&self, mut req: Request, request_id: &str) -> (Response, Arc<str>) {
         if let Err(problem) = self.limit_body(&mut req).await {
-            return (problem.with_request_id(request_id).into_response(), "unmatched".into());
+            return (problem.with_request_id(request_id).into_response(), self.unmatched.clone());
         }
         if let Err((problem, route)) = self.guard_input(&mut req).await {
             return (problem.with_request_id(request_id).into_response(), route);
@@ -113,16 +151,16 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
         match self.inner.call(req).await {
             Ok(resp) => {
                 let resp = resp.into_response();
-                let route = route_of(resp.data::<poem::PathPattern>());
+                let route = self.route_of(resp.data::<poem::PathPattern>());
                 (with_request_id(resp, request_id).await, route)
             }
             // A documented error response (e.g. `ServerError`): already a problem.
             Err(err) if err.is_from_response() => {
-                let route = route_of(err.data::<poem::PathPattern>());
+                let route = self.route_of(err.data::<poem::PathPattern>());
                 (with_request_id(err.into_response(), request_id).await, route)
             }
             Err(err) => {
-                let route = route_of(err.data::<poem::PathPattern>());
+                let route = self.route_of(err.data::<poem::PathPattern>());
                 let problem = Problem::from_error(&err);
                 (problem.with_request_id(request_id).into_response(), route)
             }
@@ -132,12 +170,12 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
     /// The [`InputGuard`] over the operation the request reaches, with its JSON body read
     /// (already bounded by [`Self::limit_body`]) and handed on. A refusal comes with the
     /// operation's route pattern, for the metrics.
-    async fn guard_input(&self, req: &mut Request) -> Result<(), (Problem, String)> {
+    async fn guard_input(&self, req: &mut Request) -> Result<(), (Problem, Arc<str>)> {
         let guard = &self.policy.input;
         let Some(op) = guard.operation(req.method().as_str(), req.uri().path()) else {
             return Ok(());
         };
-        let route = || op.path().replace('{', ":").replace('}', "");
+        let route = || Arc::from(op.path().replace('{', ":").replace('}', ""));
         let body = if op.takes_body() && is_json(req) {
             let bytes = req.take_body().into_bytes().await.map_err(|err| {
                 let detail = format!("the request body could not be read: {err}");
@@ -148,10 +186,13 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
         } else {
             None
         };
-        let path = req.uri().path().to_owned();
         guard
-            .check(op, &path, req.uri().query(), body.as_deref())
+            .check(op, req.uri().path(), req.uri().query(), body.as_deref())
             .map_err(|problem| (problem, route()))
+    }
+
+    fn route_of(&self, pattern: Option<&poem::PathPattern>) -> Arc<str> {
+        pattern.map_or_else(|| self.unmatched.clone(), |p| p.0.clone())
     }
 
     /// 413 for a body over the limit: by `Content-Length` when given, otherwise by reading
@@ -208,10 +249,6 @@ async fn with_request_id(mut resp: Response, request_id: &str) -> Response {
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     resp.set_body(body);
     resp
-}
-
-fn route_of(pattern: Option<&poem::PathPattern>) -> String {
-    pattern.map_or_else(|| "unmatched".to_owned(), |p| p.0.to_string())
 }
 
 impl HttpPolicy {

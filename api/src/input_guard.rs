@@ -13,6 +13,13 @@
 //!
 //! Everything else about a body (syntax, required fields, other types, enums, unknown
 //! fields) stays poem-openapi's, which parses the body after this check.
+//!
+//! It runs on every request, so it costs little: operations are found by method and
+//! segment count without allocating, and a body is parsed here only when a first scan of
+//! its bytes finds something this check is about (an escaped NUL, or a boolean or number
+//! outside any string); most bodies are then parsed once, by poem-openapi.
+
+use std::collections::HashMap;
 
 use poem::http::StatusCode;
 use serde_json::Value;
@@ -22,7 +29,9 @@ use crate::problem::{FieldError, Problem};
 /// The operations of the document, as far as their input goes.
 #[derive(Debug)]
 pub struct InputGuard {
-    operations: Vec<Operation>,
+    /// By method, then by the number of `/`-separated segments of the path, literal
+    /// segments first within each.
+    operations: HashMap<String, Vec<Vec<Operation>>>,
     /// `components.schemas` of the document, for `$ref`s.
     schemas: serde_json::Map<String, Value>,
 }
@@ -75,8 +84,16 @@ impl InputGuard {
                 op.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count(),
             )
         });
+        let mut by_method: HashMap<String, Vec<Vec<Operation>>> = HashMap::new();
+        for op in operations {
+            let by_length = by_method.entry(op.method.clone()).or_default();
+            if by_length.len() <= op.segments.len() {
+                by_length.resize_with(op.segments.len() + 1, Vec::new);
+            }
+            by_length[op.segments.len()].push(op);
+        }
         let schemas = document["components"]["schemas"].as_object().cloned().unwrap_or_default();
-        Self { operations, schemas }
+        Self { operations: by_method, schemas }
     }
 
     /// The operation `method` on `path` (a request's raw path) reaches, if any. `HEAD` runs
@@ -84,14 +101,12 @@ impl InputGuard {
     pub fn operation(&self, method: &str, path: &str) -> Option<&Operation> {
         let method = if method == "HEAD" { "GET" } else { method };
         let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
-        let parts: Vec<&str> = path.split('/').collect();
-        self.operations.iter().find(|op| {
-            op.method == method
-                && op.segments.len() == parts.len()
-                && op.segments.iter().zip(&parts).all(|(segment, part)| match segment {
-                    Segment::Literal(literal) => literal == part,
-                    Segment::Param(_) => !part.is_empty(),
-                })
+        let candidates = self.operations.get(method)?.get(path.split('/').count())?;
+        candidates.iter().find(|op| {
+            op.segments.iter().zip(path.split('/')).all(|(segment, part)| match segment {
+                Segment::Literal(literal) => literal == part,
+                Segment::Param(_) => !part.is_empty(),
+            })
         })
     }
 
@@ -120,6 +135,7 @@ impl InputGuard {
         }
         let mut wrong_type = Vec::new();
         if let (Some(schema), Some(body)) = (&op.body, body)
+            && worth_parsing(body)
             && let Ok(value) = serde_json::from_slice::<Value>(body)
         {
             nul_strings(&value, "", &mut nul);
@@ -205,6 +221,33 @@ impl Operation {
     pub fn takes_body(&self) -> bool {
         self.body.is_some()
     }
+}
+
+/// Whether a JSON body may hold what [`InputGuard::check`] refuses: an escaped NUL
+/// (`\u0000`; a raw one is not JSON at all) in a string, or a boolean or number (a `t`,
+/// `f`, digit or `-` outside any string). One pass over the bytes, without allocating; a
+/// body this says no for is left to poem-openapi whole.
+fn worth_parsing(body: &[u8]) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &byte) in body.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+                if byte == b'u' && body[i + 1..].starts_with(b"0000") {
+                    return true;
+                }
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if matches!(byte, b't' | b'f' | b'-' | b'0'..=b'9') {
+            return true;
+        }
+    }
+    false
 }
 
 fn segments(path: &str) -> Vec<Segment> {
@@ -317,6 +360,24 @@ mod tests {
         assert_eq!(fields(&problem), [(422, "id", "nul_character")]);
         // An escaped backslash followed by `u0000` is no NUL.
         assert!(guard.check(patch, "/tasks/1", None, Some(br#"{"title": "\\u0000"}"#)).is_ok());
+    }
+
+    #[test]
+    fn only_bodies_with_something_to_refuse_are_parsed() {
+        for plain in [
+            &br#"{"title": "a \"true\" 12 - f", "priority": "high", "tags": ["x"]}"#[..],
+            br#"{"title": "\\u0000", "description": null}"#,
+        ] {
+            assert!(!worth_parsing(plain), "{}", String::from_utf8_lossy(plain));
+        }
+        for suspect in [
+            &br#"{"done": true}"#[..],
+            br#"{"title": false}"#,
+            br#"{"tags": ["a", -1]}"#,
+            br#"{"title": "a\u0000"}"#,
+        ] {
+            assert!(worth_parsing(suspect), "{}", String::from_utf8_lossy(suspect));
+        }
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! A JSON body that is already rendered, documented as the type it renders.
 //!
-//! The task cache keeps the response body of a task, not the task: a hit is sent as stored,
-//! without parsing it back and rendering it again. The body is rendered by
-//! [`RawJson::render`] through poem-openapi's own `ToJSON`, so a cached answer is byte for
-//! byte what [`poem_openapi::payload::Json`] would send.
+//! The caches keep response bodies, not values: a task, a list page and the caller's
+//! account are sent as stored, without parsing them back and rendering them again. The
+//! body is rendered by [`RawJson::render`] through poem-openapi's own `ToJSON`, so a cached
+//! answer is byte for byte what [`poem_openapi::payload::Json`] would send. It is held as
+//! [`Bytes`], so a hit hands the stored buffer to the response without a copy.
 
 use std::marker::PhantomData;
+
+use bytes::Bytes;
 
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Payload;
@@ -16,7 +19,7 @@ use poem_openapi::types::{ToJSON, Type};
 const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 pub struct RawJson<T> {
-    body: String,
+    body: Bytes,
     schema: PhantomData<fn() -> T>,
 }
 
@@ -29,11 +32,11 @@ impl<T: ToJSON> RawJson<T> {
 
 impl<T> RawJson<T> {
     /// A body rendered earlier by [`RawJson::render`].
-    pub fn from_rendered(body: String) -> Self {
-        Self { body, schema: PhantomData }
+    pub fn from_rendered(body: impl Into<Bytes>) -> Self {
+        Self { body: body.into(), schema: PhantomData }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub fn as_bytes(&self) -> &Bytes {
         &self.body
     }
 }

@@ -11,6 +11,8 @@
 //! reset, refresh-token reuse). See [`crate::auth::accounts`] for how that stays true, and
 //! cheap, with accounts and sessions cached.
 
+use std::sync::Arc;
+
 use poem::Request;
 use poem::http::StatusCode;
 use poem_openapi::SecurityScheme;
@@ -18,6 +20,7 @@ use poem_openapi::auth::Bearer;
 use uuid::Uuid;
 
 use crate::auth::Role;
+use crate::auth::accounts::Account;
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -25,10 +28,17 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
     pub id: Uuid,
-    pub email: String,
     pub role: Role,
     /// The login session (refresh family) the access token belongs to.
     pub session: Uuid,
+    /// The account as the account cache holds it (shared, not copied per request).
+    pub account: Arc<Account>,
+}
+
+impl CurrentUser {
+    pub fn email(&self) -> &str {
+        &self.account.email
+    }
 }
 
 /// A JWT access token from `POST /api/v1/auth/login` (or register/refresh).
@@ -76,10 +86,5 @@ pub async fn authenticate_user(
         .get(&state.db, user, session)
         .await
         .map_err(|err| poem::Error::from(crate::problem::ServerError::from(err)))?;
-    Ok(account.map(|account| CurrentUser {
-        id: user,
-        email: account.email,
-        role: account.role,
-        session,
-    }))
+    Ok(account.map(|account| CurrentUser { id: user, role: account.role, session, account }))
 }

@@ -1,13 +1,16 @@
-//! The auth benchmark: the API in this process, against the services of `scripts/bench`.
+//! The auth benchmark: argon2 in this process as the baseline, and the real `tasklane-api`
+//! release binary in a process of its own under login load, with `/health/live` timed
+//! from this process as a health checker would (a checker sharing the API's runtime would
+//! time its own queueing behind the login clients too).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use tasklane_api::auth::password::PasswordHasher;
 use tasklane_shared::config::Settings;
 
+use crate::api_process::ApiProcess;
 use crate::{ms, percentile};
 
 const RUN: Duration = Duration::from_secs(10);
@@ -15,14 +18,11 @@ const PASSWORD: &str = "correct horse battery staple";
 
 pub async fn run() -> anyhow::Result<()> {
     let mut settings = Settings::from_env()?;
-    settings.api_addr = "127.0.0.1:0".parse()?;
     settings.redis_prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let db = sqlx::postgres::PgPoolOptions::new()
         .connect(secrecy::ExposeSecret::expose_secret(&settings.database_url))
         .await?;
     tasklane_shared::db::migrate(&db).await?;
-    settings.database_url =
-        SecretString::from(secrecy::ExposeSecret::expose_secret(&settings.database_url).to_owned());
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
     println!(
         "# auth benchmark ({cores} cores, argon2id m={} KiB t={} p={}, {}s per phase)",
@@ -54,9 +54,9 @@ pub async fn run() -> anyhow::Result<()> {
     let verify_rate = verified.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     println!("argon2 verifications:        {verify_rate:>8.1} /s  (baseline)");
 
-    let app = tasklane_api::app::Application::build(settings).await?;
-    let base = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let api =
+        ApiProcess::start(&[("TASKLANE_REDIS_PREFIX", settings.redis_prefix.clone())]).await?;
+    let base = api.base.clone();
     let client = reqwest::Client::new();
     // One account per login client, so the 5-failure limit never applies and every login
     // succeeds (a login is the full path: JSON, rate-limit check, query, verify, tokens).

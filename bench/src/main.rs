@@ -7,8 +7,10 @@
 //!   worker processes.
 //! - `auth`: login requests/s against argon2 verifications/s in the same process; the
 //!   `/health/live` p99 idle and under full login load.
-//! - `tasks`: `GET /tasks/{id}` and `POST /tasks` requests/s against a bare Poem handler
-//!   served by the same process, and the list p99 of a user with 10,000 tasks.
+//! - `tasks`: the real `tasklane-api` loaded by wrk: `GET /me`, `GET /tasks/{id}` and the
+//!   first list page (cache hits) against a bare Poem handler served by this process,
+//!   `POST /tasks` against the writer's statement driven by pgbench, alternating rounds;
+//!   the list p99 of a user with 10,000 tasks.
 //! - `upload`: a 25 MiB PNG from `complete` to `ready` in a real worker process, against
 //!   hashing it in memory, and the worker's peak memory against its idle peak.
 //! - `events`: 1,000 SSE clients on one API process: publish-to-receive latency p50/p99 and
@@ -18,13 +20,16 @@
 //!
 //! Benchmarks, not tests: they print figures and never fail on them.
 
+mod api_process;
 mod auth;
 mod dead_set;
 mod events;
+mod pgbench;
 mod queue;
 mod tasks;
 mod traces;
 mod upload;
+mod wrk;
 
 use std::time::Duration;
 

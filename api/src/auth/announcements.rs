@@ -2,9 +2,9 @@
 //! event hub's subscription, see [`crate::hub::Listener`]) and the publish that follows a
 //! committed change, so every instance drops what it cached (see [`super::accounts`]).
 //!
-//! Two things are announced: an account changed (role, disabled), and sessions of an
-//! account ended (logout, a password change or reset, refresh-token reuse), whose access
-//! tokens must stop working at once.
+//! Two things are announced: an account changed (role, disabled, profile, verified address),
+//! and sessions of an account ended (logout, a password change or reset, refresh-token
+//! reuse), whose access tokens must stop working at once.
 
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use uuid::Uuid;
 /// What changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Announcement {
-    /// An account changed (role, disabled): written as the bare account id.
+    /// An account changed (role, disabled, profile, verified address): written as the bare
+    /// account id.
     Account(Uuid),
     /// Sessions (refresh families) of an account ended: `sessions <user> <session>...`.
     SessionsEnded { user: Uuid, sessions: Vec<Uuid> },

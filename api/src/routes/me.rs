@@ -10,6 +10,7 @@ use tasklane_shared::domain::users::EmailTokenPurpose;
 use crate::auth::password;
 use crate::http::RequestId;
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
+use crate::raw_json::RawJson;
 use crate::routes::user_view::UserView;
 use crate::security::BearerAuth;
 use crate::services::users;
@@ -65,7 +66,7 @@ const VERIFICATIONS_PER_HOUR: i64 = 3;
 #[derive(ApiResponse)]
 pub enum GetMeResponse {
     #[oai(status = 200)]
-    Ok(Json<UserView>),
+    Ok(RawJson<UserView>),
 }
 
 #[derive(ApiResponse)]
@@ -85,16 +86,18 @@ pub enum ChangePasswordResponse {
 #[OpenApi(prefix_path = "/api/v1/me", tag = "ApiTags::Account")]
 impl MeApi {
     /// Your account.
+    ///
+    /// Answered from the server's cache of callers' accounts, which every change of the
+    /// account (through any instance) drops before the next read.
     #[oai(path = "/", method = "get")]
-    async fn get(
-        &self,
-        auth: BearerAuth,
-        state: Data<&AppState>,
-    ) -> Result<GetMeResponse, AuthedError> {
-        let user = users::find(&state.db, auth.0.id)
-            .await?
-            .ok_or_else(|| ServerError::internal("the caller vanished"))?;
-        Ok(GetMeResponse::Ok(Json(user.into())))
+    async fn get(&self, auth: BearerAuth) -> Result<GetMeResponse, AuthedError> {
+        // The account was read (or found cached) to authenticate the call; its view is
+        // rendered once per cache entry.
+        let account = &auth.0.account;
+        let body = account.rendered.get_or_init(|| {
+            RawJson::<UserView>::render(&UserView::from(&**account)).as_bytes().clone()
+        });
+        Ok(GetMeResponse::Ok(RawJson::from_rendered(body.clone())))
     }
 
     /// Update your profile and digest preferences.
@@ -154,6 +157,8 @@ impl MeApi {
         )
         .execute(&state.db)
         .await?;
+        // Every instance's cached copy of the account (`GET /me`) is stale from now on.
+        state.accounts.changed(auth.0.id).await;
         let user = users::find(&state.db, auth.0.id)
             .await?
             .ok_or_else(|| ServerError::internal("the caller vanished"))?;
@@ -199,7 +204,7 @@ impl MeApi {
         users::send_verification(
             &mut tx,
             auth.0.id,
-            &auth.0.email,
+            auth.0.email(),
             user.display_name,
             &request_id.0.0,
         )
@@ -232,7 +237,7 @@ impl MeApi {
             password::check_policy(
                 "new_password",
                 &body.new_password,
-                &auth.0.email,
+                auth.0.email(),
                 display_name.as_deref(),
             ),
         ]
@@ -266,7 +271,7 @@ impl MeApi {
         let ended = users::change_password(
             &mut tx,
             auth.0.id,
-            &auth.0.email,
+            auth.0.email(),
             display_name,
             &hash,
             Some(auth.0.session),

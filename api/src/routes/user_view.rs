@@ -5,6 +5,7 @@ use poem_openapi::Object;
 use uuid::Uuid;
 
 use crate::auth::Role;
+use crate::auth::accounts::Account;
 use crate::services::users::UserRow;
 
 /// An account, as its owner (or an admin) sees it.
@@ -40,6 +41,24 @@ impl From<UserRow> for UserView {
             digest_hour: u8::try_from(row.digest_hour).unwrap_or(0),
             disabled: row.disabled,
             created_at: row.created_at,
+        }
+    }
+}
+
+/// An active account as the account cache holds it (so never disabled).
+impl From<&Account> for UserView {
+    fn from(account: &Account) -> Self {
+        Self {
+            id: account.id,
+            email: account.email.clone(),
+            display_name: account.display_name.clone(),
+            role: account.role,
+            email_verified: account.email_verified,
+            timezone: account.timezone.clone(),
+            digest_enabled: account.digest_enabled,
+            digest_hour: account.digest_hour,
+            disabled: false,
+            created_at: account.created_at,
         }
     }
 }

@@ -428,8 +428,9 @@ impl AuthApi {
         tx.commit().await?;
         if promoted {
             tracing::info!(user = %user_id, "verified address is a configured admin; promoted");
-            state.accounts.changed(user_id).await;
         }
+        // The account now shows a verified address (`GET /me`), and maybe a new role.
+        state.accounts.changed(user_id).await;
         Ok(VerifyEmailResponse::NoContent)
     }
 }

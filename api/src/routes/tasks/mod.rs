@@ -23,6 +23,7 @@ use uuid::Uuid;
 pub use self::types::*;
 use self::validate::ListParams;
 use crate::problem::{AuthedError, Checked, FieldError, Problem, ServerError};
+use crate::raw_json::RawJson;
 use crate::security::BearerAuth;
 use crate::services::tasks::cache::{CachedTask, TaskCache};
 use crate::services::tasks::quota::{self, CreationQuota};
@@ -381,12 +382,10 @@ impl TasksApi {
         }
 
         let cache = cache(&state);
-        let key = cache.list_key(user, &request.normalized()).await;
-        if let Some(key) = &key
-            && let Some(body) = cache.get(key).await
-            && let Ok(page) = serde_json::from_str::<TaskPage>(&body)
-        {
-            return Ok(ListResponse::Ok(Json(page), "hit".into()));
+        let normalized = request.normalized();
+        let mut lookup = cache.list(user, &normalized).await;
+        if let Some(body) = lookup.hit.take() {
+            return Ok(ListResponse::Ok(body, "hit".into()));
         }
         let limit = request.limit;
         let (rows, next_cursor, total) = list::page(
@@ -399,16 +398,14 @@ impl TasksApi {
             request.page,
         )
         .await?;
-        let body = TaskPage {
+        let body = RawJson::render(&TaskPage {
             data: rows.into_iter().map(TaskView::from).collect(),
             next_cursor,
             page: request.page,
             total,
             total_pages: total.map(|t| (t + i64::from(limit) - 1) / i64::from(limit)),
-        };
-        if let (Some(key), Ok(json)) = (&key, serde_json::to_string(&body)) {
-            cache.store(key, json.as_str()).await;
-        }
-        Ok(ListResponse::Ok(Json(body), "miss".into()))
+        });
+        cache.store_list(user, &normalized, &lookup, &body).await;
+        Ok(ListResponse::Ok(body, "miss".into()))
     }
 }

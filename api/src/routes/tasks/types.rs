@@ -61,7 +61,7 @@ pub struct TaskList {
 
 /// A page of tasks. `next_cursor` continues in cursor mode; `page`, `total` and
 /// `total_pages` are set in page mode.
-#[derive(Debug, Object, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Object)]
 pub struct TaskPage {
     pub data: Vec<TaskView>,
     pub next_cursor: Option<String>,
@@ -196,7 +196,7 @@ pub enum HistoryResponse {
 #[derive(ApiResponse)]
 pub enum ListResponse {
     #[oai(status = 200)]
-    Ok(Json<TaskPage>, #[oai(header = "X-Cache")] String),
+    Ok(RawJson<TaskPage>, #[oai(header = "X-Cache")] String),
     /// `q` is used but the `task_search` flag is off for you (`feature_disabled`).
     #[oai(status = 403, content_type = "application/problem+json")]
     FeatureDisabled(Json<Problem>),

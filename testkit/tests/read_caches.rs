@@ -1,0 +1,118 @@
+//! The read paths served from caches (`GET /me` from the account cache, `GET /tasks/{id}`
+//! and list pages from the task cache) with two API instances behind one database and
+//! Redis: a write through one instance is seen by the next read on the other.
+
+// Test helpers fail loudly: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tasklane_testkit::{TestApp, email_address, wait_until};
+
+/// Announcements cross instances through Redis pub/sub: well under this.
+const HEARD: Duration = Duration::from_secs(3);
+
+async fn get(app: &TestApp, base: &str, path: &str, token: &str) -> reqwest::Response {
+    app.client.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap()
+}
+
+async fn me(app: &TestApp, base: &str, token: &str) -> Value {
+    let resp = get(app, base, "/api/v1/me", token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_profile_change_through_one_instance_is_seen_by_the_next_me_on_every_instance() {
+    let app = TestApp::spawn().await;
+    let other = app.spawn_instance().await;
+    let _worker = app.spawn_worker().await;
+    let email = email_address();
+    let session = app.register(&email).await;
+    let token = session["access_token"].as_str().unwrap();
+
+    // Both instances have the account cached; what they serve is what registering answered.
+    for base in [&app.address, &other] {
+        for _ in 0..2 {
+            assert_eq!(me(&app, base, token).await, session["user"]);
+        }
+    }
+
+    let change = json!({ "display_name": "Ada", "timezone": "Europe/Paris", "digest_hour": 7 });
+    let resp = app
+        .client
+        .patch(format!("{other}/api/v1/me"))
+        .bearer_auth(token)
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let changed: Value = resp.json().await.unwrap();
+    assert_eq!(changed["display_name"], "Ada");
+    assert_eq!(me(&app, &other, token).await, changed, "at once where it was made");
+    wait_until(HEARD, "the other instance to serve the new profile", || async {
+        (me(&app, &app.address, token).await == changed).then_some(())
+    })
+    .await;
+
+    // Verifying the address (through the first instance) shows on the second.
+    assert_eq!(me(&app, &other, token).await["email_verified"], false);
+    app.register_verified_existing(&email).await;
+    assert_eq!(me(&app, &app.address, token).await["email_verified"], true, "at once");
+    wait_until(HEARD, "the other instance to serve the verified address", || async {
+        (me(&app, &other, token).await["email_verified"] == true).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_task_write_through_one_instance_is_seen_by_the_next_read_on_another() {
+    let app = TestApp::spawn().await;
+    let other = app.spawn_instance().await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap();
+    let created = app.post("/api/v1/tasks", &json!({ "title": "first" }), Some(token)).await;
+    let task: Value = created.json().await.unwrap();
+    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+
+    // Cached on the first instance.
+    for read in [path.as_str(), "/api/v1/tasks"] {
+        get(&app, &app.address, read, token).await;
+        let hit = get(&app, &app.address, read, token).await;
+        assert_eq!(hit.headers()["x-cache"], "hit", "{read}");
+    }
+
+    // Changed through the other: the very next read on the first sees it.
+    let resp = app
+        .client
+        .patch(format!("{other}{path}"))
+        .bearer_auth(token)
+        .header("if-match", "\"1\"")
+        .json(&json!({ "title": "changed elsewhere" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let read: Value = get(&app, &app.address, &path, token).await.json().await.unwrap();
+    assert_eq!(read["title"], "changed elsewhere");
+    let page: Value = get(&app, &app.address, "/api/v1/tasks", token).await.json().await.unwrap();
+    assert_eq!(page["data"][0]["title"], "changed elsewhere");
+
+    // So is a creation, once the first instance has the new page cached.
+    assert_eq!(get(&app, &app.address, "/api/v1/tasks", token).await.headers()["x-cache"], "hit");
+    let resp = app
+        .client
+        .post(format!("{other}/api/v1/tasks"))
+        .bearer_auth(token)
+        .json(&json!({ "title": "second" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let page: Value = get(&app, &app.address, "/api/v1/tasks", token).await.json().await.unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert_eq!(page["data"][0]["title"], "second");
+}
