@@ -34,6 +34,7 @@ use tasklane_shared::config::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod admin;
 mod database;
 mod faults;
 pub mod jobs;

@@ -13,21 +13,6 @@ use tasklane_testkit::{TestApp, email_address, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-async fn admin_app() -> (TestApp, String) {
-    let admin = email_address();
-    let listed = admin.clone();
-    let app = TestApp::spawn_with(move |s| {
-        s.auth.admin_emails = vec![listed];
-        s.cron.insert("prune_sent_emails".into(), "0 */10 * * * *".into());
-    })
-    .await;
-    let session = {
-        let _worker = app.spawn_worker().await;
-        app.register_verified(&admin).await
-    };
-    (app, session["access_token"].as_str().unwrap().to_owned())
-}
-
 async fn get(app: &TestApp, path: &str, token: &str) -> Value {
     let resp = app.get_as(path, token).await;
     assert_eq!(resp.status(), StatusCode::OK, "{path}");
@@ -48,7 +33,10 @@ async fn dead_email_job(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn admins_see_dead_jobs_with_their_errors_and_can_retry_them() {
-    let (app, token) = admin_app().await;
+    let (app, token) = TestApp::spawn_admin(|s| {
+        s.cron.insert("prune_sent_emails".into(), "0 */10 * * * *".into());
+    })
+    .await;
     let _worker = app.spawn_worker().await;
     let id = dead_email_job(&app).await;
     let job = wait_until(DEADLINE, "the job to die", || async {
@@ -105,7 +93,10 @@ async fn admins_see_dead_jobs_with_their_errors_and_can_retry_them() {
 
 #[tokio::test]
 async fn only_dead_jobs_can_be_retried() {
-    let (app, token) = admin_app().await;
+    let (app, token) = TestApp::spawn_admin(|s| {
+        s.cron.insert("prune_sent_emails".into(), "0 */10 * * * *".into());
+    })
+    .await;
     let _worker = app.spawn_worker().await;
     let to = email_address();
     let job = SendEmail {
@@ -128,7 +119,10 @@ async fn only_dead_jobs_can_be_retried() {
 
 #[tokio::test]
 async fn job_payloads_hide_tokens_and_carry_the_request_id() {
-    let (app, token) = admin_app().await;
+    let (app, token) = TestApp::spawn_admin(|s| {
+        s.cron.insert("prune_sent_emails".into(), "0 */10 * * * *".into());
+    })
+    .await;
     let _worker = app.spawn_worker().await;
     let user = email_address();
     app.register(&user).await;
@@ -157,7 +151,10 @@ async fn job_payloads_hide_tokens_and_carry_the_request_id() {
 
 #[tokio::test]
 async fn schedules_show_the_effective_cron_and_the_next_run() {
-    let (app, token) = admin_app().await;
+    let (app, token) = TestApp::spawn_admin(|s| {
+        s.cron.insert("prune_sent_emails".into(), "0 */10 * * * *".into());
+    })
+    .await;
     let schedules = get(&app, "/api/v1/admin/schedules", &token).await;
     let prune =
         schedules.as_array().unwrap().iter().find(|s| s["kind"] == "prune_sent_emails").unwrap();

@@ -164,20 +164,9 @@ async fn raw_row(app: &TestApp, queue: &str, kind: &str, payload: Value) -> uuid
     id
 }
 
-async fn admin_app() -> (TestApp, String) {
-    let admin = email_address();
-    let listed = admin.clone();
-    let app = TestApp::spawn_with(move |s| s.auth.admin_emails = vec![listed]).await;
-    let session = {
-        let _worker = app.spawn_worker().await;
-        app.register_verified(&admin).await
-    };
-    (app, session["access_token"].as_str().unwrap().to_owned())
-}
-
 #[tokio::test]
 async fn poison_rows_are_quarantined_with_their_reason_and_never_stall_the_rest() {
-    let (app, token) = admin_app().await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     // Older than the good rows, so they come first in the relay's batch.
     let unknown = raw_row(&app, "emails", "send_emial", serde_json::json!({})).await;
     let garbled = raw_row(&app, "emails", "send_email", serde_json::json!({"to": 7})).await;
@@ -233,7 +222,7 @@ async fn poison_rows_are_quarantined_with_their_reason_and_never_stall_the_rest(
 
 #[tokio::test]
 async fn a_payload_a_worker_cannot_decode_is_quarantined_in_its_record() {
-    let (app, token) = admin_app().await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = store(&app);
     // A job already in Redis whose payload this release cannot read (written by another).
     let id = uuid::Uuid::now_v7();

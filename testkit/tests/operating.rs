@@ -19,24 +19,6 @@ use tasklane_testkit::{GateMode, TcpGate, TestApp, TestWorker, email_address, wa
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A test app whose first account is an admin; with its access token.
-async fn admin_app(
-    adjust: impl FnOnce(&mut tasklane_shared::config::Settings),
-) -> (TestApp, String) {
-    let admin = email_address();
-    let listed = admin.clone();
-    let app = TestApp::spawn_with(move |s| {
-        s.auth.admin_emails = vec![listed];
-        adjust(s);
-    })
-    .await;
-    let session = {
-        let _worker = app.spawn_worker().await;
-        app.register_verified(&admin).await
-    };
-    (app, session["access_token"].as_str().unwrap().to_owned())
-}
-
 async fn get(app: &TestApp, path: &str, token: &str) -> Value {
     let resp = app.get_as(path, token).await;
     assert_eq!(resp.status(), StatusCode::OK, "{path}");
@@ -62,7 +44,7 @@ async fn state_of(store: &QueueStore, queue: Queue, id: &str) -> JobState {
 
 #[tokio::test]
 async fn a_paused_queue_holds_its_jobs_on_every_worker_even_when_redis_lost_the_pause() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     let mut workers = Vec::new();
     for _ in 0..2 {
@@ -119,7 +101,7 @@ async fn a_paused_queue_holds_its_jobs_on_every_worker_even_when_redis_lost_the_
 
 #[tokio::test]
 async fn a_paused_kind_stays_paused_across_a_worker_restart_and_its_queue_keeps_running() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     let (status, _) = post(&app, "/api/v1/admin/kinds/send_email/pause", json!({}), &token).await;
     assert_eq!(status, StatusCode::OK);
@@ -156,7 +138,7 @@ async fn a_paused_kind_stays_paused_across_a_worker_restart_and_its_queue_keeps_
 
 #[tokio::test]
 async fn cancelling_a_pending_job_means_it_never_runs_and_a_second_cancel_is_a_conflict() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     post(&app, "/api/v1/admin/kinds/send_email/pause", json!({}), &token).await;
     let _worker = app.spawn_worker().await;
@@ -186,7 +168,7 @@ async fn cancelling_a_pending_job_means_it_never_runs_and_a_second_cancel_is_a_c
 
 #[tokio::test]
 async fn a_job_still_in_the_outbox_is_cancelled_there_and_never_reaches_redis() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     // No worker: nothing relays it.
     let id = enqueue_committed(&app, &notice_email(&email_address())).await;
     let (status, cancelled) =
@@ -210,7 +192,7 @@ async fn a_job_still_in_the_outbox_is_cancelled_there_and_never_reaches_redis() 
 async fn cancelling_a_running_job_stops_its_handler_and_refuses_its_late_outcome() {
     let gate = TcpGate::smtp(GateMode::Hold).await;
     let smtp = gate.url("smtp");
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     let mut settings = app.worker_settings();
     settings.smtp_url = smtp.into();
@@ -243,7 +225,7 @@ async fn cancelling_a_running_job_stops_its_handler_and_refuses_its_late_outcome
 
 #[tokio::test]
 async fn a_claim_cancelled_under_its_worker_cannot_record_an_outcome() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     let id = enqueue_committed(&app, &notice_email(&email_address())).await;
     Relay::new(app.db.clone(), store.clone(), Duration::from_secs(1)).relay_batch().await.unwrap();
@@ -288,7 +270,7 @@ async fn dead_jobs(app: &TestApp, store: &QueueStore, n: usize, error: &str) -> 
 
 #[tokio::test]
 async fn bulk_retry_and_discard_take_the_dead_jobs_a_filter_matches_once() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     let smtp = dead_jobs(&app, &store, 30, "SMTP 451: try again later").await;
     let other = dead_jobs(&app, &store, 12, "permanent failure: recipient rejected").await;
@@ -331,7 +313,7 @@ async fn bulk_retry_and_discard_take_the_dead_jobs_a_filter_matches_once() {
 
 #[tokio::test]
 async fn a_rate_limit_holds_for_the_whole_fleet() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     let rate = 10.0;
     let (status, limits) = post_put(
@@ -377,7 +359,7 @@ async fn a_concurrency_limit_holds_for_the_whole_fleet() {
     let gate = TcpGate::smtp(GateMode::Hold).await;
     let smtp = gate.url("smtp");
     // The two sends the gate held fail when it opens, and are retried at once.
-    let (app, token) = admin_app(|s| s.retry_scale = 0.001).await;
+    let (app, token) = TestApp::spawn_admin(|s| s.retry_scale = 0.001).await;
     let (status, _) = post_put(
         &app,
         "/api/v1/admin/kinds/send_email/limits",
@@ -429,7 +411,7 @@ async fn post_put(app: &TestApp, path: &str, body: Value, token: &str) -> (Statu
 
 #[tokio::test]
 async fn a_schedule_runs_now_on_demand_and_a_paused_one_enqueues_no_ticks() {
-    let (app, token) = admin_app(|s| {
+    let (app, token) = TestApp::spawn_admin(|s| {
         s.cron.insert("mark_overdue".into(), "* * * * * *".into());
     })
     .await;
@@ -482,7 +464,7 @@ async fn a_schedule_runs_now_on_demand_and_a_paused_one_enqueues_no_ticks() {
 
 #[tokio::test]
 async fn the_fleet_lists_live_workers_and_a_stopped_one_leaves() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let first = app.spawn_worker().await;
     let _second = app.spawn_worker().await;
     let listed = wait_until(DEADLINE, "two workers listed", || async {
@@ -504,7 +486,7 @@ async fn the_fleet_lists_live_workers_and_a_stopped_one_leaves() {
 
 #[tokio::test]
 async fn operating_the_queue_is_for_admins_only() {
-    let (app, _admin) = admin_app(|_| {}).await;
+    let (app, _admin) = TestApp::spawn_admin(|_| {}).await;
     let user = {
         let _worker = app.spawn_worker().await;
         app.register_verified(&email_address()).await
@@ -522,7 +504,7 @@ async fn operating_the_queue_is_for_admins_only() {
 
 #[tokio::test]
 async fn waiting_high_priority_emails_start_before_any_low_priority_digest() {
-    let (app, token) = admin_app(|_| {}).await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
     // Reset-like emails (high) and digests (low) land in the queue in one step; digests of an
     // account that does not exist end at once, without an email.

@@ -361,18 +361,6 @@ async fn a_job_failure_counts_its_attempts_and_holds_nothing() {
         .await;
 }
 
-/// An admin's bearer token in a fresh app.
-async fn admin_app() -> (TestApp, String) {
-    let admin = email_address();
-    let listed = admin.clone();
-    let app = TestApp::spawn_with(move |s| s.auth.admin_emails = vec![listed]).await;
-    let session = {
-        let _worker = app.spawn_worker().await;
-        app.register_verified(&admin).await
-    };
-    (app, session["access_token"].as_str().unwrap().to_owned())
-}
-
 /// The held kinds of the emails queue in `GET /admin/queues`.
 async fn held_emails(app: &TestApp, token: &str) -> Vec<Value> {
     let overview: Value = app.get_as("/api/v1/admin/queues", token).await.json().await.unwrap();
@@ -383,7 +371,7 @@ async fn held_emails(app: &TestApp, token: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn smtp_down_longer_than_the_whole_retry_schedule_loses_no_email() {
-    let (app, token) = admin_app().await;
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.store_with(QueueSettings::default());
     // send_email's whole retry schedule (over a day) compressed to about 2 s.
     let spec = SendEmail::SPEC;
