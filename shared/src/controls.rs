@@ -225,7 +225,7 @@ pub async fn seed_limits(db: &PgPool, limits: &[(String, Limits)]) -> sqlx::Resu
 /// The queue a control of scope `queue` or `kind` applies to.
 fn queue_of(control: &Control) -> Option<Queue> {
     match control.scope.as_str() {
-        "queue" => Queue::ALL.into_iter().find(|queue| queue.as_str() == control.name),
+        "queue" => Queue::named(&control.name),
         "kind" => jobs::spec(&control.name).map(|spec| spec.queue),
         _ => None,
     }

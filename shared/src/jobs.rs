@@ -29,6 +29,11 @@ pub enum Queue {
 impl Queue {
     pub const ALL: [Queue; 3] = [Queue::Emails, Queue::Uploads, Queue::Maintenance];
 
+    /// The queue called `name`, if there is one.
+    pub fn named(name: &str) -> Option<Queue> {
+        Queue::ALL.into_iter().find(|queue| queue.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Queue::Emails => "emails",

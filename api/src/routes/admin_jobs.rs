@@ -158,6 +158,23 @@ pub enum SchedulesResponse {
     Forbidden(Json<Problem>),
 }
 
+/// The queues a `queue` filter names: all of them when absent; none, with a field error,
+/// when it names no queue.
+pub(crate) fn queue_filter(name: Option<&str>, errors: &mut Vec<FieldError>) -> Vec<Queue> {
+    match name.map(|name| (name, Queue::named(name))) {
+        None => Queue::ALL.to_vec(),
+        Some((_, Some(queue))) => vec![queue],
+        Some((_, None)) => {
+            errors.push(FieldError::new(
+                "queue",
+                "unknown",
+                "must be emails, uploads or maintenance",
+            ));
+            Vec::new()
+        }
+    }
+}
+
 fn not_found() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -230,20 +247,7 @@ impl AdminJobsApi {
             return Ok(JobsResponse::Forbidden(Json(problem)));
         }
         let mut errors = Vec::new();
-        let queues: Vec<Queue> = match queue.0.as_deref() {
-            None => Queue::ALL.to_vec(),
-            Some(name) => match Queue::ALL.into_iter().find(|q| q.as_str() == name) {
-                Some(queue) => vec![queue],
-                None => {
-                    errors.push(FieldError::new(
-                        "queue",
-                        "unknown",
-                        "must be emails, uploads or maintenance",
-                    ));
-                    Vec::new()
-                }
-            },
-        };
+        let queues = queue_filter(queue.0.as_deref(), &mut errors);
         if let Some(kind) = kind.0.as_deref()
             && jobs::spec(kind).is_none()
         {

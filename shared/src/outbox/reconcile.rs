@@ -173,7 +173,7 @@ impl Reconciler {
         for job in jobs {
             // Every record here is of a known queue (see `pass`); an unknown one reads as
             // a key that does not exist and is never pushed.
-            let key = match queue_of(&job.queue) {
+            let key = match Queue::named(&job.queue) {
                 Some(queue) => self.store.key(queue, &format!("job:{}", job.id)),
                 None => self.store.keys().global("no-such-queue"),
             };
@@ -277,8 +277,4 @@ impl Reconciler {
         super::receipts::prune(&self.db, settings.dead_retention).await?;
         Ok(succeeded.rows_affected() + ended.rows_affected())
     }
-}
-
-fn queue_of(name: &str) -> Option<Queue> {
-    Queue::ALL.into_iter().find(|queue| queue.as_str() == name)
 }

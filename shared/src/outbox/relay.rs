@@ -113,7 +113,7 @@ impl Relay {
                 }
                 continue;
             }
-            let Some(queue) = Queue::ALL.into_iter().find(|q| q.as_str() == row.queue) else {
+            let Some(queue) = Queue::named(&row.queue) else {
                 continue;
             };
             let checked = match jobs::spec(&row.kind) {

@@ -13,15 +13,12 @@ use uuid::Uuid;
 
 use super::types::{Admin, BulkResult, CancelView, DeadJobsFilter, PauseView, Reply};
 use crate::problem::{AuthedError, FieldError, Problem};
+use crate::routes::admin_jobs::queue_filter;
 use crate::services::audit;
 use crate::state::AppState;
 
 pub(super) fn not_found(what: &str, name: &str) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} is called {name:?}"))
-}
-
-pub(super) fn queue_named(name: &str) -> Option<Queue> {
-    Queue::ALL.into_iter().find(|queue| queue.as_str() == name)
 }
 
 /// A scheduled kind, by name.
@@ -60,20 +57,7 @@ fn dead_filter(body: &DeadJobsFilter) -> Result<(Vec<Queue>, DeadFilter), Proble
     if body.state != JobState::Dead {
         errors.push(FieldError::new("state", "unsupported", "only dead jobs are changed in bulk"));
     }
-    let queues = match body.queue.as_deref() {
-        None => Queue::ALL.to_vec(),
-        Some(name) => match queue_named(name) {
-            Some(queue) => vec![queue],
-            None => {
-                errors.push(FieldError::new(
-                    "queue",
-                    "unknown",
-                    "must be emails, uploads or maintenance",
-                ));
-                Vec::new()
-            }
-        },
-    };
+    let queues = queue_filter(body.queue.as_deref(), &mut errors);
     let queues = match body.kind.as_deref().map(|kind| (kind, jobs::spec(kind))) {
         None => queues,
         Some((kind, None)) => {

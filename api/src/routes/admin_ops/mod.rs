@@ -33,9 +33,7 @@ mod types;
 
 pub use types::*;
 
-use actions::{
-    bulk, ended, finish_cancel, not_found, publish, queue_named, schedule_named, set_paused,
-};
+use actions::{bulk, ended, finish_cancel, not_found, publish, schedule_named, set_paused};
 
 pub struct AdminOpsApi;
 
@@ -393,7 +391,7 @@ impl AdminOpsApi {
             Err(problem) => return Ok(Admin::Forbidden(Json(problem))),
         };
         let known = match scope {
-            Scope::Queue => queue_named(name).is_some(),
+            Scope::Queue => Queue::named(name).is_some(),
             Scope::Kind => jobs::spec(name).is_some(),
             Scope::Schedule => schedule_named(state, name).is_some(),
         };
