@@ -36,6 +36,7 @@ impl Job for Noop {
         timeout: Duration::from_secs(10),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 

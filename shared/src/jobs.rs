@@ -11,10 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 
+pub use self::backoff::Backoff;
 pub use self::failure::{Failure, safe_reason};
 pub use crate::outage::DependencyDown;
 use uuid::Uuid;
 
+mod backoff;
 mod failure;
 
 /// The Redis queues. Each is drained by its own apalis worker(s), so a flood of one kind of
@@ -43,37 +45,6 @@ impl Queue {
     }
 }
 
-/// Exponential backoff with equal jitter: attempt `n` waits a random time in
-/// `[ceiling(n) / 2, ceiling(n)]`, where `ceiling(n) = min(cap, base * 2^(n-1))`. The jitter
-/// spreads out retries of many jobs that failed together; the floor keeps a schedule's
-/// length predictable, so a kind's promise ("retries span at least 24 h") holds for every
-/// draw ([`Backoff::min_span`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub cap: Duration,
-}
-
-impl Backoff {
-    /// The longest wait after `attempt` (1-based) failed attempts.
-    pub fn ceiling(self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// A random wait in `[ceiling(attempt) / 2, ceiling(attempt)]`.
-    pub fn delay(self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt).as_millis() as u64;
-        Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
-    }
-
-    /// The shortest time from the first failure to the last attempt of a job with
-    /// `max_attempts` attempts that fails every time: the sum of the shortest waits.
-    pub fn min_span(self, max_attempts: u32) -> Duration {
-        (1..max_attempts).map(|attempt| self.ceiling(attempt) / 2).sum()
-    }
-}
-
 /// How a job kind is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobSpec {
@@ -94,6 +65,10 @@ pub struct JobSpec {
     /// For scheduled kinds, the default cron expression (`sec min hour day month weekday`),
     /// overridable with `TASKLANE_CRON_<KIND>`.
     pub schedule: Option<&'static str>,
+    /// For kinds fair by owner (SPEC section 10): the payload's field naming whose job it
+    /// is. Such jobs are claimed in turns, one per owner, so one owner's backlog cannot hold
+    /// back another's job.
+    pub fair_by: Option<&'static str>,
 }
 
 /// A kind's rank in its queue (see [`JobSpec::priority`]).
@@ -154,6 +129,7 @@ impl Job for SendEmail {
         timeout: Duration::from_secs(30),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 
@@ -177,6 +153,7 @@ impl Job for SendReminder {
         timeout: Duration::from_secs(30),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 
@@ -202,6 +179,7 @@ impl Job for SendDigest {
         timeout: Duration::from_secs(60),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 
@@ -211,6 +189,10 @@ impl Job for SendDigest {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessUpload {
     pub attachment_id: uuid::Uuid,
+    /// Who uploaded it: the uploads queue takes turns between owners. Absent in jobs queued
+    /// before fairness, which then wait in the kind's common list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<uuid::Uuid>,
 }
 
 impl Job for ProcessUpload {
@@ -223,6 +205,7 @@ impl Job for ProcessUpload {
         timeout: Duration::from_secs(300),
         unique: false,
         schedule: None,
+        fair_by: Some("owner_id"),
     };
 }
 
@@ -243,6 +226,7 @@ impl Job for DeleteObjects {
         timeout: Duration::from_secs(120),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 
@@ -276,6 +260,7 @@ macro_rules! scheduled_job {
                 timeout: Duration::from_secs($timeout),
                 unique: true,
                 schedule: Some($cron),
+                fair_by: None,
             };
         }
 
@@ -342,6 +327,13 @@ pub const ALL: &[JobSpec] = &[
     DailyDigest::SPEC,
     ExpireUploads::SPEC,
 ];
+
+/// Whose job this is, for a kind fair by owner: its payload's [`JobSpec::fair_by`] field.
+pub fn owner_of(kind: &str, payload: &str) -> Option<String> {
+    let field = spec(kind)?.fair_by?;
+    let payload: serde_json::Value = serde_json::from_str(payload).ok()?;
+    payload.get(field)?.as_str().map(str::to_owned)
+}
 
 /// The spec of a kind by name.
 pub fn spec(kind: &str) -> Option<&'static JobSpec> {

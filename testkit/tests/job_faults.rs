@@ -173,6 +173,7 @@ impl Job for Flaky {
         timeout: Duration::from_secs(5),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 

@@ -49,6 +49,7 @@ impl Job for Idle {
         timeout: Duration::from_secs(60),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 
@@ -225,6 +226,7 @@ impl Job for Fragile {
         timeout: Duration::from_secs(5),
         unique: false,
         schedule: None,
+        fair_by: None,
     };
 }
 

@@ -179,10 +179,12 @@ pub async fn page(
     .await
 }
 
-/// `pending` -> `processing`, with the `process_upload` job on the same transaction.
+/// `pending` -> `processing`, with the `process_upload` job on the same transaction; the job
+/// names `owner`, whose uploads take turns with everyone else's.
 pub async fn start_processing(
     conn: &mut PgConnection,
     id: Uuid,
+    owner: Uuid,
     request_id: Option<&str>,
 ) -> Result<AttachmentRow, sqlx::Error> {
     let row = sqlx::query_as!(
@@ -195,8 +197,8 @@ pub async fn start_processing(
     )
     .fetch_one(&mut *conn)
     .await?;
-    tasklane_shared::outbox::enqueue(conn, &ProcessUpload { attachment_id: row.id }, request_id)
-        .await?;
+    let job = ProcessUpload { attachment_id: row.id, owner_id: Some(owner) };
+    tasklane_shared::outbox::enqueue(conn, &job, request_id).await?;
     Ok(row)
 }
 

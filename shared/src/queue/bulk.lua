@@ -19,7 +19,7 @@ local ids = redis.call('ZRANGEBYSCORE', dead, ARGV[5], ARGV[6], 'LIMIT', skip, b
 local skipped, changed = 0, {}
 for _, id in ipairs(ids) do
   local key = ns .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'kind', 'last_error')
+  local job = redis.call('HMGET', key, 'kind', 'last_error', 'owner')
   local matches = job[1] ~= false and (kind == '' or job[1] == kind)
     and (needle == '' or string.find(string.lower(job[2] or ''), needle, 1, true) ~= nil)
   if not job[1] then
@@ -36,9 +36,7 @@ for _, id in ipairs(ids) do
     redis.call('PERSIST', key)
     redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'token', '')
     redis.call('HDEL', key, 'finished_ms')
-    redis.call('RPUSH', ns .. 'pending:' .. job[1], id)
-    redis.call('RPUSH', ns .. 'wake:' .. job[1], '1')
-    redis.call('LTRIM', ns .. 'wake:' .. job[1], -cap, -1)
+    make_ready(ns, job[1], id, job[3], cap)
     table.insert(changed, id)
   end
 end

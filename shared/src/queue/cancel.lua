@@ -12,12 +12,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, id = ARGV[1], ARGV[2]
 local key = ns .. 'job:' .. id
-local job = redis.call('HMGET', key, 'state', 'kind')
+local job = redis.call('HMGET', key, 'state', 'kind', 'owner')
 local state, kind = job[1], job[2]
 if not state then
   return ''
 elseif state == 'pending' then
-  redis.call('LREM', ns .. 'pending:' .. kind, 1, id)
+  unready(ns, kind, id, job[3])
 elseif state == 'scheduled' then
   redis.call('ZREM', ns .. 'scheduled', id)
 elseif state == 'running' then

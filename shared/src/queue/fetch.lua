@@ -15,6 +15,7 @@
 -- Returns the claimed jobs and, when the controls held some back, how many milliseconds to
 -- wait before asking again (0 when nothing was held back).
 -- KEYS[1]: a key of the namespace, for routing.
+-- Fairness (SPEC section 10): a kind fair by owner is claimed in owners' turns (ready.lua).
 -- Priorities (SPEC section 10): a kind claims nothing while a kind of the same queue with a
 -- higher priority (ARGV[10...], not paused) has jobs waiting, so urgent work goes first.
 -- ARGV: NS, kind, worker, lease_ms, n, done_retention_ms, dead_retention_ms, sweep_limit,
@@ -34,17 +35,18 @@ local function push_history(key, entry)
   redis.call('HSET', key, 'history', cjson.encode(history))
 end
 
--- Back to the pending list of the job's own kind, waking one of its workers.
+-- Ready again, waking one of its kind's workers: a due job waits its turn (ready.lua); one
+-- whose lease expired mid-run goes to the front of its kind's list.
 local function make_pending(id, key, front)
-  local job_kind = redis.call('HGET', key, 'kind')
+  local job = redis.call('HMGET', key, 'kind', 'owner')
   redis.call('HSET', key, 'state', 'pending')
   if front then
-    redis.call('LPUSH', ns .. 'pending:' .. job_kind, id)
+    redis.call('LPUSH', ns .. 'pending:' .. job[1], id)
+    redis.call('RPUSH', ns .. 'wake:' .. job[1], '1')
+    redis.call('LTRIM', ns .. 'wake:' .. job[1], -cap, -1)
   else
-    redis.call('RPUSH', ns .. 'pending:' .. job_kind, id)
+    make_ready(ns, job[1], id, job[2], cap)
   end
-  redis.call('RPUSH', ns .. 'wake:' .. job_kind, '1')
-  redis.call('LTRIM', ns .. 'wake:' .. job_kind, -cap, -1)
 end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, sweep)) do
@@ -90,7 +92,7 @@ if controls[1] == '1' or controls[2] == '1' or not controls[5] then
 end
 for i = 10, #ARGV do
   local ahead = ARGV[i]
-  if redis.call('LLEN', ns .. 'pending:' .. ahead) > 0
+  if has_ready(ns, ahead)
       and redis.call('HGET', ns .. 'controls', 'paused:' .. ahead) ~= '1' then
     return {{}, 50}
   end
@@ -126,6 +128,11 @@ end
 
 local claimed = {}
 local pending = ns .. 'pending:' .. kind
+-- A kind fair by owner: its owners' turns fill the list up to what is claimed now.
+local short = n - redis.call('LLEN', pending)
+if short > 0 then
+  take_turns(ns, kind, short)
+end
 local ids = redis.call('LPOP', pending, n)
 if ids then
   for _, id in ipairs(ids) do

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::Script;
+use redis::{AsyncCommands, Script};
 
 use super::store::WAKE_CAP;
 use super::{QueueStore, kinds_of};
 use crate::domain::jobs::JobState;
 use crate::jobs::Queue;
 
-static RETRY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("retry.lua")));
+static RETRY: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("retry.lua")));
 
 /// One attempt of a job, as kept in its history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -178,13 +178,20 @@ impl QueueStore {
         }
         let mut ids = Vec::new();
         for kind in kinds_of(queue) {
-            let more: Vec<String> = redis::cmd("LRANGE")
-                .arg(self.key(queue, &format!("pending:{kind}")))
-                .arg(0)
-                .arg(stop)
-                .query_async(&mut conn)
-                .await?;
-            ids.extend(more);
+            let mut lists = vec![self.key(queue, &format!("pending:{kind}"))];
+            // A kind fair by owner: then its owners' lists, in their turn's order.
+            let owners: Vec<String> =
+                conn.lrange(self.key(queue, &format!("owners:{kind}")), 0, -1).await?;
+            lists.extend(
+                owners.iter().map(|owner| self.key(queue, &format!("owned:{kind}:{owner}"))),
+            );
+            for list in lists {
+                if ids.len() >= limit {
+                    break;
+                }
+                let more: Vec<String> = conn.lrange(list, 0, stop).await?;
+                ids.extend(more);
+            }
         }
         ids.truncate(limit);
         Ok(ids)
@@ -214,10 +221,23 @@ impl QueueStore {
         let (mut pending, mut oldest_ms) = (0, now_ms);
         for kind in kinds_of(queue) {
             let list = self.key(queue, &format!("pending:{kind}"));
-            let (len, head): (u64, Option<String>) =
-                redis::pipe().llen(&list).lindex(&list, 0).query_async(&mut conn).await?;
-            pending += len;
-            if let Some(id) = head {
+            let (len, owned, head, next_owner): (u64, Option<u64>, Option<String>, Option<String>) =
+                redis::pipe()
+                    .llen(&list)
+                    .get(self.key(queue, &format!("owned:{kind}")))
+                    .lindex(&list, 0)
+                    .lindex(self.key(queue, &format!("owners:{kind}")), 0)
+                    .query_async(&mut conn)
+                    .await?;
+            pending += len + owned.unwrap_or(0);
+            // A kind fair by owner: the owner whose turn is next has waited longest.
+            let owned_head = match (head.is_none(), next_owner) {
+                (true, Some(owner)) => {
+                    conn.lindex(self.key(queue, &format!("owned:{kind}:{owner}")), 0).await?
+                }
+                _ => None,
+            };
+            if let Some(id) = head.or(owned_head) {
                 let created: Option<u64> = redis::cmd("HGET")
                     .arg(self.key(queue, &format!("job:{id}")))
                     .arg("created_ms")

@@ -4,7 +4,9 @@
 //! - `job:<id>` hash: kind, payload, attempts, max attempts, state, history of attempts,
 //!   the request and the trace (`traceparent`) that caused it, and when it last became
 //!   claimable again (`due_ms`: a retry or a delayed job fell due, or it was handed back);
-//! - `pending:<kind>` lists (FIFO), `running` zset (score: lease expiry), `scheduled` zset
+//! - `pending:<kind>` lists (FIFO); for a kind fair by owner, also each owner's list
+//!   `owned:<kind>:<owner>` and the ring of owners taking turns `owners:<kind>` (see
+//!   `ready.lua`); `running` zset (score: lease expiry), `scheduled` zset
 //!   (score: when a retry or a delayed job is due), `done`, `dead` and `cancelled` zsets
 //!   (score: when it ended);
 //! - `controls` hash: the operators' pauses and limits, copied from Postgres; `active` hash:
@@ -225,6 +227,13 @@ pub trait OutcomeSink: Send + Sync {
 /// The declared kinds of a queue.
 fn kinds_of(queue: Queue) -> impl Iterator<Item = &'static str> {
     crate::jobs::ALL.iter().filter(move |spec| spec.queue == queue).map(|spec| spec.kind)
+}
+
+/// A script that uses the functions of `ready.lua` (where ready jobs wait), spliced in after
+/// its first line, which declares the script's flags.
+fn script(source: &str) -> redis::Script {
+    let (flags, body) = source.split_once('\n').unwrap_or((source, ""));
+    redis::Script::new(&format!("{flags}\n{}{body}", include_str!("ready.lua")))
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -12,8 +12,8 @@ use super::store::WAKE_CAP;
 use crate::domain::jobs::JobState;
 use crate::jobs::Queue;
 
-static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cancel.lua")));
-static BULK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bulk.lua")));
+static CANCEL: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("cancel.lua")));
+static BULK: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("bulk.lua")));
 static CONTROLS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("controls.lua")));
 
 /// Dead jobs one step of a bulk action looks at: about a millisecond of Redis' time each.
@@ -133,15 +133,18 @@ impl QueueStore {
         Ok(applied == 1)
     }
 
-    /// Jobs of each kind of `queue` waiting in its list.
+    /// Jobs of each kind of `queue` waiting to be claimed.
     pub async fn pending_by_kind(&self, queue: Queue) -> redis::RedisResult<HashMap<String, u64>> {
         let kinds: Vec<&str> = super::kinds_of(queue).collect();
         let mut pipe = redis::pipe();
         for kind in &kinds {
             pipe.llen(self.key(queue, &format!("pending:{kind}")));
+            // What waits in the owners' lists of a kind fair by owner.
+            pipe.get(self.key(queue, &format!("owned:{kind}")));
         }
-        let lengths: Vec<u64> = pipe.query_async(&mut self.connection()).await?;
-        Ok(kinds.into_iter().map(str::to_owned).zip(lengths).collect())
+        let lengths: Vec<Option<u64>> = pipe.query_async(&mut self.connection()).await?;
+        let waiting = lengths.chunks(2).map(|pair| pair.iter().flatten().sum());
+        Ok(kinds.into_iter().map(str::to_owned).zip(waiting).collect())
     }
 
     /// Jobs of each kind of `queue` running now (claimed, outcome not yet recorded).

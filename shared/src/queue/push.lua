@@ -9,14 +9,16 @@
 -- key of that namespace, for routing.
 -- A delayed job (due later than now, by Redis' clock) waits in `scheduled` until it is due,
 -- like a retry; fetch.lua moves it to its kind's list then.
+-- A job with an owner (a kind fair by owner) waits in its owner's list (see ready.lua).
 -- ARGV: NS, wake_cap, then per job: id, kind, payload, max_attempts, request_id,
---       unique_key ('' for none), unique_ttl_ms, traceparent ('' for none), due_ms (0: now)
+--       unique_key ('' for none), unique_ttl_ms, traceparent ('' for none), due_ms (0: now),
+--       owner ('' for none)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, cap = ARGV[1], tonumber(ARGV[2])
 local added = 0
-for i = 3, #ARGV, 9 do
-  local id, kind, unique = ARGV[i], ARGV[i + 1], ARGV[i + 5]
+for i = 3, #ARGV, 10 do
+  local id, kind, unique, owner = ARGV[i], ARGV[i + 1], ARGV[i + 5], ARGV[i + 9]
   local key = ns .. 'job:' .. id
   local fresh = redis.call('EXISTS', key) == 0
   if fresh and unique ~= '' then
@@ -29,16 +31,17 @@ for i = 3, #ARGV, 9 do
       'id', id, 'kind', kind, 'payload', ARGV[i + 2], 'attempts', 0,
       'max_attempts', ARGV[i + 3], 'state', state, 'created_ms', now,
       'request_id', ARGV[i + 4], 'traceparent', ARGV[i + 7], 'history', '[]')
+    if owner ~= '' then
+      redis.call('HSET', key, 'owner', owner)
+    end
     if state == 'scheduled' then
       -- Its queue wait starts when it falls due.
       redis.call('HSET', key, 'due_ms', due)
       redis.call('ZADD', ns .. 'scheduled', due, id)
     else
-      redis.call('RPUSH', ns .. 'pending:' .. kind, id)
-      -- One token per job wakes one idle worker of the kind blocked on its wake list; the
-      -- cap keeps the list bounded when no worker is listening.
-      redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
-      redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
+      -- Its wake token wakes one idle worker of the kind blocked on its wake list; the cap
+      -- keeps the list bounded when no worker is listening.
+      make_ready(ns, kind, id, owner, cap)
     end
     added = added + 1
   end

@@ -11,14 +11,12 @@ local key = ns .. 'job:' .. id
 if redis.call('HGET', key, 'state') ~= 'dead' then
   return 0
 end
-local kind = redis.call('HGET', key, 'kind')
+local job = redis.call('HMGET', key, 'kind', 'owner')
 redis.call('ZREM', ns .. 'dead', id)
 redis.call('PERSIST', key)
 redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'token', '')
 local t = redis.call('TIME')
 redis.call('HSET', key, 'due_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('HDEL', key, 'finished_ms')
-redis.call('RPUSH', ns .. 'pending:' .. kind, id)
-redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
-redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
+make_ready(ns, job[1], id, job[2], cap)
 return 1

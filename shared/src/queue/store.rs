@@ -13,8 +13,8 @@ use super::{Claim, ClaimRef, Finished, NewJob, Outcome, OutcomeSink, QueueSettin
 use crate::jobs::Queue;
 use crate::redis::Keys;
 
-static PUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("push.lua")));
-static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fetch.lua")));
+static PUSH: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("push.lua")));
+static FETCH: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("fetch.lua")));
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
 
@@ -138,7 +138,10 @@ impl QueueStore {
                 Some((key, ttl)) => invocation.arg(key).arg(millis(*ttl)),
                 None => invocation.arg("").arg(0),
             };
-            invocation.arg(job.traceparent.as_deref().unwrap_or("")).arg(job.due_ms.unwrap_or(0));
+            invocation
+                .arg(job.traceparent.as_deref().unwrap_or(""))
+                .arg(job.due_ms.unwrap_or(0))
+                .arg(crate::jobs::owner_of(&job.kind, &job.payload).unwrap_or_default());
         }
         invocation.invoke_async(&mut self.conn.clone()).await
     }

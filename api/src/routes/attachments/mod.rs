@@ -218,7 +218,8 @@ impl AttachmentsApi {
                 return Ok(CompleteResponse::Conflict(Json(problem)));
             }
         }
-        let row = records::start_processing(&mut tx, row.id, Some(&request_id.0.0)).await?;
+        let row =
+            records::start_processing(&mut tx, row.id, auth.0.id, Some(&request_id.0.0)).await?;
         tx.commit().await?;
         Ok(CompleteResponse::Accepted(Json(row.into())))
     }
