@@ -237,3 +237,21 @@ async fn every_console_of_an_instance_shares_one_sampler_fed_from_redis() {
         .until("the other instance sees the pause too", |s| queue(s, "emails")["paused"] == true)
         .await;
 }
+
+#[tokio::test]
+async fn the_sampler_sleeps_while_no_console_is_open() {
+    let (app, token) = TestApp::spawn_admin(|_| {}).await;
+    let mut live = Live::open(&app, &app.address, &token).await;
+    let before = live.next().await["seq"].as_u64().unwrap();
+    drop(live);
+    // The assertion is that nothing happens for five sample periods, so this waits them
+    // out: sampling on, they would be five more samples. The dropped stream is noticed at
+    // its next write, which may cost one sample, and one may have been in flight.
+    tokio::time::sleep(tasklane_api::services::live::SAMPLE_EVERY * 5).await;
+    let mut again = Live::open(&app, &app.address, &token).await;
+    let after = again.next().await["seq"].as_u64().unwrap();
+    assert!(after <= before + 3, "sampled {} times with no console open", after - before - 1);
+    // And it wakes at once for a new page: the next sample follows within a period.
+    let next = again.next().await["seq"].as_u64().unwrap();
+    assert_eq!(next, after + 1);
+}
