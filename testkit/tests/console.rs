@@ -255,3 +255,20 @@ async fn the_sampler_sleeps_while_no_console_is_open() {
     let next = again.next().await["seq"].as_u64().unwrap();
     assert_eq!(next, after + 1);
 }
+
+#[tokio::test]
+async fn a_console_says_when_redis_cannot_be_read_and_keeps_the_last_figures() {
+    let mut redis = tasklane_testkit::TestRedis::start().await;
+    let url = redis.url();
+    let (app, token) = TestApp::spawn_admin(|s| s.redis_url = url.into()).await;
+    let mut live = Live::open(&app, &app.address, &token).await;
+    assert_eq!(live.next().await["error"], Value::Null);
+
+    redis.stop().await;
+    let stale = live.until("the sample failed", |s| s["error"] != Value::Null).await;
+    assert!(stale["error"].as_str().unwrap().contains("Redis"), "{stale}");
+    assert_eq!(stale["queues"].as_array().unwrap().len(), 3, "the last figures are kept");
+
+    redis.start_again().await;
+    live.until("the samples read again", |s| s["error"] == Value::Null).await;
+}
