@@ -45,9 +45,12 @@ function h(tag, attrs = {}, ...children) {
 }
 
 function fill(tbody, rows, columns, empty) {
+  // A keyboard user keeps their place: the control they were on is focused again.
+  const focused = tbody.contains(document.activeElement) ? document.activeElement.id : '';
   tbody.replaceChildren(...(rows.length ? rows
     : [h('tr', { class: 'empty' }, h('td', { colspan: columns, text: empty }))]));
   labelCells(tbody);
+  if (focused) document.getElementById(focused)?.focus();
 }
 
 /// Each cell carries its column's name, which narrow screens show beside the value
@@ -381,10 +384,10 @@ async function loadKinds() {
       h('td', { class: 'limits' },
         h('label', { for: `rate-${k.kind}`, class: 'sr-only', text: `Jobs per second for ${k.kind}` }), rate,
         h('label', { for: `concurrency-${k.kind}`, class: 'sr-only', text: `Jobs at once for ${k.kind}` }), conc,
-        button('Save', () => saveLimits(k.kind, rate.value, conc.value), { 'aria-label': `Save limits of ${k.kind}` })),
+        button('Save', () => saveLimits(k.kind, rate.value, conc.value), { id: `save-${k.kind}`, 'aria-label': `Save limits of ${k.kind}` })),
       h('td', { class: 'actions' },
-        button('Pause', () => setPaused('kinds', k.kind, true), { 'aria-label': `Pause kind ${k.kind}` }),
-        button('Resume', () => setPaused('kinds', k.kind, false), { 'aria-label': `Resume kind ${k.kind}` })));
+        button('Pause', () => setPaused('kinds', k.kind, true), { id: `pause-kind-${k.kind}`, 'aria-label': `Pause kind ${k.kind}` }),
+        button('Resume', () => setPaused('kinds', k.kind, false), { id: `resume-kind-${k.kind}`, 'aria-label': `Resume kind ${k.kind}` })));
   });
   fill($('kinds-table').querySelector('tbody'), rows, 8, 'No job kinds.');
 }
@@ -426,7 +429,7 @@ async function loadJobs() {
     return;
   }
   const rows = page.data.map((job) => h('tr', { 'data-job': job.id, 'data-kind': job.kind, 'data-state': job.state },
-    h('th', { scope: 'row' }, button(job.id.slice(-12), () => showJob(job.id), { 'aria-label': `Show job ${job.id}`, class: 'link' })),
+    h('th', { scope: 'row' }, button(job.id.slice(-12), () => showJob(job.id), { id: `show-${job.id}`, 'aria-label': `Show job ${job.id}`, class: 'link' })),
     h('td', { text: job.kind }), h('td', { text: job.queue }), h('td', { text: job.state }),
     h('td', { text: `${job.attempts}/${job.max_attempts}` }), h('td', { text: time(job.created_at) }),
     h('td', { class: 'error', text: job.last_error || '—' }),
@@ -512,9 +515,9 @@ async function loadSchedules() {
     h('td', { text: time(s.last_run) }), h('td', { text: time(s.next_run) }),
     h('td', { text: s.paused ? 'paused' : 'active' }),
     h('td', { class: 'actions' },
-      button('Run now', () => runSchedule(s.kind), { 'data-testid': `schedule-run-${s.kind}`, 'aria-label': `Run ${s.kind} now` }),
-      button('Pause', () => setPaused('schedules', s.kind, true), { 'aria-label': `Pause schedule ${s.kind}` }),
-      button('Resume', () => setPaused('schedules', s.kind, false), { 'aria-label': `Resume schedule ${s.kind}` }))));
+      button('Run now', () => runSchedule(s.kind), { id: `run-${s.kind}`, 'data-testid': `schedule-run-${s.kind}`, 'aria-label': `Run ${s.kind} now` }),
+      button('Pause', () => setPaused('schedules', s.kind, true), { id: `pause-schedule-${s.kind}`, 'aria-label': `Pause schedule ${s.kind}` }),
+      button('Resume', () => setPaused('schedules', s.kind, false), { id: `resume-schedule-${s.kind}`, 'aria-label': `Resume schedule ${s.kind}` }))));
   fill($('schedules-table').querySelector('tbody'), rows, 7, 'No schedules.');
 }
 
