@@ -67,6 +67,7 @@ impl Application {
                 vec![accounts.clone() as Arc<dyn crate::hub::Listener>],
             ),
             accounts,
+            live: crate::services::live::LiveFeed::default(),
             redis,
             keys,
             metrics: tasklane_shared::telemetry::metrics_handle(),
@@ -113,17 +114,26 @@ impl Application {
             self.state.queue.clone(),
             std::future::pending(),
         ));
+        // One sampler per instance feeds every open console (it sleeps while none is open).
+        let sampler = tokio::spawn(self.state.live.clone().run(crate::services::live::Sources {
+            db: self.state.db.clone(),
+            queue: self.state.queue.clone(),
+            redis: self.state.redis.clone(),
+            keys: self.state.keys.clone(),
+        }));
         // Event streams never end on their own: they are closed first, so draining waits
         // only for ordinary requests.
-        let hub = self.state.hub.clone();
+        let (hub, live) = (self.state.hub.clone(), self.state.live.clone());
         let shutdown = async move {
             shutdown.await;
             hub.close();
+            live.close();
         };
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(routes(self.state).with(policy), shutdown, Some(grace))
             .await?;
         copier.abort();
+        sampler.abort();
         tracing::info!("API stopped");
         Ok(())
     }
@@ -157,6 +167,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     Route::new()
         .nest("/docs", Route::new().at("/", docs))
         .at("/api/openapi.json", spec)
+        .nest("/console", crate::console::routes())
         .nest("/", api)
         .data(state)
 }

@@ -10,7 +10,8 @@
 //!   `main` and of the test harness.
 //! - [`openapi`]: the document, every API struct in one place; [`tags`]: its tags, which
 //!   every route names.
-//! - [`routes`]: one module per resource; [`ops`]: health and metrics.
+//! - [`routes`]: one module per resource; [`ops`]: health and metrics; [`console`]: the
+//!   operator console's page and assets (a client of the admin API).
 //! - [`security`]: the bearer scheme, the authenticated caller of every operation.
 //! - [`services`]: the rules, SQL and Redis work beneath the routes, per resource (tasks,
 //!   attachments, accounts and sessions, flags).
@@ -31,6 +32,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod console;
 pub mod http;
 pub mod hub;
 pub mod input_guard;

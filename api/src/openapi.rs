@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::ops::OpsApi;
 use crate::routes::admin_jobs::AdminJobsApi;
+use crate::routes::admin_live::AdminLiveApi;
 use crate::routes::admin_ops::AdminOpsApi;
 use crate::routes::admin_outbox::AdminOutboxApi;
 use crate::routes::admin_users::AdminUsersApi;
@@ -38,6 +39,7 @@ pub type Apis = (
     AdminJobsApi,
     AdminOpsApi,
     AdminOutboxApi,
+    AdminLiveApi,
     OpsApi,
 );
 
@@ -57,6 +59,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             AdminJobsApi,
             AdminOpsApi,
             AdminOutboxApi,
+            AdminLiveApi,
             OpsApi,
         ),
         "Tasklane API",

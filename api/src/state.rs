@@ -61,4 +61,6 @@ pub struct Services {
     pub hub: crate::hub::Hub,
     /// The job store, for the admin API's queue inspection.
     pub queue: QueueStore,
+    /// This instance's live picture of the queues, shared by every open console.
+    pub live: crate::services::live::LiveFeed,
 }

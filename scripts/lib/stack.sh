@@ -19,6 +19,11 @@ TASKLANE_TOOLS_DIR=${TASKLANE_TOOLS_DIR:-$HOME/.cache/tasklane}
 MAILDEV_VERSION=2.2.1    # 3.x does not start here
 S3S_FS_VERSION=0.14.1
 PROMETHEUS_DEB_VERSION=2.42.0+ds-5+b6 # Debian's prometheus: promtool and Prometheus itself
+# Debian's chromium, for the console's browser test. Not pinned to an exact version: Debian
+# ships Chromium through security updates only and drops each superseded .deb from the
+# archive within weeks, so an exact pin would stop installing. The floor keeps a too-old
+# browser (for the pinned playwright-core in testkit/e2e) from running the test.
+CHROMIUM_MIN_MAJOR=147
 # How long a service may take to answer before we give up and show its log.
 READY_TIMEOUT=${TASKLANE_READY_TIMEOUT:-60}
 
@@ -95,8 +100,11 @@ ensure_tools() {
   command -v promtool >/dev/null || pkgs+=("prometheus=$PROMETHEUS_DEB_VERSION")
   # libfaketime: test F8 runs a worker process with its clock 10 minutes off.
   [[ -n $(libfaketime_path) ]] || pkgs+=(faketime)
+  # Chromium: the operator console's end-to-end test (testkit/tests/console.rs).
+  command -v chromium >/dev/null || pkgs+=(chromium)
   if ((${#pkgs[@]})); then apt_install "${pkgs[@]}"; fi
   [[ -n $(pg_bin_dir) ]] || die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb found"
+  check_chromium
 
   if ! maildev_installed; then
     command -v npm >/dev/null || die "npm is needed to install MailDev (install Node.js)"
@@ -113,6 +121,30 @@ ensure_tools() {
 
   flock -u "$lock"
   exec {lock}>&-
+}
+
+# Debian's Chromium, at least CHROMIUM_MIN_MAJOR (see there why not an exact version).
+check_chromium() {
+  local version major
+  version=$(chromium --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+)+' | head -n 1)
+  major=${version%%.*}
+  [[ -n $major ]] || die "chromium installed but \`chromium --version\` says no version"
+  ((major >= CHROMIUM_MIN_MAJOR)) ||
+    die "chromium $version is older than $CHROMIUM_MIN_MAJOR: apt-get update && apt-get install chromium"
+}
+
+# The console's browser test (testkit/e2e): playwright-core exactly as its lockfile says,
+# never a downloaded browser (it drives /usr/bin/chromium). `npm ci` only when the
+# installed tree is not the lockfile's.
+ensure_console_e2e() {
+  local dir=$1/testkit/e2e
+  command -v node >/dev/null || die "Node.js is needed for the console's browser test"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.ci" 2>/dev/null ||
+    [[ ! -f $dir/node_modules/playwright-core/package.json ]]; then
+    info "installing the console test's npm packages (npm ci in testkit/e2e)"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+    cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.ci"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ pub enum StreamAuth {
 }
 
 impl StreamAuth {
-    fn user(&self) -> &CurrentUser {
+    pub(crate) fn user(&self) -> &CurrentUser {
         match self {
             Self::Bearer(auth) => &auth.0,
             Self::Ticket(auth) => &auth.0,

@@ -8,13 +8,15 @@
 //! - [`me`]: the caller's own account; [`flags`]: feature flags (the caller's and admins').
 //! - [`admin_users`]: account administration; [`admin_jobs`]: queues and schedules;
 //!   [`admin_ops`]: operating the queue (pauses, limits, cancel, bulk retry, the fleet, audit);
-//!   [`admin_outbox`]: the outbox backlog, quarantined rows and job records.
+//!   [`admin_outbox`]: the outbox backlog, quarantined rows and job records;
+//!   [`admin_live`]: the queues, fleet and backlog live, for the operator console.
 //! - [`tasks`], [`attachments`]: tasks and their files (and the signed links files download by).
 //! - [`events`]: the event streams (SSE, WebSocket) and their tickets; [`requests`]: the
 //!   receipt of a caller's request (the jobs and events it caused).
 //! - [`user_view`]: how an account is shown, shared by the account routes.
 
 pub mod admin_jobs;
+pub mod admin_live;
 pub mod admin_ops;
 pub mod admin_outbox;
 pub mod admin_users;

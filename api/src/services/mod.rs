@@ -7,6 +7,7 @@
 //! - [`audit`]: the admin audit log.
 //! - [`download_links`]: the signed, short-lived links a ready attachment downloads by.
 //! - [`flags`]: the flags the code knows, and whether one is on for a user.
+//! - [`live`]: the console's live picture of the queues, sampled once per instance.
 //! - [`tasks`]: task rows and their changes, the task list, creation (group commit), the
 //!   daily quota and the task cache.
 //! - [`users`]: accounts, login sessions (refresh families) and the single-use email
@@ -16,5 +17,6 @@ pub mod attachments;
 pub mod audit;
 pub mod download_links;
 pub mod flags;
+pub mod live;
 pub mod tasks;
 pub mod users;

@@ -76,6 +76,18 @@ impl Depth {
     }
 }
 
+/// What fetching holds back in a queue, as Redis has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pauses {
+    /// Whether Redis has a copy of the controls at all: without one, fetching claims nothing
+    /// until a process copies them back from Postgres (within a second).
+    pub copied: bool,
+    /// The whole queue is paused.
+    pub queue: bool,
+    /// The kinds of the queue paused on their own.
+    pub kinds: Vec<String>,
+}
+
 impl QueueStore {
     /// Sends a dead job back to its queue with fresh attempts; `false` unless it was dead.
     pub async fn retry_dead(&self, queue: Queue, id: &str) -> redis::RedisResult<bool> {
@@ -99,6 +111,41 @@ impl QueueStore {
         let counts: Vec<Option<u64>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
         Ok(counts.into_iter().flatten().sum())
+    }
+
+    /// Jobs of `queue` that succeeded within the last `window`, by Redis' clock: the done
+    /// set is scored by finish time (`finish.lua`), so this is one `ZCOUNT`, no counter to
+    /// keep. Finished jobs older than the retention are gone, so a window longer than it
+    /// undercounts.
+    pub async fn done_within(&self, queue: Queue, window: Duration) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let now_ms = seconds * 1000 + micros / 1000;
+        let since = now_ms.saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+        redis::cmd("ZCOUNT")
+            .arg(self.key(queue, JobState::Done.as_str()))
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// The pauses fetching obeys in `queue` right now: Redis' copy of the controls
+    /// (`crate::controls`), which may trail an admin's change by the copy's delay.
+    pub async fn pauses(&self, queue: Queue) -> redis::RedisResult<Pauses> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key(queue, "controls"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let on = |field: &str| fields.get(field).is_some_and(|value| value == "1");
+        Ok(Pauses {
+            copied: fields.contains_key("version"),
+            queue: on("paused"),
+            kinds: kinds_of(queue)
+                .filter(|kind| on(&format!("paused:{kind}")))
+                .map(str::to_owned)
+                .collect(),
+        })
     }
 
     /// A job by id in whichever queue holds it.

@@ -47,7 +47,7 @@ pub mod ticks;
 
 pub use backend::RedisBackend;
 pub use held::HeldClaims;
-pub use inspect::{AttemptRecord, Depth, JobRecord};
+pub use inspect::{AttemptRecord, Depth, JobRecord, Pauses};
 pub use operate::{BulkAction, Cancelled, DeadFilter};
 pub use store::QueueStore;
 
