@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tasklane_shared::config::Settings;
 use tasklane_shared::queue::QueueStore;
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 
 use crate::auth::password::PasswordHasher;
@@ -40,7 +40,7 @@ impl std::ops::Deref for AppState {
 pub struct Services {
     pub db: PgPool,
     /// Multiplexed and self-reconnecting; clone per use.
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     pub keys: Keys,
     pub settings: Arc<Settings>,
     pub metrics: PrometheusHandle,

@@ -68,7 +68,9 @@ pub fn ticket_key(keys: &Keys, ticket_hash: &str) -> String {
     keys.global(&format!("events:ticket:{ticket_hash}"))
 }
 
-/// KEYS[1] the stream, KEYS[2] the channel; ARGV: cap, ttl, type, at, data, user, now ms.
+/// KEYS[1] the stream; ARGV: cap, ttl, type, at, data, user, now ms, the channel. The
+/// channel is no key (on a cluster a PUBLISH reaches every node), so the script's one key
+/// decides its slot.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[3], 'at', ARGV[4], 'data', ARGV[5])
@@ -76,21 +78,20 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
            local message = cjson.encode({user_id = ARGV[6], id = id, type = ARGV[3], at = ARGV[4], published_ms = tonumber(ARGV[7])})
            -- data is already JSON: splice it in rather than encode it as a string.
            message = string.sub(message, 1, -2) .. ',"data":' .. ARGV[5] .. '}'
-           redis.call('PUBLISH', KEYS[2], message)
+           redis.call('PUBLISH', ARGV[8], message)
            return id"#,
     )
 });
 
 /// Publishes one recorded event of `event_type`; returns its id.
 pub async fn publish(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::redis::Conn,
     keys: &Keys,
     event_type: &str,
     recorded: &Recorded,
 ) -> redis::RedisResult<String> {
     PUBLISH
         .key(stream_key(keys, recorded.user_id))
-        .key(channel(keys))
         .arg(STREAM_CAP)
         .arg(STREAM_TTL_SECS)
         .arg(event_type)
@@ -98,6 +99,7 @@ pub async fn publish(
         .arg(recorded.data.to_string())
         .arg(recorded.user_id.to_string())
         .arg(Utc::now().timestamp_millis())
+        .arg(channel(keys))
         .invoke_async(conn)
         .await
 }

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::redis::Conn;
 use chrono::{DateTime, Utc};
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::redis::Keys;
@@ -60,11 +60,7 @@ fn keys_of(keys: &Keys) -> (String, String) {
 }
 
 /// Records one beat of `info`.
-pub async fn beat(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    info: &WorkerInfo,
-) -> anyhow::Result<()> {
+pub async fn beat(conn: &mut Conn, keys: &Keys, info: &WorkerInfo) -> anyhow::Result<()> {
     let (workers, seen) = keys_of(keys);
     let _: i64 = RECORD
         .key(workers)
@@ -78,14 +74,14 @@ pub async fn beat(
 }
 
 /// Removes a worker that stops (a graceful shutdown), so it leaves the list at once.
-pub async fn leave(conn: &mut ConnectionManager, keys: &Keys, id: &str) -> redis::RedisResult<()> {
+pub async fn leave(conn: &mut Conn, keys: &Keys, id: &str) -> redis::RedisResult<()> {
     let (workers, seen) = keys_of(keys);
     redis::pipe().hdel(workers, id).zrem(seen, id).query_async(conn).await
 }
 
 /// The workers seen within `within` (a lease), most recently started first.
 pub async fn live(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     within: Duration,
 ) -> anyhow::Result<Vec<WorkerInfo>> {

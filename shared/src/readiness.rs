@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 use sqlx::PgPool;
 
 /// How long one dependency check may take before it counts as down.
@@ -19,7 +19,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Checks both dependencies at once, each within [`CHECK_TIMEOUT`].
-    pub async fn check(db: &PgPool, redis: &ConnectionManager) -> Self {
+    pub async fn check(db: &PgPool, redis: &Conn) -> Self {
         let (postgres, redis) = tokio::join!(check_postgres(db), check_redis(redis));
         Self { postgres, redis }
     }
@@ -53,7 +53,7 @@ async fn check_postgres(db: &PgPool) -> Result<(), String> {
 
 /// Redis answers, and has room: over `maxmemory` (with `noeviction`) it refuses every new job,
 /// so an instance that cannot enqueue or cache says so instead of failing request by request.
-async fn check_redis(redis: &ConnectionManager) -> Result<(), String> {
+async fn check_redis(redis: &Conn) -> Result<(), String> {
     let mut conn = redis.clone();
     let mut command = redis::cmd("INFO");
     command.arg("memory");

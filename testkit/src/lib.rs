@@ -137,7 +137,13 @@ impl TestApp {
             create_database(&settings).await.expect("test database");
         settings.database_url = SecretString::from(database_url);
         settings.redis_prefix = unique("t");
+        let shared_redis = settings.redis_url.expose_secret().to_owned();
         adjust(&mut settings);
+        // The suite's cluster pass (TASKLANE_REDIS_CLUSTER_NODES) runs every app on the
+        // cluster, except one a test points at a Redis of its own (to stop or fill it).
+        if settings.redis_url.expose_secret() != shared_redis {
+            settings.redis_cluster_nodes = None;
+        }
 
         let app =
             tasklane_api::app::Application::build(settings.clone()).await.expect("API builds");
@@ -201,6 +207,9 @@ impl TestApp {
             .env("TASKLANE_LOG", std::env::var("TASKLANE_LOG").unwrap_or_else(|_| "info".into()))
             .env("DATABASE_URL", self.settings.database_url.expose_secret())
             .env("REDIS_URL", self.settings.redis_url.expose_secret())
+            .envs(self.settings.redis_cluster_nodes.iter().map(|nodes| {
+                ("TASKLANE_REDIS_CLUSTER_NODES", nodes.expose_secret().to_owned())
+            }))
             .env("TASKLANE_REDIS_PREFIX", &self.settings.redis_prefix)
             .env("SMTP_URL", self.settings.smtp_url.expose_secret())
             .env("TASKLANE_WORKER_ADDR", "127.0.0.1:0")

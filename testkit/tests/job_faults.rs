@@ -420,7 +420,9 @@ async fn finished_jobs_expire_and_the_key_count_returns_to_its_baseline() {
 async fn the_worker_reports_an_eviction_policy_that_can_lose_jobs() {
     let redis = TestRedis::start().await;
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut conn = tasklane_shared::redis::Conn::Single(
+        redis::aio::ConnectionManager::new(client).await.unwrap(),
+    );
     assert!(
         tasklane_shared::redis::check_eviction_policy(&mut conn).await,
         "noeviction is accepted"

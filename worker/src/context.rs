@@ -17,12 +17,12 @@ use crate::templates::Templates;
 /// Invalidates users' cached task lists after a job changed their tasks.
 #[derive(Clone)]
 pub struct TaskLists {
-    conn: redis::aio::ConnectionManager,
+    conn: tasklane_shared::redis::Conn,
     keys: Keys,
 }
 
 impl TaskLists {
-    pub fn new(conn: redis::aio::ConnectionManager, keys: Keys) -> Self {
+    pub fn new(conn: tasklane_shared::redis::Conn, keys: Keys) -> Self {
         Self { conn, keys }
     }
 

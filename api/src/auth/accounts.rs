@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use uuid::Uuid;
 
@@ -91,12 +91,12 @@ pub struct AccountCache {
     /// The last account entry's epoch.
     epochs: AtomicU64,
     live: AtomicBool,
-    redis: ConnectionManager,
+    redis: Conn,
     keys: Keys,
 }
 
 impl AccountCache {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: Conn, keys: Keys) -> Self {
         Self {
             accounts: quick_cache::sync::Cache::new(CAPACITY),
             sessions: quick_cache::sync::Cache::new(CAPACITY),

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use uuid::Uuid;
 
@@ -68,7 +68,7 @@ pub fn channel(keys: &Keys) -> String {
 /// Runs as a task of its own that the caller awaits, so it completes even if the client
 /// goes away after the commit. Publishing is retried briefly; should it still fail, other
 /// instances catch up within [`super::accounts::TTL`].
-pub async fn publish(redis: &ConnectionManager, keys: &Keys, announcement: &Announcement) {
+pub async fn publish(redis: &Conn, keys: &Keys, announcement: &Announcement) {
     let (mut conn, channel) = (redis.clone(), channel(keys));
     let (message, user) = (announcement.encode(), announcement.user());
     let announce = tokio::spawn(async move {

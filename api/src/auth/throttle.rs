@@ -10,8 +10,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 
 pub const MAX_FAILURES: u32 = 5;
@@ -29,12 +29,12 @@ pub const WINDOW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Clone)]
 pub struct LoginThrottle {
-    redis: ConnectionManager,
+    redis: Conn,
     keys: Keys,
 }
 
 impl LoginThrottle {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: Conn, keys: Keys) -> Self {
         Self { redis, keys }
     }
 

@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::Stream;
-use redis::aio::ConnectionManager;
 use tasklane_shared::config::Settings;
 use tasklane_shared::events::{EventId, Published};
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -69,7 +69,7 @@ struct Registry {
 pub struct Hub {
     registry: Arc<Mutex<Registry>>,
     next_id: Arc<AtomicU64>,
-    redis: ConnectionManager,
+    redis: Conn,
     keys: Keys,
     closing: watch::Receiver<bool>,
     close: Arc<watch::Sender<bool>>,
@@ -81,7 +81,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(
         settings: &Settings,
-        redis: ConnectionManager,
+        redis: Conn,
         keys: Keys,
         listeners: Vec<Arc<dyn Listener>>,
     ) -> Self {

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use secrecy::ExposeSecret;
 use tasklane_shared::config::Settings;
 use tasklane_shared::events::{self, Published};
 use tasklane_shared::redis::Keys;
@@ -29,14 +28,15 @@ impl Hub {
     /// Listens on the events channel and every listener's channel until closed,
     /// reconnecting as needed.
     pub fn spawn_listener(&self, settings: &Settings) -> anyhow::Result<()> {
-        let client = redis::Client::open(settings.redis_url.expose_secret())?;
+        let clients = tasklane_shared::redis::pubsub_clients(settings)?;
         let hub = self.clone();
         tokio::spawn(async move {
             let mut first = true;
             let mut closing = hub.closing.clone();
-            loop {
+            // On a cluster, each attempt tries the next node: one that failed may be gone.
+            for client in clients.iter().cycle() {
                 let listened = tokio::select! {
-                    result = hub.listen(&client, !first) => result,
+                    result = hub.listen(client, !first) => result,
                     _ = closing.wait_for(|closed| *closed) => return,
                 };
                 // Messages may be missed until the subscription is back.

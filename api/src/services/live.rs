@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tasklane_shared::fleet::{self, WorkerInfo};
 use tasklane_shared::jobs::Queue;
 use tasklane_shared::queue::breaker::HeldKind;
 use tasklane_shared::queue::{Depth, Pauses, QueueStore};
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -61,7 +61,7 @@ pub struct Sample {
 pub struct Sources {
     pub db: PgPool,
     pub queue: QueueStore,
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     pub keys: Keys,
 }
 

@@ -62,6 +62,9 @@ pub struct Settings {
     /// Connections per process; the API and each worker hold their own pool.
     pub database_max_connections: u32,
     pub redis_url: SecretString,
+    /// Redis Cluster seed nodes (`TASKLANE_REDIS_CLUSTER_NODES`, comma-separated URLs): when
+    /// set, every component uses a cluster client and `REDIS_URL` is ignored (SPEC section 12).
+    pub redis_cluster_nodes: Option<SecretString>,
     /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
     pub redis_prefix: String,
     pub smtp_url: SecretString,
@@ -213,6 +216,7 @@ impl Settings {
         let database_max_connections = r.parsed_any("TASKLANE_DATABASE_MAX_CONNECTIONS", "10");
         let redis_url = r.secret("REDIS_URL", "redis://127.0.0.1:6379");
         let redis_prefix = r.string_any("TASKLANE_REDIS_PREFIX", "tasklane");
+        let redis_cluster_nodes = r.raw("TASKLANE_REDIS_CLUSTER_NODES").map(SecretString::from);
         let smtp_url = r.secret("SMTP_URL", "smtp://127.0.0.1:1025");
         let mail_from = r.string_any("TASKLANE_MAIL_FROM", "Tasklane <no-reply@tasklane.local>");
         let endpoint = r.string("S3_ENDPOINT", "http://127.0.0.1:9000");
@@ -304,6 +308,7 @@ impl Settings {
             database_url,
             database_max_connections,
             redis_url,
+            redis_cluster_nodes,
             redis_prefix,
             smtp_url,
             mail_from,
@@ -369,6 +374,10 @@ impl Settings {
             reader
                 .problems
                 .push("TASKLANE_DOWNLOAD_URL_TTL_SECS must be between 10 and 3600".into());
+        }
+        // A brace would start a hash tag of its own and pull every key into one cluster slot.
+        if settings.redis_prefix.contains(['{', '}']) {
+            reader.problems.push("TASKLANE_REDIS_PREFIX must not contain '{' or '}'".into());
         }
         if settings.worker_concurrency == 0 {
             reader.problems.push("TASKLANE_WORKER_CONCURRENCY must be at least 1".into());

@@ -87,7 +87,7 @@ impl Receipts {
 
     /// Tells each caller that the jobs of their requests are queued (after commit; at most
     /// once, a lost progress event is only a missed update: the receipt still shows it).
-    pub(super) async fn announce(self, conn: &mut redis::aio::ConnectionManager, keys: &Keys) {
+    pub(super) async fn announce(self, conn: &mut crate::redis::Conn, keys: &Keys) {
         for (id, kind, request_id, user) in self.queued {
             let progress = Progress { request_id, job_id: id, kind, state: "queued", failed: None };
             publish(conn, keys, user, &progress).await;
@@ -117,12 +117,7 @@ pub struct FailedAttempt {
     pub retry_at: DateTime<Utc>,
 }
 
-async fn publish(
-    conn: &mut redis::aio::ConnectionManager,
-    keys: &Keys,
-    user: Uuid,
-    progress: &Progress,
-) {
+async fn publish(conn: &mut crate::redis::Conn, keys: &Keys, user: Uuid, progress: &Progress) {
     let data = serde_json::to_value(progress).unwrap_or_default();
     let recorded = Recorded { user_id: user, at: Utc::now(), data };
     if let Err(err) = events::publish(conn, keys, REQUEST_PROGRESS, &recorded).await {
@@ -210,7 +205,7 @@ pub struct Retrying {
 /// Tells each caller that an attempt of a job of theirs failed and when the next is due
 /// (best effort, like the ends).
 pub(super) async fn announce_retries(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::redis::Conn,
     keys: &Keys,
     retrying: Vec<Retrying>,
 ) {
@@ -239,11 +234,7 @@ pub struct Ended {
 
 /// Tells each caller how the jobs of their requests ended (best effort: the receipt keeps
 /// the outcome either way).
-pub(super) async fn announce_ends(
-    conn: &mut redis::aio::ConnectionManager,
-    keys: &Keys,
-    ended: Vec<Ended>,
-) {
+pub(super) async fn announce_ends(conn: &mut crate::redis::Conn, keys: &Keys, ended: Vec<Ended>) {
     for end in ended {
         let state = match end.outcome.as_str() {
             "succeeded" => "succeeded",

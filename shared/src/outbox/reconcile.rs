@@ -164,22 +164,33 @@ impl Reconciler {
         Ok(pass)
     }
 
-    /// Each job's state and last error in Redis; `None` when Redis does not have it.
+    /// Each job's state and last error in Redis; `None` when Redis does not have it. One
+    /// pipeline per queue: a queue's keys share a cluster slot, two queues' may not.
     async fn states(
         &self,
         jobs: &[InFlight],
     ) -> redis::RedisResult<Vec<(Option<String>, Option<String>)>> {
-        let mut pipe = redis::pipe();
-        for job in jobs {
-            // Every record here is of a known queue (see `pass`); an unknown one reads as
-            // a key that does not exist and is never pushed.
-            let key = match Queue::named(&job.queue) {
-                Some(queue) => self.store.key(queue, &format!("job:{}", job.id)),
-                None => self.store.keys().global("no-such-queue"),
-            };
-            pipe.cmd("HMGET").arg(key).arg("state").arg("last_error");
+        let mut states = vec![(None, None); jobs.len()];
+        for queue in Queue::ALL {
+            // Every record here is of a known queue (see `pass`); one of an unknown queue
+            // reads as missing and is never pushed.
+            let of_queue: Vec<usize> =
+                (0..jobs.len()).filter(|&i| Queue::named(&jobs[i].queue) == Some(queue)).collect();
+            if of_queue.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for &i in &of_queue {
+                let key = self.store.key(queue, &format!("job:{}", jobs[i].id));
+                pipe.cmd("HMGET").arg(key).arg("state").arg("last_error");
+            }
+            let found: Vec<(Option<String>, Option<String>)> =
+                pipe.query_async(&mut self.store.connection()).await?;
+            for (i, state) in of_queue.into_iter().zip(found) {
+                states[i] = state;
+            }
         }
-        pipe.query_async(&mut self.store.connection()).await
+        Ok(states)
     }
 
     async fn backfill(

@@ -40,7 +40,7 @@ pub struct OutcomeRecorder {
 
 /// Where the recorder tells callers how their requests' jobs ended (`request.progress`,
 /// [`super::receipts`]): the Redis connection and keys of the event streams.
-pub type Progress = Option<(redis::aio::ConnectionManager, crate::redis::Keys)>;
+pub type Progress = Option<(crate::redis::Conn, crate::redis::Keys)>;
 
 impl OutcomeRecorder {
     /// Starts the recorder's task; it ends when every clone of the recorder is dropped.

@@ -28,12 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::redis::Conn;
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::worker::context::WorkerContext;
-use redis::aio::ConnectionManager;
 
 use super::ack::AckLayer;
 use super::breaker::{Admit, Breaker};
@@ -54,7 +54,7 @@ static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 pub struct RedisBackend<J> {
     store: QueueStore,
     /// A connection of this backend's own for `BLPOP`.
-    blocking: ConnectionManager,
+    blocking: Conn,
     worker: String,
     held: HeldClaims,
     /// This instance, as the owner of the claims it makes in `held`.
@@ -77,12 +77,7 @@ pub struct RedisBackend<J> {
 
 impl<J: Job> RedisBackend<J> {
     /// `worker` must be unique per process start: it names the claims this worker holds.
-    pub fn new(
-        store: QueueStore,
-        blocking: ConnectionManager,
-        worker: String,
-        held: HeldClaims,
-    ) -> Self {
+    pub fn new(store: QueueStore, blocking: Conn, worker: String, held: HeldClaims) -> Self {
         let breaker = Breaker::new(&store, J::SPEC.kind, worker.clone());
         Self {
             store,

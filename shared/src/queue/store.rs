@@ -6,8 +6,8 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use crate::redis::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{Claim, ClaimRef, Finished, NewJob, Outcome, OutcomeSink, QueueSettings, millis};
 use crate::jobs::Queue;
@@ -45,7 +45,7 @@ impl LeaseAction {
 /// Client of the store; cheap to clone.
 #[derive(Clone)]
 pub struct QueueStore {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) keys: Keys,
     settings: QueueSettings,
     /// Where jobs' ends are reported (a worker's Postgres job records); none for producers.
@@ -53,7 +53,7 @@ pub struct QueueStore {
 }
 
 impl QueueStore {
-    pub fn new(conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Self {
+    pub fn new(conn: Conn, keys: Keys, settings: QueueSettings) -> Self {
         Self { conn, keys, settings, outcomes: None }
     }
 
@@ -106,7 +106,7 @@ impl QueueStore {
     }
 
     /// A clone of the store's shared connection.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -342,7 +342,7 @@ impl QueueStore {
     /// own (a blocking command would stall every user of a shared multiplexed connection).
     pub async fn wait_for_work(
         &self,
-        blocking: &mut ConnectionManager,
+        blocking: &mut Conn,
         queue: Queue,
         kind: &str,
         timeout: Duration,

@@ -27,7 +27,7 @@ use apalis_core::worker::context::WorkerContext;
 use apalis_cron::Tick;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
-use redis::aio::ConnectionManager;
+use tasklane_shared::redis::Conn;
 
 /// The longest sleep between two reads of Redis' clock while waiting for a tick.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -40,7 +40,7 @@ const TIME_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_SKIPPED: usize = 10_000;
 
 /// Redis' clock (`TIME`): the one clock every worker of the fleet shares.
-pub async fn redis_now(conn: &mut ConnectionManager) -> anyhow::Result<DateTime<Utc>> {
+pub async fn redis_now(conn: &mut Conn) -> anyhow::Result<DateTime<Utc>> {
     let command = redis::cmd("TIME");
     let time = command.query_async::<(i64, u32)>(conn);
     let (seconds, micros) = tokio::time::timeout(TIME_TIMEOUT, time)
@@ -57,7 +57,7 @@ pub struct TickSource {
 }
 
 impl TickSource {
-    pub fn new(schedule: cron::Schedule, conn: ConnectionManager) -> Self {
+    pub fn new(schedule: cron::Schedule, conn: Conn) -> Self {
         let clock = Clock { schedule, conn, last: None };
         let ticks = futures::stream::unfold(clock, |mut clock| async move {
             let tick = clock.next_tick().await;
@@ -71,7 +71,7 @@ impl TickSource {
 /// The state between two ticks.
 struct Clock {
     schedule: cron::Schedule,
-    conn: ConnectionManager,
+    conn: Conn,
     /// The last tick yielded; the next one comes after it.
     last: Option<DateTime<Utc>>,
 }

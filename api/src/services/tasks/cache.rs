@@ -12,9 +12,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use tasklane_shared::domain::tasks::TaskView;
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use uuid::Uuid;
 
@@ -25,7 +25,7 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// The task cache, over the state's Redis connection; cheap to make per request.
 #[derive(Clone, Copy)]
 pub struct TaskCache<'a> {
-    redis: &'a ConnectionManager,
+    redis: &'a Conn,
     keys: &'a Keys,
 }
 
@@ -49,12 +49,12 @@ impl CachedTask {
 }
 
 impl<'a> TaskCache<'a> {
-    pub fn new(redis: &'a ConnectionManager, keys: &'a Keys) -> Self {
+    pub fn new(redis: &'a Conn, keys: &'a Keys) -> Self {
         Self { redis, keys }
     }
 
     fn task_key(&self, user: Uuid, id: Uuid) -> String {
-        self.keys.global(&format!("tasks:item:{user}:{id}"))
+        self.keys.user(user, &format!("tasks:item:{id}"))
     }
 
     /// The key of a list response; its entry holds the generation it was read under.
@@ -64,7 +64,7 @@ impl<'a> TaskCache<'a> {
         for byte in &digest[..16] {
             let _ = write!(hash, "{byte:02x}");
         }
-        self.keys.global(&format!("tasks:list:{user}:{hash}"))
+        self.keys.user(user, &format!("tasks:list:{hash}"))
     }
 
     /// Task `id` of `user` from the cache, in one round trip: the generation and the entry

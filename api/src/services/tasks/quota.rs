@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use chrono::{Datelike, Utc};
 use redis::Script;
-use redis::aio::ConnectionManager;
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use uuid::Uuid;
 
@@ -23,13 +23,13 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| {
 
 /// A user's creations per UTC day, at most `limit`.
 pub struct CreationQuota<'a> {
-    redis: &'a ConnectionManager,
+    redis: &'a Conn,
     keys: &'a Keys,
     limit: u32,
 }
 
 impl<'a> CreationQuota<'a> {
-    pub fn new(redis: &'a ConnectionManager, keys: &'a Keys, limit: u32) -> Self {
+    pub fn new(redis: &'a Conn, keys: &'a Keys, limit: u32) -> Self {
         Self { redis, keys, limit }
     }
 
@@ -73,7 +73,7 @@ pub fn seconds_to_reset() -> u64 {
 pub struct Reservation {
     key: String,
     n: u32,
-    conn: Option<ConnectionManager>,
+    conn: Option<Conn>,
 }
 
 impl Reservation {

@@ -17,11 +17,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use tasklane_shared::domain::tasks::{self, TaskRow};
 use tasklane_shared::jobs::{Job, SendReminder};
+use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use tasklane_shared::{events, outbox};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -53,7 +53,7 @@ pub struct TaskWriter {
 
 impl TaskWriter {
     /// Starts the writers. They stop once every handle is dropped and the queue is empty.
-    pub fn spawn(db: PgPool, redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn spawn(db: PgPool, redis: Conn, keys: Keys) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WRITERS {
@@ -100,7 +100,7 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Request>>) -> Option<Vec<Req
     Some(batch)
 }
 
-async fn write(db: &PgPool, redis: &ConnectionManager, keys: &Keys, batch: Vec<Request>) {
+async fn write(db: &PgPool, redis: &Conn, keys: &Keys, batch: Vec<Request>) {
     let rows: Vec<Row<'_>> = batch.iter().flat_map(Request::rows).collect();
     metrics::histogram!("task_create_batch_size").record(rows.len() as f64);
     match insert(db, &rows).await {
@@ -123,7 +123,7 @@ async fn write(db: &PgPool, redis: &ConnectionManager, keys: &Keys, batch: Vec<R
 }
 
 /// After a commit: the quota stays used, the caches move on, and the handlers answer.
-async fn settle(redis: &ConnectionManager, keys: &Keys, committed: Vec<Request>) {
+async fn settle(redis: &Conn, keys: &Keys, committed: Vec<Request>) {
     let mut owners: Vec<Uuid> =
         committed.iter().flat_map(|request| request.rows.iter().map(|row| row.owner_id)).collect();
     owners.sort_unstable();
