@@ -464,3 +464,7 @@ start_s3() {
   export S3_ENDPOINT="http://127.0.0.1:$port"
   export S3_PUBLIC_ENDPOINT=${S3_PUBLIC_ENDPOINT:-$S3_ENDPOINT}
 }
+
+# A local Redis Cluster: start_redis_cluster, check_redis_cluster (TASKLANE_REDIS=cluster).
+# shellcheck source-path=SCRIPTDIR source=redis_cluster.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis_cluster.sh"

@@ -18,6 +18,7 @@
 //!   whose wall clock is off (all in `faults`).
 //! - `database`: each test's database, cloned from a migrated template.
 //! - [`OtlpReceiver`]: an OTLP/HTTP trace collector, to assert on exported spans.
+//! - [`prometheus::TestPrometheus`]: a real Prometheus scraping what a test configures.
 //! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ pub mod jobs;
 mod mailbox;
 mod otlp;
 mod postgres;
+pub mod prometheus;
 
 use database::create_database;
 pub use faults::{GateMode, REDIS_PERSISTENCE, TcpGate, TestRedis, signal, skew_clock};

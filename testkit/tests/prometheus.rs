@@ -5,25 +5,13 @@
 // Test helpers fail loudly: an unwrap here is an assertion.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tasklane_testkit::{TestApp, free_port, unique, wait_until};
+use tasklane_testkit::prometheus::TestPrometheus;
+use tasklane_testkit::{TestApp, free_port, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The value of an instant query's single sample, if any.
-async fn query(client: &reqwest::Client, prometheus: &str, promql: &str) -> Option<f64> {
-    let resp = client
-        .get(format!("{prometheus}/api/v1/query"))
-        .query(&[("query", promql)])
-        .send()
-        .await
-        .ok()?;
-    let body: Value = resp.json().await.ok()?;
-    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_api_and_a_worker_and_evaluates_the_rules() {
@@ -41,29 +29,15 @@ async fn prometheus_scrapes_the_api_and_a_worker_and_evaluates_the_rules() {
     })
     .await;
 
-    let dir = std::env::temp_dir().join(unique("prometheus"));
-    std::fs::create_dir_all(&dir).unwrap();
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/rules/tasklane.yml");
     let api = app.address.trim_start_matches("http://");
-    let config = format!(
+    let prometheus = TestPrometheus::start(&format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
          rule_files: [\"{rules}\"]\n\
          scrape_configs:\n\
          - job_name: tasklane-api\n  static_configs: [{{targets: [\"{api}\"]}}]\n\
          - job_name: tasklane-worker\n  static_configs: [{{targets: [\"127.0.0.1:{worker_port}\"]}}]\n"
-    );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let _prometheus = tokio::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("prometheus is installed (scripts/lib/stack.sh installs Debian's package)");
-    let prometheus = format!("http://127.0.0.1:{port}");
+    ));
 
     // Both processes scraped, with the metrics the rules read.
     for promql in [
@@ -75,20 +49,13 @@ async fn prometheus_scrapes_the_api_and_a_worker_and_evaluates_the_rules() {
         "time() - max(worker_heartbeat_timestamp_seconds) < 60",
         "sum(http_requests_total) > 0",
     ] {
-        wait_until(WAIT, promql, || async { query(&client, &prometheus, promql).await }).await;
+        wait_until(WAIT, promql, || async { prometheus.query(promql).await }).await;
     }
 
     // Every rule evaluated on that data, without error; none fires on a healthy stack
     // (`TasklaneNoWorker` may be pending until the worker's first scrape).
     let rules = wait_until(WAIT, "every rule evaluated, healthy and inactive", || async {
-        let body: Value = client
-            .get(format!("{prometheus}/api/v1/rules"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let body: Value = prometheus.api("rules").await?;
         let rules: Vec<Value> = body["data"]["groups"]
             .as_array()?
             .iter()
@@ -104,5 +71,4 @@ async fn prometheus_scrapes_the_api_and_a_worker_and_evaluates_the_rules() {
     })
     .await;
     assert_eq!(rules.len(), 8, "{rules:#?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
