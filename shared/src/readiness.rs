@@ -2,6 +2,7 @@
 //! PostgreSQL and Redis. Both binaries serve `/health/ready` from this one check; each shapes
 //! its own answer.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::redis::Conn;
@@ -57,9 +58,16 @@ async fn check_redis(redis: &Conn) -> Result<(), String> {
     let mut conn = redis.clone();
     let mut command = redis::cmd("INFO");
     command.arg("memory");
-    let info = command.query_async::<String>(&mut conn);
+    let info = command.query_async::<redis::Value>(&mut conn);
     match tokio::time::timeout(CHECK_TIMEOUT, info).await {
-        Ok(Ok(info)) => memory_verdict(&info),
+        // One server's report, or on a cluster one per node: every node needs room.
+        Ok(Ok(info)) => match redis::from_redis_value_ref::<String>(&info) {
+            Ok(info) => memory_verdict(&info),
+            Err(_) => redis::from_redis_value::<HashMap<String, String>>(info)
+                .map_err(|err| err.to_string())?
+                .values()
+                .try_for_each(|info| memory_verdict(info)),
+        },
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err("timed out".into()),
     }

@@ -40,3 +40,23 @@ pub async fn wait_for_state(
     })
     .await;
 }
+
+impl crate::TestApp {
+    /// A client of this test's job store (its Redis prefix).
+    pub fn spawn_store(&self) -> tasklane_shared::queue::QueueStore {
+        self.store_with(tasklane_shared::queue::QueueSettings::default())
+    }
+
+    /// A client of this test's queues with the given timing.
+    pub fn store_with(
+        &self,
+        settings: tasklane_shared::queue::QueueSettings,
+    ) -> tasklane_shared::queue::QueueStore {
+        let conn = tasklane_shared::redis::connect(&self.settings).expect("valid REDIS_URL");
+        tasklane_shared::queue::QueueStore::new(
+            conn,
+            tasklane_shared::redis::Keys::new(self.settings.redis_prefix.clone()),
+            settings,
+        )
+    }
+}

@@ -209,9 +209,11 @@ impl TestApp {
             .env("TASKLANE_LOG", std::env::var("TASKLANE_LOG").unwrap_or_else(|_| "info".into()))
             .env("DATABASE_URL", self.settings.database_url.expose_secret())
             .env("REDIS_URL", self.settings.redis_url.expose_secret())
-            .envs(self.settings.redis_cluster_nodes.iter().map(|nodes| {
-                ("TASKLANE_REDIS_CLUSTER_NODES", nodes.expose_secret().to_owned())
-            }))
+            .envs(
+                self.settings.redis_cluster_nodes.iter().map(|nodes| {
+                    ("TASKLANE_REDIS_CLUSTER_NODES", nodes.expose_secret().to_owned())
+                }),
+            )
             .env("TASKLANE_REDIS_PREFIX", &self.settings.redis_prefix)
             .env("SMTP_URL", self.settings.smtp_url.expose_secret())
             .env("TASKLANE_WORKER_ADDR", "127.0.0.1:0")
@@ -435,24 +437,4 @@ pub fn token_in(mail: &serde_json::Value) -> String {
 /// A unique address for a test.
 pub fn email_address() -> String {
     format!("{}@example.test", unique("user"))
-}
-
-impl TestApp {
-    /// A client of this test's job store (its Redis prefix).
-    pub fn spawn_store(&self) -> tasklane_shared::queue::QueueStore {
-        self.store_with(tasklane_shared::queue::QueueSettings::default())
-    }
-
-    /// A client of this test's queues with the given timing.
-    pub fn store_with(
-        &self,
-        settings: tasklane_shared::queue::QueueSettings,
-    ) -> tasklane_shared::queue::QueueStore {
-        let conn = tasklane_shared::redis::connect(&self.settings).expect("valid REDIS_URL");
-        tasklane_shared::queue::QueueStore::new(
-            conn,
-            tasklane_shared::redis::Keys::new(self.settings.redis_prefix.clone()),
-            settings,
-        )
-    }
 }

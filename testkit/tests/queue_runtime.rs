@@ -295,7 +295,7 @@ fn run_fragile(
 
 /// The fragile kind's entry in the held kinds of Redis, if it is held.
 async fn held_entry(store: &QueueStore) -> Option<std::collections::HashMap<String, String>> {
-    let key = store.keys().global("held:fragile");
+    let key = store.keys().global("{held}:fragile");
     let fields: std::collections::HashMap<String, String> =
         redis::cmd("HGETALL").arg(key).query_async(&mut store.connection()).await.unwrap();
     (!fields.is_empty()).then_some(fields)

@@ -279,8 +279,10 @@ async fn publish(
     }
 }
 
+/// Every kind's key shares the `{held}` hash tag, so all of them are read in one pipeline on
+/// a cluster too.
 fn held_key(store: &QueueStore, kind: &str) -> String {
-    store.keys().global(&format!("held:{kind}"))
+    store.keys().global(&format!("{{held}}:{kind}"))
 }
 
 /// A kind held by a worker's breaker, as published in Redis.
