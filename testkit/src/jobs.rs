@@ -60,3 +60,31 @@ impl crate::TestApp {
         )
     }
 }
+
+/// `n` jobs of the emails queue, dead with `error` as if each had used its last attempt, with
+/// their records dead too (no worker may run meanwhile); their ids.
+pub async fn dead_emails(app: &TestApp, store: &QueueStore, n: usize, error: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(enqueue_committed(app, &notice_email(&crate::email_address())).await);
+    }
+    let relay =
+        tasklane_shared::outbox::Relay::new(app.db.clone(), store.clone(), Duration::from_secs(1));
+    while relay.relay_batch().await.expect("relay") > 0 {}
+    let mut left = n;
+    while left > 0 {
+        let claims = store.claim(Queue::Emails, "send_email", "seed", left).await.expect("claim");
+        for claim in &claims {
+            let dead = tasklane_shared::queue::Outcome::Dead { error: error.to_owned() };
+            assert!(store.finish(claim, &dead, Duration::ZERO).await.expect("finish"));
+        }
+        left -= claims.len();
+    }
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().expect("a uuid")).collect();
+    sqlx::query("update outbox set finished_at = now(), outcome = 'dead' where id = any($1)")
+        .bind(&uuids)
+        .execute(&app.db)
+        .await
+        .expect("mark the records dead");
+    ids
+}

@@ -14,7 +14,7 @@ use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::{CronJob, MarkOverdue, Queue};
 use tasklane_shared::outbox::{self, Relay};
 use tasklane_shared::queue::{Outcome, QueueStore};
-use tasklane_testkit::jobs::{enqueue_committed, notice_email, wait_for_state};
+use tasklane_testkit::jobs::{dead_emails, enqueue_committed, notice_email, wait_for_state};
 use tasklane_testkit::{GateMode, TcpGate, TestApp, TestWorker, email_address, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -242,38 +242,12 @@ async fn a_claim_cancelled_under_its_worker_cannot_record_an_outcome() {
     assert_eq!(state_of(&store, Queue::Emails, &id).await, JobState::Cancelled);
 }
 
-/// `n` jobs of the emails queue, dead with `error`, with their records dead too.
-async fn dead_jobs(app: &TestApp, store: &QueueStore, n: usize, error: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(enqueue_committed(app, &notice_email(&email_address())).await);
-    }
-    let relay = Relay::new(app.db.clone(), store.clone(), Duration::from_secs(1));
-    while relay.relay_batch().await.unwrap() > 0 {}
-    let mut left = n;
-    while left > 0 {
-        let claims = store.claim(Queue::Emails, "send_email", "w", left).await.unwrap();
-        for claim in &claims {
-            let dead = Outcome::Dead { error: error.to_owned() };
-            assert!(store.finish(claim, &dead, Duration::ZERO).await.unwrap());
-        }
-        left -= claims.len();
-    }
-    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
-    sqlx::query("update outbox set finished_at = now(), outcome = 'dead' where id = any($1)")
-        .bind(&uuids)
-        .execute(&app.db)
-        .await
-        .unwrap();
-    ids
-}
-
 #[tokio::test]
 async fn bulk_retry_and_discard_take_the_dead_jobs_a_filter_matches_once() {
     let (app, token) = TestApp::spawn_admin(|_| {}).await;
     let store = app.spawn_store();
-    let smtp = dead_jobs(&app, &store, 30, "SMTP 451: try again later").await;
-    let other = dead_jobs(&app, &store, 12, "permanent failure: recipient rejected").await;
+    let smtp = dead_emails(&app, &store, 30, "SMTP 451: try again later").await;
+    let other = dead_emails(&app, &store, 12, "permanent failure: recipient rejected").await;
 
     let filter = json!({ "state": "dead", "queue": "emails", "kind": "send_email", "error_contains": "smtp 451" });
     let (status, result) = post(&app, "/api/v1/admin/jobs/retry", filter.clone(), &token).await;

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tasklane_shared::outbox::Relay;
-use tasklane_shared::queue::{Outcome, QueueStore};
-use tasklane_testkit::jobs::notice_email;
+use tasklane_testkit::jobs::dead_emails;
 use tasklane_testkit::{PASSWORD, TestApp};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -28,32 +26,6 @@ const DEAD_JOBS: usize = 3;
 fn screenshot_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(Path::parent).unwrap().join("console-e2e")
-}
-
-/// `n` dead email jobs, as if each had used its last attempt (no worker may run meanwhile).
-async fn dead_jobs(app: &TestApp, store: &QueueStore, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(enqueue_committed(app, &notice_email(&email_address())).await);
-    }
-    let relay = Relay::new(app.db.clone(), store.clone(), Duration::from_secs(1));
-    while relay.relay_batch().await.unwrap() > 0 {}
-    let mut left = n;
-    while left > 0 {
-        let claims = store.claim(Queue::Emails, "send_email", "seed", left).await.unwrap();
-        for claim in &claims {
-            let dead = Outcome::Dead { error: "SMTP 550: mailbox unavailable".into() };
-            assert!(store.finish(claim, &dead, Duration::ZERO).await.unwrap());
-        }
-        left -= claims.len();
-    }
-    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
-    sqlx::query("update outbox set finished_at = now(), outcome = 'dead' where id = any($1)")
-        .bind(&uuids)
-        .execute(&app.db)
-        .await
-        .unwrap();
-    ids
 }
 
 #[tokio::test]
@@ -71,7 +43,7 @@ async fn an_admin_operates_the_fleet_from_the_console_in_chromium() {
     app.register_verified(&admin).await;
     worker.stop().await.unwrap();
     let store = app.spawn_store();
-    let dead = dead_jobs(&app, &store, DEAD_JOBS).await;
+    let dead = dead_emails(&app, &store, DEAD_JOBS, "SMTP 550: mailbox unavailable").await;
 
     let mut workers = vec![app.worker_process().spawn().unwrap()];
     let shots = screenshot_dir();
