@@ -5,6 +5,8 @@
 //! - `queue`: no-op job drain rate of 1 worker process against `redis-benchmark -t lpush`;
 //!   enqueue-to-start latency through the outbox (p50, p99); drain rate with 1, 2 and 4
 //!   worker processes.
+//! - `scale`: drains on one Redis and on the Redis Cluster against `redis-benchmark -t
+//!   lpush`, and with 1, 2 and 4 worker processes, with Redis' and the workers' CPU per job.
 //! - `auth`: login requests/s against argon2 verifications/s in the same process; the
 //!   `/health/live` p99 idle and under full login load.
 //! - `tasks`: the real `tasklane-api` loaded by wrk: `GET /me`, `GET /tasks/{id}` and the
@@ -22,10 +24,12 @@
 
 mod api_process;
 mod auth;
+mod baseline;
 mod dead_set;
 mod events;
 mod pgbench;
 mod queue;
+mod scale;
 mod tasks;
 mod traces;
 mod upload;
@@ -45,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             queue::run().await?;
             dead_set::run().await
         }
+        Some("scale") => scale::run().await,
         Some("auth") => auth::run().await,
         Some("tasks") => tasks::run().await,
         Some("upload") => upload::run().await,
@@ -54,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         Some("traces-run") => traces::run_mode(&args[1..]).await,
         // Internal: one drain worker process of the queue benchmark.
         Some("drain-worker") => queue::drain_worker(&args[1..]).await,
-        _ => anyhow::bail!("usage: tasklane-bench queue|auth|tasks|upload|events|traces"),
+        _ => anyhow::bail!("usage: tasklane-bench queue|scale|auth|tasks|upload|events|traces"),
     }
 }
 

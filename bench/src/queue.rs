@@ -41,13 +41,13 @@ impl Job for Noop {
 }
 
 /// Jobs per drain; `TASKLANE_BENCH_JOBS` overrides (a longer drain for profiling).
-fn drain_jobs() -> usize {
+pub(crate) fn drain_jobs() -> usize {
     std::env::var("TASKLANE_BENCH_JOBS").ok().and_then(|n| n.parse().ok()).unwrap_or(40_000)
 }
 const LATENCY_JOBS: usize = 1_000;
-const CONCURRENCY: usize = 128;
+pub(crate) const CONCURRENCY: usize = 128;
 
-fn settings() -> anyhow::Result<Settings> {
+pub(crate) fn settings() -> anyhow::Result<Settings> {
     Ok(Settings::from_env()?)
 }
 
@@ -68,7 +68,7 @@ pub async fn run() -> anyhow::Result<()> {
         drain_jobs()
     );
 
-    let lpush = redis_benchmark_lpush(&redis_url).await?;
+    let lpush = crate::baseline::redis_benchmark_lpush(&redis_url).await?;
     println!("redis-benchmark -t lpush:                {lpush:>10.0} ops/s  (baseline)");
 
     let mut rates = Vec::new();
@@ -151,28 +151,6 @@ async fn bullmq_drain(url: &url::Url, concurrency: usize) -> anyhow::Result<f64>
     text.trim().parse().map_err(|_| anyhow::anyhow!("cannot read the BullMQ drain's rate: {text}"))
 }
 
-async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64> {
-    let output = tokio::process::Command::new("redis-benchmark")
-        .args([
-            "-h",
-            url.host_str().unwrap_or("127.0.0.1"),
-            "-p",
-            &url.port().unwrap_or(6379).to_string(),
-        ])
-        .args(["-t", "lpush", "-n", "200000", "-q"])
-        .output()
-        .await?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    // "LPUSH: 98765.43 requests per second, p50=0.263 msec"
-    let rate = text
-        .rsplit("LPUSH:")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark output: {text}"))?;
-    Ok(rate)
-}
-
 /// Pushes the jobs, then times `workers` processes draining them.
 async fn drain(settings: &Settings, workers: usize) -> anyhow::Result<f64> {
     drain_with(settings, workers, CONCURRENCY, false).await
@@ -187,6 +165,17 @@ async fn drain_with(
     concurrency: usize,
     limited: bool,
 ) -> anyhow::Result<f64> {
+    Ok(drain_costed(settings, workers, concurrency, limited).await?.0)
+}
+
+/// Like [`drain_with`], also saying how many seconds of CPU Redis spent on the drain (not
+/// the pushes before it).
+pub(crate) async fn drain_costed(
+    settings: &Settings,
+    workers: usize,
+    concurrency: usize,
+    limited: bool,
+) -> anyhow::Result<(f64, f64)> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let store = store(settings, &prefix).await?;
     if limited {
@@ -215,12 +204,16 @@ async fn drain_with(
         store.push(Queue::Maintenance, &jobs).await?;
     }
     let exe = std::env::current_exe()?;
+    let redis_before = crate::baseline::redis_cpu(&mut store.connection()).await?;
     let started = Instant::now();
     let mut children = Vec::new();
     for _ in 0..workers {
         children.push(
             tokio::process::Command::new(&exe)
                 .args(["drain-worker", &prefix, &concurrency.to_string()])
+                .envs(settings.redis_cluster_nodes.iter().map(|nodes| {
+                    ("TASKLANE_REDIS_CLUSTER_NODES", nodes.expose_secret().to_owned())
+                }))
                 .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()?,
@@ -237,10 +230,11 @@ async fn drain_with(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = drain_jobs() as f64 / started.elapsed().as_secs_f64();
+    let redis_s = crate::baseline::redis_cpu(&mut store.connection()).await? - redis_before;
     for mut child in children {
         let _ = child.kill().await;
     }
-    Ok(rate)
+    Ok((rate, redis_s))
 }
 
 async fn noop(_job: Noop) -> Result<(), BoxDynError> {
