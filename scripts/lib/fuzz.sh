@@ -20,23 +20,7 @@ schemathesis_dir() { printf '%s\n' "$TASKLANE_TOOLS_DIR/schemathesis-$SCHEMATHES
 
 # A venv of its own in the tools cache, one per pinned version, shared by every clone.
 ensure_schemathesis() {
-  local lock venv
-  venv=$(schemathesis_dir)
-  [[ -x $venv/bin/st ]] && return 0
-  mkdir -p "$TASKLANE_TOOLS_DIR"
-  exec {lock}>"$TASKLANE_TOOLS_DIR/.install.lock"
-  flock "$lock"
-  if [[ ! -x $venv/bin/st ]]; then
-    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-    info "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
-    rm -rf -- "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      "schemathesis==$SCHEMATHESIS_VERSION" ||
-      { rm -rf -- "$venv"; die "pip install schemathesis==$SCHEMATHESIS_VERSION failed"; }
-  fi
-  flock -u "$lock"
-  exec {lock}>&-
+  ensure_venv "$(schemathesis_dir)" st "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
 # start_fuzz_stack STATE BIN_DIR: a database of its own on the running PostgreSQL, migrated,

@@ -21,22 +21,7 @@ kubernetes_tools_dir() {
 }
 
 ensure_kubernetes_tools() {
-  local lock venv
-  venv=$(kubernetes_tools_dir)
-  [[ -x $venv/bin/kubectl ]] && return 0
-  mkdir -p "$TASKLANE_TOOLS_DIR"
-  exec {lock}>"$TASKLANE_TOOLS_DIR/.install.lock"
-  flock "$lock"
-  if [[ ! -x $venv/bin/kubectl ]]; then
-    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-    info "installing the Kubernetes manifest checker into $venv"
-    rm -rf -- "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$KUBERNETES_REQUIREMENTS" ||
-      { rm -rf -- "$venv"; die "pip install -r $KUBERNETES_REQUIREMENTS failed"; }
-  fi
-  flock -u "$lock"
-  exec {lock}>&-
+  ensure_venv "$(kubernetes_tools_dir)" kubectl -r "$KUBERNETES_REQUIREMENTS"
 }
 
 check_kubernetes_manifests() {

@@ -147,6 +147,28 @@ ensure_console_e2e() {
   fi
 }
 
+# ensure_venv VENV TOOL PIP_ARGS...: a Python venv at VENV (in the tools cache, shared by
+# every clone) with PIP_ARGS installed, unless VENV/bin/TOOL is already there. One installer
+# at a time; a failed install leaves no half venv behind.
+ensure_venv() {
+  local venv=$1 tool=$2 lock
+  shift 2
+  [[ -x $venv/bin/$tool ]] && return 0
+  mkdir -p "$TASKLANE_TOOLS_DIR"
+  exec {lock}>"$TASKLANE_TOOLS_DIR/.install.lock"
+  flock "$lock"
+  if [[ ! -x $venv/bin/$tool ]]; then
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    info "installing $* into $venv"
+    rm -rf -- "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" ||
+      { rm -rf -- "$venv"; die "pip install $* failed"; }
+  fi
+  flock -u "$lock"
+  exec {lock}>&-
+}
+
 # ---------------------------------------------------------------------------------------
 # Processes
 # ---------------------------------------------------------------------------------------
