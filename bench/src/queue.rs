@@ -55,7 +55,9 @@ pub(crate) fn settings() -> anyhow::Result<Settings> {
 /// worker or the API would have copied them.
 pub(crate) async fn store(settings: &Settings, prefix: &str) -> anyhow::Result<QueueStore> {
     let conn = tasklane_shared::redis::connect(settings)?;
-    let store = QueueStore::new(conn, Keys::new(prefix.to_owned()), QueueSettings::default());
+    let queue_settings =
+        QueueSettings { shards: settings.queue_shards, ..QueueSettings::default() };
+    let store = QueueStore::new(conn, Keys::new(prefix.to_owned()), queue_settings);
     tasklane_shared::controls::publish(&store, &[]).await?;
     Ok(store)
 }
@@ -214,15 +216,21 @@ pub(crate) async fn drain_costed(
                 .envs(settings.redis_cluster_nodes.iter().map(|nodes| {
                     ("TASKLANE_REDIS_CLUSTER_NODES", nodes.expose_secret().to_owned())
                 }))
+                .env("TASKLANE_QUEUE_SHARDS", settings.queue_shards.to_string())
                 .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()?,
         );
     }
-    let done_key = store.key(Queue::Maintenance, "done");
+    let done_keys: Vec<String> =
+        store.shards().all().map(|s| store.key_in(Queue::Maintenance, s, "done")).collect();
     let mut conn = store.connection();
     loop {
-        let done: usize = redis::cmd("ZCARD").arg(&done_key).query_async(&mut conn).await?;
+        let mut done = 0usize;
+        for key in &done_keys {
+            let count: usize = redis::cmd("ZCARD").arg(key).query_async(&mut conn).await?;
+            done += count;
+        }
         if done >= drain_jobs() {
             break;
         }

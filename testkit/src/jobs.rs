@@ -47,11 +47,12 @@ impl crate::TestApp {
         self.store_with(tasklane_shared::queue::QueueSettings::default())
     }
 
-    /// A client of this test's queues with the given timing.
+    /// A client of this test's queues with the given timing, on the app's shards.
     pub fn store_with(
         &self,
-        settings: tasklane_shared::queue::QueueSettings,
+        mut settings: tasklane_shared::queue::QueueSettings,
     ) -> tasklane_shared::queue::QueueStore {
+        settings.shards = self.settings.queue_shards;
         let conn = tasklane_shared::redis::connect(&self.settings).expect("valid REDIS_URL");
         tasklane_shared::queue::QueueStore::new(
             conn,

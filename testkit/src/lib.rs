@@ -215,6 +215,7 @@ impl TestApp {
                 }),
             )
             .env("TASKLANE_REDIS_PREFIX", &self.settings.redis_prefix)
+            .env("TASKLANE_QUEUE_SHARDS", self.settings.queue_shards.to_string())
             .env("SMTP_URL", self.settings.smtp_url.expose_secret())
             .env("TASKLANE_WORKER_ADDR", "127.0.0.1:0")
             .env("TASKLANE_JOB_LEASE_SECS", self.settings.job_lease.as_secs().to_string())

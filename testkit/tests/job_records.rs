@@ -15,8 +15,7 @@ use serde_json::Value;
 use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::{DailyDigest, EmailMessage, Queue, SendEmail};
 use tasklane_shared::outbox;
-use tasklane_shared::queue::{NewJob, QueueSettings, QueueStore};
-use tasklane_shared::redis::Keys;
+use tasklane_shared::queue::NewJob;
 use tasklane_testkit::{
     GateMode, TcpGate, TestApp, TestRedis, TestWorker, email_address, signal, unique, wait_until,
 };
@@ -29,11 +28,6 @@ fn email(to: &str, key: &str) -> SendEmail {
         to: to.to_owned(),
         message: EmailMessage::PasswordChanged { display_name: Some(key.to_owned()) },
     }
-}
-
-fn store(app: &TestApp) -> QueueStore {
-    let conn = tasklane_shared::redis::connect(&app.settings).unwrap();
-    QueueStore::new(conn, Keys::new(app.settings.redis_prefix.clone()), QueueSettings::default())
 }
 
 /// Outcomes of the job records, by outcome (`None`: not finished).
@@ -100,7 +94,7 @@ async fn redis_emptied_with_jobs_in_flight_loses_nothing_and_sends_each_email_on
         s.job_lease = Duration::from_secs(3);
     })
     .await;
-    let store = store(&app);
+    let store = app.spawn_store();
     // SMTP holds every connection: four jobs are running (stuck in their send) and the rest
     // are pending when Redis loses everything.
     let smtp = TcpGate::smtp(GateMode::Hold).await;
@@ -223,7 +217,7 @@ async fn poison_rows_are_quarantined_with_their_reason_and_never_stall_the_rest(
 #[tokio::test]
 async fn a_payload_a_worker_cannot_decode_is_quarantined_in_its_record() {
     let (app, token) = TestApp::spawn_admin(|_| {}).await;
-    let store = store(&app);
+    let store = app.spawn_store();
     // A job already in Redis whose payload this release cannot read (written by another).
     let id = uuid::Uuid::now_v7();
     sqlx::query(
@@ -295,7 +289,7 @@ async fn a_digest_run_killed_halfway_still_gives_every_user_one_digest() {
     let run = outbox::enqueue(&mut tx, &DailyDigest { tick }, None).await.unwrap();
     tx.commit().await.unwrap();
     let mut doomed = app.worker_process().spawn().unwrap();
-    let store = store(&app);
+    let store = app.spawn_store();
     wait_until(DEADLINE, "the digest run to be running", || async {
         let job = store.job(Queue::Maintenance, &run.to_string()).await.unwrap()?;
         (job.state == JobState::Running).then_some(())
@@ -347,7 +341,7 @@ async fn redis_killed_with_jobs_pending_scheduled_and_running_finishes_each_once
         s.job_lease = Duration::from_secs(3);
     })
     .await;
-    let store = store(&app);
+    let store = app.spawn_store();
     let to = email_address();
     const JOBS: usize = 12;
     let mut tx = app.db.begin().await.unwrap();

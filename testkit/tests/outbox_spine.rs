@@ -9,8 +9,6 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tasklane_shared::jobs::{EmailMessage, Job, Queue, SendEmail};
 use tasklane_shared::outbox::{self, Relay};
-use tasklane_shared::queue::{QueueSettings, QueueStore};
-use tasklane_shared::redis::Keys;
 use tasklane_testkit::{GateMode, TcpGate, TestApp, TestRedis, TestWorker, unique, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -31,11 +29,6 @@ async fn enqueue_committed(app: &TestApp, job: &SendEmail) {
     let mut tx = app.db.begin().await.unwrap();
     outbox::enqueue(&mut tx, job, Some("req-test")).await.unwrap();
     tx.commit().await.unwrap();
-}
-
-fn store_for(app: &TestApp) -> QueueStore {
-    let conn = tasklane_shared::redis::connect(&app.settings).unwrap();
-    QueueStore::new(conn, Keys::new(app.settings.redis_prefix.clone()), QueueSettings::default())
 }
 
 #[tokio::test]
@@ -112,7 +105,7 @@ async fn two_relays_never_deliver_a_row_twice() {
     }
     tx.commit().await.unwrap();
 
-    let store = store_for(&app);
+    let store = app.spawn_store();
     let relay = Relay::new(app.db.clone(), store.clone(), Duration::from_millis(100));
     let drain = |relay: Relay| async move {
         let mut moved = 0;
@@ -135,7 +128,7 @@ async fn two_relays_never_deliver_a_row_twice() {
 #[tokio::test]
 async fn a_row_pushed_twice_is_one_job() {
     let app = TestApp::spawn().await;
-    let store = store_for(&app);
+    let store = app.spawn_store();
     let job = tasklane_shared::queue::NewJob {
         id: uuid::Uuid::now_v7(),
         kind: SendEmail::SPEC.kind.into(),
@@ -166,7 +159,7 @@ async fn duplicate_email_jobs_send_one_email() {
     let key = unique("same-key");
     enqueue_committed(&app, &email(&to, &key)).await;
     enqueue_committed(&app, &email(&to, &key)).await;
-    let store = store_for(&app);
+    let store = app.spawn_store();
     wait_until(DEADLINE, "both duplicates running at once", || async {
         let depth = store.depth(Queue::Emails).await.unwrap();
         (depth.running == 2 && hung_smtp.accepted() >= 1).then_some(())
@@ -208,7 +201,7 @@ async fn a_worker_process_stops_on_sigterm_and_leaves_nothing_held() {
         enqueue_committed(&app, &email(&to, &unique("k"))).await;
     }
     // TERM lands while the worker holds jobs: some sent, some running.
-    let store = store_for(&app);
+    let store = app.spawn_store();
     wait_until(DEADLINE, "jobs in flight", || async {
         let depth = store.depth(Queue::Emails).await.unwrap();
         (depth.running > 0 && depth.done > 0).then_some(())

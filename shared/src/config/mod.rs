@@ -100,6 +100,9 @@ pub struct Settings {
     /// A factor on every retry delay and breaker cool-down (`TASKLANE_RETRY_SCALE`, default
     /// 1): tests and dev compress `send_email`'s day of retries into seconds with it.
     pub retry_scale: f64,
+    /// Hash tags each queue is spread over (`TASKLANE_QUEUE_SHARDS`, 1 to 64), so that on a
+    /// Redis Cluster one queue spans several masters (SPEC section 12; see `queue::shards`).
+    pub queue_shards: u16,
     /// How long finished jobs stay in Redis for inspection (`TASKLANE_JOB_RETENTION_SECS`).
     pub job_retention: Duration,
     /// How long dead jobs stay in Redis for inspection and retry
@@ -255,6 +258,7 @@ impl Settings {
 
         let job_lease = Duration::from_secs(r.parsed_any("TASKLANE_JOB_LEASE_SECS", "15"));
         let retry_scale: f64 = r.parsed_any("TASKLANE_RETRY_SCALE", "1");
+        let queue_shards: u16 = r.parsed_any("TASKLANE_QUEUE_SHARDS", "1");
         let job_retention =
             Duration::from_secs(r.parsed_any("TASKLANE_JOB_RETENTION_SECS", "86400"));
         let dead_job_retention =
@@ -324,6 +328,7 @@ impl Settings {
             reconcile_interval,
             job_lease,
             retry_scale,
+            queue_shards,
             job_retention,
             dead_job_retention,
             worker_concurrency,
@@ -378,6 +383,9 @@ impl Settings {
         // A brace would start a hash tag of its own and pull every key into one cluster slot.
         if settings.redis_prefix.contains(['{', '}']) {
             reader.problems.push("TASKLANE_REDIS_PREFIX must not contain '{' or '}'".into());
+        }
+        if !(1..=64).contains(&settings.queue_shards) {
+            reader.problems.push("TASKLANE_QUEUE_SHARDS must be between 1 and 64".into());
         }
         if settings.worker_concurrency == 0 {
             reader.problems.push("TASKLANE_WORKER_CONCURRENCY must be at least 1".into());

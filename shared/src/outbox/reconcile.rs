@@ -179,15 +179,31 @@ impl Reconciler {
             if of_queue.is_empty() {
                 continue;
             }
-            let mut pipe = redis::pipe();
-            for &i in &of_queue {
-                let key = self.store.key(queue, &format!("job:{}", jobs[i].id));
-                pipe.cmd("HMGET").arg(key).arg("state").arg("last_error");
-            }
-            let found: Vec<(Option<String>, Option<String>)> =
-                pipe.query_async(&mut self.store.connection()).await?;
-            for (i, state) in of_queue.into_iter().zip(found) {
-                states[i] = state;
+            // On a sharded queue, in the job's shard, then in the first (a unique job's).
+            let shards = self.store.shards();
+            for pass in 0..2 {
+                let here = |i: &usize| match shards.homes(&jobs[*i].id.to_string()).get(pass) {
+                    Some(&shard) => states[*i].0.is_none().then_some((*i, shard)),
+                    None => None,
+                };
+                let todo: Vec<(usize, u16)> = of_queue.iter().filter_map(here).collect();
+                for shard in shards.all() {
+                    let mut pipe = redis::pipe();
+                    let those: Vec<usize> =
+                        todo.iter().filter(|(_, s)| *s == shard).map(|(i, _)| *i).collect();
+                    if those.is_empty() {
+                        continue;
+                    }
+                    for &i in &those {
+                        let key = self.store.key_in(queue, shard, &format!("job:{}", jobs[i].id));
+                        pipe.cmd("HMGET").arg(key).arg("state").arg("last_error");
+                    }
+                    let found: Vec<(Option<String>, Option<String>)> =
+                        pipe.query_async(&mut self.store.connection()).await?;
+                    for (i, state) in those.into_iter().zip(found) {
+                        states[i] = state;
+                    }
+                }
             }
         }
         Ok(states)

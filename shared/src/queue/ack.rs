@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::breaker::Breaker;
 use super::handoff::NextClaims;
 use super::held::Cancel;
-use super::{Claim, HeldClaims, Outcome, QueueStore, lease};
+use super::{Claim, Finished, HeldClaims, Outcome, QueueStore, lease};
 use crate::jobs::{DependencyDown, Failure, Job, PermanentError, safe_reason};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -249,4 +249,41 @@ async fn record(store: &QueueStore, batch: &[Ack], next: &NextClaims) {
         jobs = batch.len(),
         "gave up recording job outcomes; their leases will expire and they will run again"
     );
+}
+
+/// Where the store reports what it recorded (see [`QueueStore::with_outcomes`]).
+impl QueueStore {
+    /// Reports an attempt recorded in Redis (with its `reason` to show the user, when it
+    /// failed), and the job's end: a success, a death, or a quarantine. Retries are not ends.
+    pub(super) fn report(&self, claim: &Claim, outcome: &Outcome, reason: &str) {
+        let Some(sink) = &self.outcomes else {
+            return;
+        };
+        let reason = reason.to_owned();
+        let attempt = match outcome {
+            Outcome::Succeeded => Some(super::AttemptEnd::Succeeded),
+            Outcome::Retry { delay, .. } => {
+                Some(super::AttemptEnd::Failed { reason, retry_in: *delay })
+            }
+            Outcome::Dead { .. } => Some(super::AttemptEnd::Dead { reason }),
+            Outcome::Held { .. } => None,
+        };
+        if let Some(attempt) = attempt {
+            sink.attempted(&claim.id, claim.attempt, attempt);
+        }
+        match outcome {
+            Outcome::Succeeded => sink.finished(&claim.id, Finished::Succeeded),
+            Outcome::Dead { error } => sink.finished(&claim.id, Finished::Dead(error.clone())),
+            // Not the job's end: it runs again (after its backoff, or once its kind's
+            // dependency is back).
+            Outcome::Retry { .. } | Outcome::Held { .. } => {}
+        }
+    }
+
+    /// Reports a job set aside because its payload does not decode.
+    pub(super) fn report_quarantined(&self, claim: &Claim, reason: String) {
+        if let Some(sink) = &self.outcomes {
+            sink.finished(&claim.id, Finished::Quarantined(reason));
+        }
+    }
 }

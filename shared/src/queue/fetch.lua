@@ -17,9 +17,11 @@
 -- KEYS[1]: a key of the namespace, for routing.
 -- Fairness (SPEC section 10): a kind fair by owner is claimed in owners' turns (ready.lua).
 -- Priorities (SPEC section 10): a kind claims nothing while a kind of the same queue with a
--- higher priority (ARGV[10...], not paused) has jobs waiting, so urgent work goes first.
+-- higher priority (ARGV[11...], not paused) has jobs waiting, so urgent work goes first.
+-- On a sharded queue the limits are the first shard's to keep, fleet-wide (`admit.lua`):
+-- ARGV[10] is then '1', and `n` is what it admitted.
 -- ARGV: NS, kind, worker, lease_ms, n, done_retention_ms, dead_retention_ms, sweep_limit,
---       wake_cap, then the kinds ahead of this one
+--       wake_cap, limits admitted elsewhere ('1' or '0'), then the kinds ahead of this one
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, kind, worker = ARGV[1], ARGV[2], ARGV[3]
@@ -90,14 +92,15 @@ local controls = redis.call('HMGET', ns .. 'controls', 'paused', 'paused:' .. ki
 if controls[1] == '1' or controls[2] == '1' or not controls[5] then
   return {{}, PAUSED_WAIT_MS}
 end
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   local ahead = ARGV[i]
   if has_ready(ns, ahead)
       and redis.call('HGET', ns .. 'controls', 'paused:' .. ahead) ~= '1' then
     return {{}, 50}
   end
 end
-if controls[3] then
+local admitted = ARGV[10] == '1'
+if controls[3] and not admitted then
   local active = tonumber(redis.call('HGET', ns .. 'active', kind) or '0')
   local free = tonumber(controls[3]) - active
   if free < n then
@@ -108,7 +111,7 @@ if controls[3] then
   end
 end
 local limiter, rate, tokens = ns .. 'bucket:' .. kind, tonumber(controls[4]), nil
-if rate and n > 0 then
+if rate and n > 0 and not admitted then
   -- A token bucket refilled at `rate` per second, holding at most a tenth of a second's
   -- worth (at least one): the rate holds over any window longer than that.
   local capacity = math.max(1, rate / 10)

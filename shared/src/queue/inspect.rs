@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
 
-use super::store::WAKE_CAP;
+use super::WAKE_CAP;
 use super::{QueueStore, kinds_of};
 use crate::domain::jobs::JobState;
 use crate::jobs::Queue;
@@ -91,14 +91,19 @@ pub struct Pauses {
 impl QueueStore {
     /// Sends a dead job back to its queue with fresh attempts; `false` unless it was dead.
     pub async fn retry_dead(&self, queue: Queue, id: &str) -> redis::RedisResult<bool> {
-        let retried: i64 = RETRY
-            .key(self.key(queue, "running"))
-            .arg(self.ns(queue))
-            .arg(id)
-            .arg(WAKE_CAP)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(retried == 1)
+        for shard in self.shards.homes(id) {
+            let retried: i64 = RETRY
+                .key(self.key_in(queue, shard, "running"))
+                .arg(self.shards.ns(queue, shard))
+                .arg(id)
+                .arg(WAKE_CAP)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            if retried == 1 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Failed attempts (errors and expired leases) in the last hour.
@@ -106,11 +111,16 @@ impl QueueStore {
         let (seconds, _): (u64, u64) =
             redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
         let minute = seconds / 60;
-        let keys: Vec<String> =
-            (0..60).map(|ago| self.key(queue, &format!("failed:{}", minute - ago))).collect();
-        let counts: Vec<Option<u64>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
-        Ok(counts.into_iter().flatten().sum())
+        let mut failed = 0;
+        for shard in self.shards.all() {
+            let keys: Vec<String> = (0..60)
+                .map(|ago| self.key_in(queue, shard, &format!("failed:{}", minute - ago)))
+                .collect();
+            let counts: Vec<Option<u64>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
+            failed += counts.into_iter().flatten().sum::<u64>();
+        }
+        Ok(failed)
     }
 
     /// Jobs of `queue` that succeeded within the last `window`, by Redis' clock: the done
@@ -122,12 +132,17 @@ impl QueueStore {
         let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let now_ms = seconds * 1000 + micros / 1000;
         let since = now_ms.saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
-        redis::cmd("ZCOUNT")
-            .arg(self.key(queue, JobState::Done.as_str()))
-            .arg(since)
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
+        let mut done = 0;
+        for shard in self.shards.all() {
+            let count: u64 = redis::cmd("ZCOUNT")
+                .arg(self.key_in(queue, shard, JobState::Done.as_str()))
+                .arg(since)
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await?;
+            done += count;
+        }
+        Ok(done)
     }
 
     /// The pauses fetching obeys in `queue` right now: Redis' copy of the controls
@@ -160,10 +175,16 @@ impl QueueStore {
 
     /// One job, if it still exists.
     pub async fn job(&self, queue: Queue, id: &str) -> redis::RedisResult<Option<JobRecord>> {
-        let fields: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.key(queue, &format!("job:{id}")))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut fields: HashMap<String, String> = HashMap::new();
+        for shard in self.shards.homes(id) {
+            fields = redis::cmd("HGETALL")
+                .arg(self.key_in(queue, shard, &format!("job:{id}")))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            if !fields.is_empty() {
+                break;
+            }
+        }
         if fields.is_empty() {
             return Ok(None);
         }
@@ -204,8 +225,8 @@ impl QueueStore {
         }))
     }
 
-    /// Ids of jobs in one state, oldest first (pending: per kind, in declaration order), at
-    /// most `limit`.
+    /// Ids of jobs in one state, oldest first (pending: per kind, in declaration order; on
+    /// a sharded queue, shard after shard), at most `limit`.
     pub async fn ids(
         &self,
         queue: Queue,
@@ -215,22 +236,49 @@ impl QueueStore {
         let stop = isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1);
         let mut conn = self.conn.clone();
         if state != JobState::Pending {
-            // Every other state has a sorted set of its name.
-            return redis::cmd("ZRANGE")
-                .arg(self.key(queue, state.as_str()))
-                .arg(0)
-                .arg(stop)
-                .query_async(&mut conn)
-                .await;
+            // Every other state has a sorted set of its name, scored by time: the shards'
+            // oldest, merged.
+            let mut scored: Vec<(String, f64)> = Vec::new();
+            for shard in self.shards.all() {
+                let more: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(self.key_in(queue, shard, state.as_str()))
+                    .arg(0)
+                    .arg(stop)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?;
+                scored.extend(more);
+            }
+            scored.sort_by(|a, b| a.1.total_cmp(&b.1));
+            return Ok(scored.into_iter().take(limit).map(|(id, _)| id).collect());
         }
         let mut ids = Vec::new();
+        for shard in self.shards.all() {
+            ids.extend(self.pending_ids(queue, shard, limit - ids.len().min(limit)).await?);
+        }
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    /// Ids of pending jobs in one shard, per kind in declaration order, at most `limit`.
+    async fn pending_ids(
+        &self,
+        queue: Queue,
+        shard: u16,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<String>> {
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1);
+        let mut conn = self.conn.clone();
+        let mut ids = Vec::new();
         for kind in kinds_of(queue) {
-            let mut lists = vec![self.key(queue, &format!("pending:{kind}"))];
+            let mut lists = vec![self.key_in(queue, shard, &format!("pending:{kind}"))];
             // A kind fair by owner: then its owners' lists, in their turn's order.
             let owners: Vec<String> =
-                conn.lrange(self.key(queue, &format!("owners:{kind}")), 0, -1).await?;
+                conn.lrange(self.key_in(queue, shard, &format!("owners:{kind}")), 0, -1).await?;
             lists.extend(
-                owners.iter().map(|owner| self.key(queue, &format!("owned:{kind}:{owner}"))),
+                owners
+                    .iter()
+                    .map(|owner| self.key_in(queue, shard, &format!("owned:{kind}:{owner}"))),
             );
             for list in lists {
                 if ids.len() >= limit {
@@ -244,8 +292,23 @@ impl QueueStore {
         Ok(ids)
     }
 
-    /// Counts per state, and the age of the oldest pending job.
+    /// Counts per state, and the age of the oldest pending job, over every shard.
     pub async fn depth(&self, queue: Queue) -> redis::RedisResult<Depth> {
+        let mut total = Depth::default();
+        for shard in self.shards.all() {
+            let depth = self.depth_in(queue, shard).await?;
+            total.pending += depth.pending;
+            total.running += depth.running;
+            total.scheduled += depth.scheduled;
+            total.done += depth.done;
+            total.dead += depth.dead;
+            total.cancelled += depth.cancelled;
+            total.oldest_pending_age = total.oldest_pending_age.max(depth.oldest_pending_age);
+        }
+        Ok(total)
+    }
+
+    async fn depth_in(&self, queue: Queue, shard: u16) -> redis::RedisResult<Depth> {
         let mut conn = self.conn.clone();
         #[allow(clippy::type_complexity)] // one count per sorted set, then the time
         let (running, scheduled, done, dead, cancelled, time): (
@@ -256,37 +319,38 @@ impl QueueStore {
             u64,
             (u64, u64),
         ) = redis::pipe()
-            .zcard(self.key(queue, JobState::Running.as_str()))
-            .zcard(self.key(queue, JobState::Scheduled.as_str()))
-            .zcard(self.key(queue, JobState::Done.as_str()))
-            .zcard(self.key(queue, JobState::Dead.as_str()))
-            .zcard(self.key(queue, JobState::Cancelled.as_str()))
+            .zcard(self.key_in(queue, shard, JobState::Running.as_str()))
+            .zcard(self.key_in(queue, shard, JobState::Scheduled.as_str()))
+            .zcard(self.key_in(queue, shard, JobState::Done.as_str()))
+            .zcard(self.key_in(queue, shard, JobState::Dead.as_str()))
+            .zcard(self.key_in(queue, shard, JobState::Cancelled.as_str()))
             .cmd("TIME")
             .query_async(&mut conn)
             .await?;
         let now_ms = time.0 * 1000 + time.1 / 1000;
         let (mut pending, mut oldest_ms) = (0, now_ms);
         for kind in kinds_of(queue) {
-            let list = self.key(queue, &format!("pending:{kind}"));
+            let list = self.key_in(queue, shard, &format!("pending:{kind}"));
             let (len, owned, head, next_owner): (u64, Option<u64>, Option<String>, Option<String>) =
                 redis::pipe()
                     .llen(&list)
-                    .get(self.key(queue, &format!("owned:{kind}")))
+                    .get(self.key_in(queue, shard, &format!("owned:{kind}")))
                     .lindex(&list, 0)
-                    .lindex(self.key(queue, &format!("owners:{kind}")), 0)
+                    .lindex(self.key_in(queue, shard, &format!("owners:{kind}")), 0)
                     .query_async(&mut conn)
                     .await?;
             pending += len + owned.unwrap_or(0);
             // A kind fair by owner: the owner whose turn is next has waited longest.
             let owned_head = match (head.is_none(), next_owner) {
                 (true, Some(owner)) => {
-                    conn.lindex(self.key(queue, &format!("owned:{kind}:{owner}")), 0).await?
+                    conn.lindex(self.key_in(queue, shard, &format!("owned:{kind}:{owner}")), 0)
+                        .await?
                 }
                 _ => None,
             };
             if let Some(id) = head.or(owned_head) {
                 let created: Option<u64> = redis::cmd("HGET")
-                    .arg(self.key(queue, &format!("job:{id}")))
+                    .arg(self.key_in(queue, shard, &format!("job:{id}")))
                     .arg("created_ms")
                     .query_async(&mut conn)
                     .await?;

@@ -1,6 +1,7 @@
 //! Tasklane's Redis job store: durable queues with leases timed by Redis.
 //!
-//! Per queue, under the hash-tagged namespace `<prefix>:{<queue>}`:
+//! Per queue, under the hash-tagged namespace `<prefix>:{<queue>}` (and, for a queue spread
+//! over several hash tags, under each of its shards' namespaces: see [`shards`]):
 //! - `job:<id>` hash: kind, payload, attempts, max attempts, state, history of attempts,
 //!   the request and the trace (`traceparent`) that caused it, and when it last became
 //!   claimable again (`due_ms`: a retry or a delayed job fell due, or it was handed back);
@@ -29,6 +30,8 @@
 //! - [`operate`]: what operators change: cancelling, bulk retry and discard, and the
 //!   pauses and limits (`controls`) that fetching obeys;
 //! - [`ticks`]: when each schedule last enqueued a tick;
+//! - [`shards`]: where each shard of a queue spread over several hash tags lives, and
+//!   `spread`: what the store does across them (claiming round the shards, priorities);
 //! - [`backend`]: the store as an apalis backend; [`held`]: the claims a process holds;
 //!   [`lease`]: renewing them, and stopping a handler whose lease is lost; [`ack`]: the
 //!   middleware recording each attempt's outcome; [`breaker`]: holding a kind whose
@@ -42,6 +45,8 @@ pub mod held;
 pub mod inspect;
 pub mod lease;
 pub mod operate;
+pub mod shards;
+mod spread;
 pub mod store;
 pub mod ticks;
 
@@ -49,6 +54,7 @@ pub use backend::RedisBackend;
 pub use held::HeldClaims;
 pub use inspect::{AttemptRecord, Depth, JobRecord, Pauses};
 pub use operate::{BulkAction, Cancelled, DeadFilter};
+pub use shards::Shards;
 pub use store::QueueStore;
 
 use std::time::Duration;
@@ -57,6 +63,9 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::jobs::Queue;
+
+/// Wake tokens kept when no worker consumes them.
+const WAKE_CAP: usize = 1024;
 
 /// Timing of the store.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +79,8 @@ pub struct QueueSettings {
     /// A factor on every retry delay and breaker cool-down (`TASKLANE_RETRY_SCALE`, 1 in
     /// production), so tests and dev can compress a day of retries into seconds.
     pub retry_scale: f64,
+    /// Hash tags each queue is spread over (see [`shards`]).
+    pub shards: u16,
 }
 
 impl Default for QueueSettings {
@@ -79,6 +90,7 @@ impl Default for QueueSettings {
             done_retention: Duration::from_secs(24 * 3600),
             dead_retention: Duration::from_secs(7 * 24 * 3600),
             retry_scale: 1.0,
+            shards: 1,
         }
     }
 }
@@ -91,6 +103,7 @@ impl From<&Settings> for QueueSettings {
             done_retention: settings.job_retention,
             dead_retention: settings.dead_job_retention,
             retry_scale: settings.retry_scale,
+            shards: settings.queue_shards,
         }
     }
 }
@@ -118,6 +131,8 @@ pub struct NewJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub queue: Queue,
+    /// The shard of the queue that holds the job (see [`shards`]).
+    pub shard: u16,
     pub id: String,
     pub kind: String,
     pub payload: String,
@@ -133,12 +148,20 @@ pub struct Claim {
     pub traceparent: Option<String>,
     pub ready_ms: u64,
     pub claimed_ms: u64,
+    /// Whether it holds a permit of its kind's fleet-wide limits, on a sharded queue (see
+    /// `admit.lua`); the permit ends with the attempt.
+    pub permit: bool,
 }
 
 impl Claim {
     /// What names this attempt to the store when renewing or releasing it.
     pub fn claim_ref(&self) -> ClaimRef {
-        ClaimRef { id: self.id.clone(), token: self.token.clone() }
+        ClaimRef {
+            id: self.id.clone(),
+            token: self.token.clone(),
+            shard: self.shard,
+            permit: self.permit.then(|| self.kind.clone()),
+        }
     }
 }
 
@@ -148,6 +171,17 @@ impl Claim {
 pub struct ClaimRef {
     pub id: String,
     pub token: String,
+    /// The shard of its queue that holds the job.
+    pub shard: u16,
+    /// The job's kind, when the claim holds a permit of the kind's limits.
+    pub permit: Option<String>,
+}
+
+impl ClaimRef {
+    /// The name of its permit (see `permits.lua`).
+    fn permit_name(&self) -> String {
+        format!("{}|{}|{}", self.shard, self.id, self.token)
+    }
 }
 
 /// What became of an attempt.

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use super::QueueStore;
-use super::store::WAKE_CAP;
+use super::WAKE_CAP;
 use crate::domain::jobs::JobState;
 use crate::jobs::Queue;
 
@@ -53,13 +53,19 @@ pub struct DeadFilter {
 impl QueueStore {
     /// Cancels a job of `queue` that has not ended.
     pub async fn cancel(&self, queue: Queue, id: &str) -> redis::RedisResult<Cancelled> {
-        let was: String = CANCEL
-            .key(self.key(queue, "running"))
-            .arg(self.ns(queue))
-            .arg(id)
-            .arg(super::millis(self.settings().dead_retention))
-            .invoke_async(&mut self.connection())
-            .await?;
+        let mut was = String::new();
+        for shard in self.shards.homes(id) {
+            was = CANCEL
+                .key(self.key_in(queue, shard, "running"))
+                .arg(self.shards.ns(queue, shard))
+                .arg(id)
+                .arg(super::millis(self.settings().dead_retention))
+                .invoke_async(&mut self.connection())
+                .await?;
+            if was.parse::<JobState>().is_ok() {
+                break;
+            }
+        }
         Ok(match was.parse::<JobState>() {
             Err(_) => Cancelled::Missing,
             Ok(was @ (JobState::Pending | JobState::Scheduled | JobState::Running)) => {
@@ -83,75 +89,96 @@ impl QueueStore {
             (bound(filter.failed_after_ms, "-inf"), bound(filter.failed_before_ms, "+inf"));
         let needle = filter.error_contains.as_deref().unwrap_or("").to_lowercase();
         let mut changed = Vec::new();
-        let mut skip = 0usize;
-        loop {
-            let reply: Vec<redis::Value> = BULK
-                .key(self.key(queue, "running"))
-                .arg(self.ns(queue))
-                .arg(match action {
-                    BulkAction::Retry => "retry",
-                    BulkAction::Discard => "discard",
-                })
-                .arg(filter.kind.as_deref().unwrap_or(""))
-                .arg(&needle)
-                .arg(&min)
-                .arg(&max)
-                .arg(skip)
-                .arg(BULK_STEP)
-                .arg(WAKE_CAP)
-                .invoke_async(&mut self.connection())
-                .await?;
-            let mut reply = reply.into_iter();
-            let looked_at: usize =
-                redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil))?;
-            let skipped: usize =
-                redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil))?;
-            for id in reply {
-                changed.push(redis::from_redis_value::<String>(id)?);
+        for shard in self.shards.all() {
+            let mut skip = 0usize;
+            loop {
+                let reply: Vec<redis::Value> = BULK
+                    .key(self.key_in(queue, shard, "running"))
+                    .arg(self.shards.ns(queue, shard))
+                    .arg(match action {
+                        BulkAction::Retry => "retry",
+                        BulkAction::Discard => "discard",
+                    })
+                    .arg(filter.kind.as_deref().unwrap_or(""))
+                    .arg(&needle)
+                    .arg(&min)
+                    .arg(&max)
+                    .arg(skip)
+                    .arg(BULK_STEP)
+                    .arg(WAKE_CAP)
+                    .invoke_async(&mut self.connection())
+                    .await?;
+                let mut reply = reply.into_iter();
+                let looked_at: usize =
+                    redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil))?;
+                let skipped: usize =
+                    redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil))?;
+                for id in reply {
+                    changed.push(redis::from_redis_value::<String>(id)?);
+                }
+                if looked_at < BULK_STEP {
+                    break;
+                }
+                skip += skipped;
             }
-            if looked_at < BULK_STEP {
-                return Ok(changed);
-            }
-            skip += skipped;
         }
+        Ok(changed)
     }
 
     /// Replaces the controls fetching reads for `queue` with `fields` (see `controls.lua`),
-    /// unless Redis has a newer `version`; `true` when applied.
+    /// unless Redis has a newer `version`; `true` when applied. A sharded queue gets a copy
+    /// in every shard (its limits are read from the first shard's, see `spread`).
     pub async fn apply_controls(
         &self,
         queue: Queue,
         version: i64,
         fields: &[(String, String)],
     ) -> redis::RedisResult<bool> {
-        let mut invocation = CONTROLS.key(self.key(queue, "controls"));
-        invocation.arg(version);
-        for (field, value) in fields {
-            invocation.arg(field).arg(value);
+        let mut applied = true;
+        for shard in self.shards.all() {
+            let mut invocation = CONTROLS.key(self.key_in(queue, shard, "controls"));
+            invocation.arg(version);
+            for (field, value) in fields {
+                invocation.arg(field).arg(value);
+            }
+            let done: i64 = invocation.invoke_async(&mut self.connection()).await?;
+            applied &= done == 1;
         }
-        let applied: i64 = invocation.invoke_async(&mut self.connection()).await?;
-        Ok(applied == 1)
+        Ok(applied)
     }
 
     /// Jobs of each kind of `queue` waiting to be claimed.
     pub async fn pending_by_kind(&self, queue: Queue) -> redis::RedisResult<HashMap<String, u64>> {
         let kinds: Vec<&str> = super::kinds_of(queue).collect();
-        let mut pipe = redis::pipe();
-        for kind in &kinds {
-            pipe.llen(self.key(queue, &format!("pending:{kind}")));
-            // What waits in the owners' lists of a kind fair by owner.
-            pipe.get(self.key(queue, &format!("owned:{kind}")));
+        let mut waiting: HashMap<String, u64> = HashMap::new();
+        for shard in self.shards.all() {
+            let mut pipe = redis::pipe();
+            for kind in &kinds {
+                pipe.llen(self.key_in(queue, shard, &format!("pending:{kind}")));
+                // What waits in the owners' lists of a kind fair by owner.
+                pipe.get(self.key_in(queue, shard, &format!("owned:{kind}")));
+            }
+            let lengths: Vec<Option<u64>> = pipe.query_async(&mut self.connection()).await?;
+            for (kind, pair) in kinds.iter().zip(lengths.chunks(2)) {
+                *waiting.entry((*kind).to_owned()).or_default() +=
+                    pair.iter().flatten().sum::<u64>();
+            }
         }
-        let lengths: Vec<Option<u64>> = pipe.query_async(&mut self.connection()).await?;
-        let waiting = lengths.chunks(2).map(|pair| pair.iter().flatten().sum());
-        Ok(kinds.into_iter().map(str::to_owned).zip(waiting).collect())
+        Ok(waiting)
     }
 
     /// Jobs of each kind of `queue` running now (claimed, outcome not yet recorded).
     pub async fn running_by_kind(&self, queue: Queue) -> redis::RedisResult<HashMap<String, u64>> {
-        redis::cmd("HGETALL")
-            .arg(self.key(queue, "active"))
-            .query_async(&mut self.connection())
-            .await
+        let mut running: HashMap<String, u64> = HashMap::new();
+        for shard in self.shards.all() {
+            let active: HashMap<String, u64> = redis::cmd("HGETALL")
+                .arg(self.key_in(queue, shard, "active"))
+                .query_async(&mut self.connection())
+                .await?;
+            for (kind, count) in active {
+                *running.entry(kind).or_default() += count;
+            }
+        }
+        Ok(running)
     }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::redis::Conn;
 use redis::Script;
 
-use super::{Claim, ClaimRef, Finished, NewJob, Outcome, OutcomeSink, QueueSettings, millis};
+use super::{
+    Claim, ClaimRef, NewJob, Outcome, OutcomeSink, QueueSettings, Shards, WAKE_CAP, millis,
+};
 use crate::jobs::Queue;
 use crate::redis::Keys;
 
@@ -18,8 +20,6 @@ static FETCH: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("fe
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
 
-/// Wake tokens kept when no worker consumes them.
-pub(super) const WAKE_CAP: usize = 1024;
 /// Most due retries and expired leases one fetch moves, so one call stays short.
 const SWEEP_LIMIT: usize = 500;
 
@@ -47,54 +47,23 @@ impl LeaseAction {
 pub struct QueueStore {
     pub(super) conn: Conn,
     pub(super) keys: Keys,
+    /// Each queue's shards (one unless `TASKLANE_QUEUE_SHARDS` says more).
+    pub(super) shards: Shards,
     settings: QueueSettings,
     /// Where jobs' ends are reported (a worker's Postgres job records); none for producers.
-    outcomes: Option<Arc<dyn OutcomeSink>>,
+    pub(super) outcomes: Option<Arc<dyn OutcomeSink>>,
 }
 
 impl QueueStore {
     pub fn new(conn: Conn, keys: Keys, settings: QueueSettings) -> Self {
-        Self { conn, keys, settings, outcomes: None }
+        let shards = Shards::new(&keys, settings.shards);
+        Self { conn, keys, shards, settings, outcomes: None }
     }
 
     /// Reports every job's end to `sink` once Redis has recorded it.
     pub fn with_outcomes(mut self, sink: Arc<dyn OutcomeSink>) -> Self {
         self.outcomes = Some(sink);
         self
-    }
-
-    /// Reports an attempt recorded in Redis (with its `reason` to show the user, when it
-    /// failed), and the job's end: a success, a death, or a quarantine. Retries are not ends.
-    pub(super) fn report(&self, claim: &Claim, outcome: &Outcome, reason: &str) {
-        let Some(sink) = &self.outcomes else {
-            return;
-        };
-        let reason = reason.to_owned();
-        let attempt = match outcome {
-            Outcome::Succeeded => Some(super::AttemptEnd::Succeeded),
-            Outcome::Retry { delay, .. } => {
-                Some(super::AttemptEnd::Failed { reason, retry_in: *delay })
-            }
-            Outcome::Dead { .. } => Some(super::AttemptEnd::Dead { reason }),
-            Outcome::Held { .. } => None,
-        };
-        if let Some(attempt) = attempt {
-            sink.attempted(&claim.id, claim.attempt, attempt);
-        }
-        match outcome {
-            Outcome::Succeeded => sink.finished(&claim.id, Finished::Succeeded),
-            Outcome::Dead { error } => sink.finished(&claim.id, Finished::Dead(error.clone())),
-            // Not the job's end: it runs again (after its backoff, or once its kind's
-            // dependency is back).
-            Outcome::Retry { .. } | Outcome::Held { .. } => {}
-        }
-    }
-
-    /// Reports a job set aside because its payload does not decode.
-    pub(super) fn report_quarantined(&self, claim: &Claim, reason: String) {
-        if let Some(sink) = &self.outcomes {
-            sink.finished(&claim.id, Finished::Quarantined(reason));
-        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -110,26 +79,56 @@ impl QueueStore {
         self.conn.clone()
     }
 
-    /// The namespace of a queue: `<prefix>:{<queue>}:`, one hash tag.
-    pub(super) fn ns(&self, queue: Queue) -> String {
-        format!("{}:", self.keys.queue(queue.as_str()))
+    /// Each queue's shards.
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
 
-    /// A key of a queue's namespace.
+    /// A key of a queue's first shard (its only one, unless the queue is sharded).
     pub fn key(&self, queue: Queue, name: &str) -> String {
-        format!("{}{name}", self.ns(queue))
+        self.key_in(queue, 0, name)
+    }
+
+    /// A key of one shard of a queue.
+    pub fn key_in(&self, queue: Queue, shard: u16, name: &str) -> String {
+        format!("{}{name}", self.shards.ns(queue, shard))
     }
 
     /// Adds jobs to a queue; returns how many were new (ids already present are skipped).
+    /// On a sharded queue each job goes to its shard, and every job's wake token also to the
+    /// first shard, where idle workers wait.
     pub async fn push(&self, queue: Queue, jobs: &[NewJob]) -> redis::RedisResult<usize> {
-        if jobs.is_empty() {
-            return Ok(0);
+        let ids: Vec<String> = jobs.iter().map(|job| job.id.to_string()).collect();
+        let pinned = |job: &NewJob| {
+            job.unique.is_some()
+                || crate::jobs::spec(&job.kind).is_some_and(|spec| spec.fair_by.is_some())
+        };
+        let shard_of = |i: usize| self.shards.of_job(&ids[i], pinned(&jobs[i]));
+        let mut added = 0;
+        for (shard, group) in super::spread::by_shard(jobs.len(), shard_of) {
+            added += self.push_to(queue, shard, group.iter().map(|&i| (&ids[i], &jobs[i]))).await?;
+            if shard != 0 {
+                super::spread::wake(self, queue, group.iter().map(|&i| jobs[i].kind.as_str()))
+                    .await?;
+            }
         }
+        Ok(added)
+    }
+
+    async fn push_to<'a>(
+        &self,
+        queue: Queue,
+        shard: u16,
+        jobs: impl Iterator<Item = (&'a String, &'a NewJob)>,
+    ) -> redis::RedisResult<usize> {
         let mut invocation = PUSH.prepare_invoke();
-        invocation.key(self.key(queue, "running")).arg(self.ns(queue)).arg(WAKE_CAP);
-        for job in jobs {
+        invocation
+            .key(self.key_in(queue, shard, "running"))
+            .arg(self.shards.ns(queue, shard))
+            .arg(WAKE_CAP);
+        for (id, job) in jobs {
             invocation
-                .arg(job.id.to_string())
+                .arg(id)
                 .arg(&job.kind)
                 .arg(&job.payload)
                 .arg(job.max_attempts)
@@ -167,24 +166,43 @@ impl QueueStore {
         worker: &str,
         n: usize,
     ) -> redis::RedisResult<(Vec<Claim>, Duration)> {
+        if self.shards.count() == 1 {
+            return self.claim_in(queue, 0, kind, worker, n, false).await;
+        }
+        self.claim_round(queue, kind, worker, n).await
+    }
+
+    /// Claims from one shard of a queue; `admitted`: the kind's limits were applied already
+    /// (on a sharded queue, by `admit.lua`).
+    pub(super) async fn claim_in(
+        &self,
+        queue: Queue,
+        shard: u16,
+        kind: &str,
+        worker: &str,
+        n: usize,
+        admitted: bool,
+    ) -> redis::RedisResult<(Vec<Claim>, Duration)> {
         let (rows, wait_ms): (Vec<ClaimRow>, u64) = self
-            .claim_invocation(queue, kind, worker, n)
+            .claim_invocation(queue, shard, kind, worker, n, admitted)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok((claims_from(queue, rows), Duration::from_millis(wait_ms)))
+        Ok((claims_from(queue, shard, rows), Duration::from_millis(wait_ms)))
     }
 
     fn claim_invocation(
         &self,
         queue: Queue,
+        shard: u16,
         kind: &str,
         worker: &str,
         n: usize,
+        admitted: bool,
     ) -> redis::ScriptInvocation<'static> {
         let mut invocation = FETCH.prepare_invoke();
         invocation
-            .key(self.key(queue, "running"))
-            .arg(self.ns(queue))
+            .key(self.key_in(queue, shard, "running"))
+            .arg(self.shards.ns(queue, shard))
             .arg(kind)
             .arg(worker)
             .arg(millis(self.settings.lease))
@@ -192,7 +210,8 @@ impl QueueStore {
             .arg(millis(self.settings.done_retention))
             .arg(millis(self.settings.dead_retention))
             .arg(SWEEP_LIMIT)
-            .arg(WAKE_CAP);
+            .arg(WAKE_CAP)
+            .arg(if admitted { "1" } else { "0" });
         if let Some(spec) = crate::jobs::spec(kind) {
             invocation.arg(crate::jobs::ahead_of(spec).collect::<Vec<_>>());
         }
@@ -212,8 +231,16 @@ impl QueueStore {
         worker: &str,
         n: usize,
     ) -> redis::RedisResult<(Vec<bool>, Vec<Claim>)> {
-        let finish = self.finish_invocation(queue, outcomes);
-        let claim = self.claim_invocation(queue, kind, worker, n);
+        // On a sharded queue the outcomes go to their shards and the claim round the shards
+        // (see `spread`): more than one slot, so more than one trip.
+        if self.shards.count() > 1 {
+            let recorded = self.finish_many(queue, outcomes).await?;
+            let (claims, _) = self.claim_paced(queue, kind, worker, n).await?;
+            return Ok((recorded, claims));
+        }
+        let shard = 0;
+        let finish = self.finish_invocation(queue, shard, outcomes);
+        let claim = self.claim_invocation(queue, shard, kind, worker, n, false);
         let results: Vec<redis::Value> = redis::pipe()
             .ignore_errors()
             .invoke_script(&finish)
@@ -236,6 +263,7 @@ impl QueueStore {
             Some(redis::Value::ServerError(err)) if err.code() == "NOSCRIPT" => Vec::new(),
             Some(value) => claims_from(
                 queue,
+                shard,
                 redis::from_redis_value::<(Vec<ClaimRow>, u64)>(value)
                     .map_err(redis::RedisError::from)?
                     .0,
@@ -263,23 +291,33 @@ impl QueueStore {
         queue: Queue,
         outcomes: &[(&Claim, &Outcome, Duration)],
     ) -> redis::RedisResult<Vec<bool>> {
-        if outcomes.is_empty() {
-            return Ok(Vec::new());
+        let mut recorded = vec![false; outcomes.len()];
+        for (shard, group) in super::spread::by_shard(outcomes.len(), |i| outcomes[i].0.shard) {
+            let those: Vec<_> = group.iter().map(|&i| outcomes[i]).collect();
+            let results: Vec<i64> = self
+                .finish_invocation(queue, shard, &those)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            for (i, result) in group.into_iter().zip(results) {
+                recorded[i] = result == 1;
+            }
         }
-        let recorded: Vec<i64> =
-            self.finish_invocation(queue, outcomes).invoke_async(&mut self.conn.clone()).await?;
-        Ok(recorded.into_iter().map(|r| r == 1).collect())
+        // Recorded or refused (its lease ran out), the attempt's permit ends.
+        let ended: Vec<ClaimRef> = outcomes.iter().map(|(claim, _, _)| claim.claim_ref()).collect();
+        self.permits(queue, "drop", ended.iter()).await?;
+        Ok(recorded)
     }
 
     fn finish_invocation(
         &self,
         queue: Queue,
+        shard: u16,
         outcomes: &[(&Claim, &Outcome, Duration)],
     ) -> redis::ScriptInvocation<'static> {
         let mut invocation = FINISH.prepare_invoke();
         invocation
-            .key(self.key(queue, "running"))
-            .arg(self.ns(queue))
+            .key(self.key_in(queue, shard, "running"))
+            .arg(self.shards.ns(queue, shard))
             .arg(millis(self.settings.done_retention))
             .arg(millis(self.settings.dead_retention));
         for (claim, outcome, took) in outcomes {
@@ -322,20 +360,27 @@ impl QueueStore {
         action: LeaseAction,
         claims: &[ClaimRef],
     ) -> redis::RedisResult<Vec<String>> {
-        if claims.is_empty() {
-            return Ok(Vec::new());
+        let mut done = Vec::new();
+        for (shard, group) in super::spread::by_shard(claims.len(), |i| claims[i].shard) {
+            let mut invocation = RENEW.prepare_invoke();
+            invocation
+                .key(self.key_in(queue, shard, "running"))
+                .arg(self.shards.ns(queue, shard))
+                .arg(action.as_str())
+                .arg(millis(self.settings.lease))
+                .arg(WAKE_CAP);
+            for i in group {
+                invocation.arg(&claims[i].id).arg(&claims[i].token);
+            }
+            let ids: Vec<String> = invocation.invoke_async(&mut self.conn.clone()).await?;
+            done.extend(ids);
         }
-        let mut invocation = RENEW.prepare_invoke();
-        invocation
-            .key(self.key(queue, "running"))
-            .arg(self.ns(queue))
-            .arg(action.as_str())
-            .arg(millis(self.settings.lease))
-            .arg(WAKE_CAP);
-        for claim in claims {
-            invocation.arg(&claim.id).arg(&claim.token);
-        }
-        invocation.invoke_async(&mut self.conn.clone()).await
+        // A renewed claim keeps its permit, one refused or handed back gives it up.
+        let kept = |claim: &&ClaimRef| action == LeaseAction::Renew && done.contains(&claim.id);
+        let (renewed, ended): (Vec<&ClaimRef>, Vec<&ClaimRef>) = claims.iter().partition(kept);
+        self.permits(queue, "renew", renewed.into_iter()).await?;
+        self.permits(queue, "drop", ended.into_iter()).await?;
+        Ok(done)
     }
 
     /// Blocks on a kind's wake list for up to `timeout`, on a connection of the caller's
@@ -360,11 +405,12 @@ impl QueueStore {
 /// request id, token, traceparent, when it became claimable and when claimed (Redis ms).
 type ClaimRow = (String, String, String, u32, u32, String, String, String, u64, u64);
 
-fn claims_from(queue: Queue, rows: Vec<ClaimRow>) -> Vec<Claim> {
+fn claims_from(queue: Queue, shard: u16, rows: Vec<ClaimRow>) -> Vec<Claim> {
     rows.into_iter()
         .map(|(id, kind, payload, attempt, max_attempts, request_id, token, trace, ready, now)| {
             Claim {
                 queue,
+                shard,
                 id,
                 kind,
                 payload,
@@ -375,6 +421,7 @@ fn claims_from(queue: Queue, rows: Vec<ClaimRow>) -> Vec<Claim> {
                 traceparent: Some(trace).filter(|t| !t.is_empty()),
                 ready_ms: ready,
                 claimed_ms: now,
+                permit: false,
             }
         })
         .collect()

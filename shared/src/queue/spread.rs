@@ -1,0 +1,219 @@
+//! What the store does across the shards of a sharded queue (see [`super::shards`]): each
+//! script runs in one shard, and these steps tie the shards together.
+//!
+//! - Claiming goes round every shard from a rotating start until it has what it asked for,
+//!   so each shard is served first in turn and an empty shard costs one round trip; a shard
+//!   that cannot be reached (its master failing over) is skipped for this round.
+//! - Priorities hold across shards: a kind with kinds ahead of it first looks in every
+//!   shard for their waiting jobs (`fetch.lua` only sees its own shard).
+//! - Limits hold across shards: a kind's concurrency and rate are kept in the first shard,
+//!   which admits each claim before it goes round the shards (`admit.lua`) and holds one
+//!   permit per job claimed until its attempt ends or its lease runs out (`permits.lua`).
+//!   A kind without limits pays one round trip for that per claim, not per job.
+//! - Idle workers wait on the first shard's wake lists, so every push wakes them there.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{Claim, ClaimRef, QueueStore, WAKE_CAP, millis};
+use crate::jobs::Queue;
+
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
+static PERMITS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("permits.lua")));
+
+/// How long a kind held back by a kind ahead of it waits before looking again, as in
+/// `fetch.lua`.
+const AHEAD_WAIT: Duration = Duration::from_millis(50);
+
+/// Names each claim's reservations (with the worker's name).
+static NEXT_CLAIM: AtomicU64 = AtomicU64::new(1);
+
+impl QueueStore {
+    /// Claims up to `n` jobs of `kind`, going round the shards; see the module doc.
+    pub(super) async fn claim_round(
+        &self,
+        queue: Queue,
+        kind: &str,
+        worker: &str,
+        n: usize,
+    ) -> redis::RedisResult<(Vec<Claim>, Duration)> {
+        if ahead_matters(self, kind) && ahead_elsewhere(self, queue, kind).await? {
+            return Ok((Vec::new(), AHEAD_WAIT));
+        }
+        let holder = format!("{worker}@{}", NEXT_CLAIM.fetch_add(1, Ordering::Relaxed));
+        let (admitted, admit_wait, limits): (usize, u64, u8) = ADMIT
+            .key(self.key(queue, "controls"))
+            .key(self.key(queue, &format!("permits:{kind}")))
+            .key(self.key(queue, &format!("bucket:{kind}")))
+            .arg(kind)
+            .arg(n)
+            .arg(&holder)
+            .arg(millis(self.settings().lease))
+            .invoke_async(&mut self.connection())
+            .await?;
+        if admitted == 0 {
+            return Ok((Vec::new(), Duration::from_millis(admit_wait)));
+        }
+        let (mut claims, wait) = claim_shards(self, queue, kind, worker, admitted).await?;
+        if limits > 0 {
+            claims.iter_mut().for_each(|claim| claim.permit = true);
+            let permits: Vec<String> =
+                claims.iter().map(|claim| claim.claim_ref().permit_name()).collect();
+            let settled: redis::RedisResult<i64> = PERMITS
+                .key(self.key(queue, &format!("permits:{kind}")))
+                .key(self.key(queue, &format!("bucket:{kind}")))
+                .arg("settle")
+                .arg(millis(self.settings().lease))
+                .arg(&holder)
+                .arg(admitted)
+                .arg(limits)
+                .arg(permits)
+                .invoke_async(&mut self.connection())
+                .await;
+            if let Err(err) = settled {
+                // The claims stand; their reservations lapse after a lease.
+                tracing::warn!(queue = queue.as_str(), kind, error = %err, "cannot turn reservations into permits");
+            }
+        }
+        let wait = if claims.is_empty() {
+            wait.max(Duration::from_millis(admit_wait))
+        } else {
+            Duration::ZERO
+        };
+        Ok((claims, wait))
+    }
+
+    /// Renews (`renew`) or ends (`drop`) the permits of those of `claims` that hold one.
+    pub(super) async fn permits<'a>(
+        &self,
+        queue: Queue,
+        mode: &str,
+        claims: impl Iterator<Item = &'a ClaimRef>,
+    ) -> redis::RedisResult<()> {
+        let held: Vec<&ClaimRef> = claims.filter(|claim| claim.permit.is_some()).collect();
+        for (_, group) in by_kind(&held) {
+            let kind = group[0].permit.as_deref().unwrap_or_default();
+            let _: i64 = PERMITS
+                .key(self.key(queue, &format!("permits:{kind}")))
+                .key(self.key(queue, &format!("bucket:{kind}")))
+                .arg(mode)
+                .arg(millis(self.settings().lease))
+                .arg("")
+                .arg(0)
+                .arg(0)
+                .arg(group.iter().map(|claim| claim.permit_name()).collect::<Vec<_>>())
+                .invoke_async(&mut self.connection())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Claims with permits, grouped by kind.
+fn by_kind<'a>(claims: &[&'a ClaimRef]) -> Vec<(&'a str, Vec<&'a ClaimRef>)> {
+    let mut groups: Vec<(&str, Vec<&ClaimRef>)> = Vec::new();
+    for claim in claims {
+        let kind = claim.permit.as_deref().unwrap_or_default();
+        match groups.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, group)) => group.push(claim),
+            None => groups.push((kind, vec![claim])),
+        }
+    }
+    groups
+}
+
+/// Claims up to `n` admitted jobs of `kind`, going round the shards from the next in turn.
+async fn claim_shards(
+    store: &QueueStore,
+    queue: Queue,
+    kind: &str,
+    worker: &str,
+    n: usize,
+) -> redis::RedisResult<(Vec<Claim>, Duration)> {
+    let (mut claims, mut wait, mut failed) = (Vec::new(), None::<Duration>, None);
+    for shard in store.shards.round() {
+        match store.claim_in(queue, shard, kind, worker, n - claims.len(), true).await {
+            Ok((more, held)) => {
+                claims.extend(more);
+                if !held.is_zero() {
+                    wait = Some(wait.map_or(held, |w| w.min(held)));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(queue = queue.as_str(), shard, error = %err, "cannot claim from a shard; trying the others");
+                failed = Some(err);
+            }
+        }
+        if claims.len() >= n {
+            break;
+        }
+    }
+    match failed {
+        Some(err) if claims.is_empty() && wait.is_none() => Err(err),
+        _ if !claims.is_empty() => Ok((claims, Duration::ZERO)),
+        _ => Ok((claims, wait.unwrap_or_default())),
+    }
+}
+
+/// Whether claiming `kind` has to look across shards for the kinds ahead of it.
+pub(super) fn ahead_matters(store: &QueueStore, kind: &str) -> bool {
+    store.shards.count() > 1
+        && crate::jobs::spec(kind).is_some_and(|spec| crate::jobs::ahead_of(spec).next().is_some())
+}
+
+/// Whether a kind ahead of `kind`, not paused, has jobs waiting in any shard.
+async fn ahead_elsewhere(store: &QueueStore, queue: Queue, kind: &str) -> redis::RedisResult<bool> {
+    let Some(spec) = crate::jobs::spec(kind) else {
+        return Ok(false);
+    };
+    let ahead: Vec<&str> = crate::jobs::ahead_of(spec).collect();
+    for shard in store.shards.all() {
+        let mut pipe = redis::pipe();
+        for kind in &ahead {
+            pipe.llen(store.key_in(queue, shard, &format!("pending:{kind}")))
+                .llen(store.key_in(queue, shard, &format!("owners:{kind}")))
+                .hget(store.key_in(queue, shard, "controls"), format!("paused:{kind}"));
+        }
+        let found: Vec<(u64, u64, Option<String>)> =
+            pipe.query_async(&mut store.connection()).await?;
+        if found
+            .iter()
+            .any(|(pending, owners, paused)| pending + owners > 0 && paused.as_deref() != Some("1"))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Puts one wake token per job pushed to another shard on the first shard's wake lists,
+/// where idle workers block.
+pub(super) async fn wake<'a>(
+    store: &QueueStore,
+    queue: Queue,
+    kinds: impl Iterator<Item = &'a str>,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for kind in kinds {
+        let key = store.key(queue, &format!("wake:{kind}"));
+        let cap = isize::try_from(WAKE_CAP).unwrap_or(isize::MAX);
+        pipe.rpush(&key, "1").ignore().ltrim(&key, -cap, -1).ignore();
+    }
+    pipe.query_async(&mut store.connection()).await
+}
+
+/// The indexes `0..len` grouped by shard, in the order of each shard's first item.
+pub(super) fn by_shard(len: usize, shard_of: impl Fn(usize) -> u16) -> Vec<(u16, Vec<usize>)> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for i in 0..len {
+        let shard = shard_of(i);
+        match groups.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, group)) => group.push(i),
+            None => groups.push((shard, vec![i])),
+        }
+    }
+    groups
+}
