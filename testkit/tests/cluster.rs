@@ -1,6 +1,7 @@
 //! Failover on a Redis Cluster (SPEC section 12): the master holding the emails queue is
 //! failed over while its jobs drain, without waiting for its replica to catch up (what a
 //! crashed master costs), and still every accepted job ends and no email goes out twice.
+//! And a queue spread over as many shards as the cluster has masters has one on each.
 //! Runs in `scripts/test`'s cluster pass, on its own: it fails a master of the shared cluster
 //! over.
 
@@ -139,4 +140,27 @@ async fn a_master_failed_over_mid_drain_loses_no_job_and_sends_no_email_twice() 
     })
     .await;
     drop(workers);
+}
+
+#[tokio::test]
+async fn a_queue_spread_over_three_shards_has_one_on_each_master() {
+    let app = TestApp::spawn_with(|s| s.queue_shards = 3).await;
+    let Some(nodes) = app.settings.redis_cluster_nodes.clone() else {
+        panic!("needs a Redis Cluster: run through scripts/test (its cluster pass)");
+    };
+    let seed = tasklane_shared::redis::cluster_nodes(&nodes)[0].clone();
+    let mut any = node(seed.trim_start_matches("redis://")).await;
+    let layout: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut any).await.unwrap();
+    let store = app.spawn_store();
+    let mut masters = std::collections::HashSet::new();
+    for queue in tasklane_shared::jobs::Queue::ALL {
+        masters.clear();
+        for shard in store.shards().all() {
+            let key = store.key_in(queue, shard, "running");
+            let slot: u16 =
+                redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(&mut any).await.unwrap();
+            masters.insert(master_of(&layout, slot).0);
+        }
+        assert_eq!(masters.len(), 3, "the shards of {} share masters", queue.as_str());
+    }
 }

@@ -5,9 +5,10 @@
 //! - Shard 0 is `<prefix>:{<queue>}:`, the namespace of an unsharded queue: N = 1 is the
 //!   layout of before, and raising N leaves every job where it is. Shard s > 0 is
 //!   `<prefix>:{<queue>:<s>}:`, or `{<queue>:<s>.<k>}` with the smallest k whose hash slot
-//!   lies where shard s belongs: the shards' slots are spaced 16384 / N apart from shard 0's,
-//!   so on a cluster whose masters own equal runs of slots (as `redis-cli --cluster create`
-//!   makes them) N shards land on N different masters when N is the number of masters.
+//!   lies where shard s belongs: the 16384 slots split into N equal runs, and shard s sits
+//!   in the middle of the s-th run after shard 0's. On a cluster of N masters owning equal
+//!   runs of slots (as `redis-cli --cluster create` makes them) the N shards are on N
+//!   different masters.
 //! - A job lives in one shard all its life: `crc16(id) % N`, except two kinds of job pinned
 //!   to shard 0. One with a unique key (a cron tick) lives beside its key's claim, so that
 //!   the claim and the push stay one atomic step. One of a kind fair by owner (uploads)
@@ -120,10 +121,16 @@ fn namespace(keys: &Keys, queue: Queue, shard: u16, count: u16) -> String {
     if shard == 0 {
         return format!("{}:", keys.queue(name));
     }
-    let first = u32::from(slot(&keys.queue(name)));
-    let place = (first + u32::from(shard) * SLOTS / u32::from(count)) % SLOTS;
-    let fits =
-        |tag: &str| (u32::from(slot(&keys.queue(tag))) + SLOTS - place) % SLOTS < SLOT_WINDOW;
+    // The slots split into `count` equal runs; shard 0 is in one of them, shard s goes to the
+    // middle of the s-th run after it.
+    let count = u32::from(count);
+    let first_run = u32::from(slot(&keys.queue(name))) * count / SLOTS;
+    let run = (first_run + u32::from(shard)) % count;
+    let middle = run * SLOTS / count + SLOTS / (2 * count);
+    let fits = |tag: &str| {
+        let at = u32::from(slot(&keys.queue(tag)));
+        (at + SLOTS + SLOT_WINDOW / 2 - middle) % SLOTS < SLOT_WINDOW
+    };
     let plain = format!("{name}:{shard}");
     let tag = std::iter::once(plain.clone())
         .chain((1..).map(|k| format!("{plain}.{k}")))
@@ -157,14 +164,17 @@ mod tests {
 
     #[test]
     fn shards_are_spread_over_the_slots() {
-        let keys = Keys::new("tasklane");
-        let shards = Shards::new(&keys, 3);
-        let slots: Vec<u32> =
-            shards.all().map(|s| u32::from(slot(shards.ns(Queue::Emails, s)))).collect();
-        for (s, found) in slots.iter().enumerate() {
-            let place = (slots[0] + u32::try_from(s).unwrap() * SLOTS / 3) % SLOTS;
-            assert!((found + SLOTS - place) % SLOTS < SLOT_WINDOW, "{slots:?}");
+        // Whatever run shard 0's slot falls in, every shard is in a run of its own.
+        for prefix in (0..200).map(|i| format!("t{i}")) {
+            let keys = Keys::new(prefix);
+            let shards = Shards::new(&keys, 3);
+            let runs: std::collections::HashSet<u32> = shards
+                .all()
+                .map(|s| u32::from(slot(shards.ns(Queue::Emails, s))) * 3 / SLOTS)
+                .collect();
+            assert_eq!(runs.len(), 3);
         }
+        let shards = Shards::new(&Keys::new("tasklane"), 3);
         assert_eq!(shards.ns(Queue::Emails, 0), "tasklane:{emails}:");
         assert_eq!(shards.of_job("a", true), 0);
         let placed: std::collections::HashSet<u16> =
