@@ -38,15 +38,8 @@ if rate then
   limits = limits + 2
 end
 if rate and n > 0 then
-  local capacity = math.max(1, rate / 10)
-  local state = redis.call('HMGET', KEYS[3], 'tokens', 'at')
-  local tokens = tonumber(state[1]) or capacity
-  local at = tonumber(state[2]) or now
-  tokens = math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
-  if tokens < n then
-    n = math.floor(tokens)
-    wait = math.max(wait, math.ceil((1 - (tokens - n)) * 1000 / rate))
-  end
+  local tokens
+  tokens, n, wait = take_tokens(KEYS[3], rate, n, now, wait)
   redis.call('HSET', KEYS[3], 'tokens', tokens - n, 'at', now)
   redis.call('PEXPIRE', KEYS[3], 60000)
 end

@@ -112,17 +112,7 @@ if controls[3] and not admitted then
 end
 local limiter, rate, tokens = ns .. 'bucket:' .. kind, tonumber(controls[4]), nil
 if rate and n > 0 and not admitted then
-  -- A token bucket refilled at `rate` per second, holding at most a tenth of a second's
-  -- worth (at least one): the rate holds over any window longer than that.
-  local capacity = math.max(1, rate / 10)
-  local state = redis.call('HMGET', limiter, 'tokens', 'at')
-  tokens = tonumber(state[1]) or capacity
-  local at = tonumber(state[2]) or now
-  tokens = math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
-  if tokens < n then
-    n = math.floor(tokens)
-    wait = math.max(wait, math.ceil((1 - (tokens - n)) * 1000 / rate))
-  end
+  tokens, n, wait = take_tokens(limiter, rate, n, now, wait)
 end
 if n <= 0 then
   if tokens then redis.call('HSET', limiter, 'tokens', tokens, 'at', now) end

@@ -1,5 +1,5 @@
--- Where a ready job waits: shared by the scripts that make a job ready or take it back,
--- spliced in after their first line (see `queue::script`).
+-- Where a ready job waits, and a kind's rate limiter: shared by the scripts that make a job
+-- ready, take it back or claim it, spliced in after their first line (see `queue::script`).
 -- A kind fair by owner (SPEC section 10; its jobs carry an `owner`, see `JobSpec::fair_by`)
 -- keeps each owner's ready jobs in `owned:<kind>:<owner>`, the owners with jobs waiting in
 -- the ring `owners:<kind>` (each owner once) and their count in `owned:<kind>`; fetching
@@ -61,4 +61,22 @@ end
 local function has_ready(ns, kind)
   return redis.call('LLEN', ns .. 'pending:' .. kind) > 0
     or redis.call('LLEN', ns .. 'owners:' .. kind) > 0
+end
+
+-- A kind's rate limit (SPEC section 10): a token bucket in `limiter` refilled at `rate` per
+-- second, holding at most a tenth of a second's worth (at least one), so the rate holds over
+-- any window longer than that. Returns the tokens there are now, how many of `n` they allow,
+-- and how long to wait (at least `wait`) before the next would be there; the caller stores
+-- what is left.
+local function take_tokens(limiter, rate, n, now, wait)
+  local capacity = math.max(1, rate / 10)
+  local state = redis.call('HMGET', limiter, 'tokens', 'at')
+  local tokens = tonumber(state[1]) or capacity
+  local at = tonumber(state[2]) or now
+  tokens = math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
+  if tokens < n then
+    n = math.floor(tokens)
+    wait = math.max(wait, math.ceil((1 - (tokens - n)) * 1000 / rate))
+  end
+  return tokens, n, wait
 end

@@ -21,7 +21,7 @@ use redis::Script;
 use super::{Claim, ClaimRef, QueueStore, WAKE_CAP, millis};
 use crate::jobs::Queue;
 
-static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
+static ADMIT: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("admit.lua")));
 static PERMITS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("permits.lua")));
 
 /// How long a kind held back by a kind ahead of it waits before looking again, as in
