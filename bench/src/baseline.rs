@@ -23,13 +23,15 @@ pub(crate) async fn redis_benchmark_lpush(url: &url::Url) -> anyhow::Result<f64>
     Ok(rate)
 }
 
-/// Seconds of CPU Redis used since it started; on a cluster, the sum over its nodes.
-pub(crate) async fn redis_cpu(conn: &mut tasklane_shared::redis::Conn) -> anyhow::Result<f64> {
+/// Seconds of CPU Redis used since it started, per node (one, unnamed, on a single Redis).
+pub(crate) async fn redis_cpu(
+    conn: &mut tasklane_shared::redis::Conn,
+) -> anyhow::Result<std::collections::HashMap<String, f64>> {
     let info: redis::Value = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
-    let reports: Vec<String> = match redis::from_redis_value_ref::<String>(&info) {
-        Ok(single) => vec![single],
+    let reports: Vec<(String, String)> = match redis::from_redis_value_ref::<String>(&info) {
+        Ok(single) => vec![(String::new(), single)],
         Err(_) => redis::from_redis_value::<std::collections::HashMap<String, String>>(info)?
-            .into_values()
+            .into_iter()
             .collect(),
     };
     let field = |report: &str, name: &str| {
@@ -38,7 +40,10 @@ pub(crate) async fn redis_cpu(conn: &mut tasklane_shared::redis::Conn) -> anyhow
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    Ok(reports.iter().map(|r| field(r, "used_cpu_sys") + field(r, "used_cpu_user")).sum())
+    Ok(reports
+        .into_iter()
+        .map(|(node, r)| (node, field(&r, "used_cpu_sys") + field(&r, "used_cpu_user")))
+        .collect())
 }
 
 /// Seconds of CPU this process' reaped children used (`cutime` + `cstime`, /proc/self/stat).
