@@ -148,7 +148,9 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
         if let Err((problem, route)) = self.guard_input(&mut req).await {
             return (problem.with_request_id(request_id).into_response(), route);
         }
-        match self.inner.call(req).await {
+        // Boxed: the routes' future is large, and poem moves this one (which would hold it)
+        // through every wrapper on the way to its own box.
+        match Box::pin(self.inner.call(req)).await {
             Ok(resp) => {
                 let resp = resp.into_response();
                 let route = self.route_of(resp.data::<poem::PathPattern>());
