@@ -1,10 +1,12 @@
 //! Logging, traces and metrics set-up shared by both binaries.
 //!
 //! Logs are `tracing` events: JSON lines in prod (for a log pipeline), readable lines in dev
-//! and test. Spans also go to OpenTelemetry through `tracing-opentelemetry` (SPEC section
-//! 13): always, so a request's W3C trace context is continued, stored with the jobs it causes
-//! and put in log lines as `trace_id`; and exported over OTLP/HTTP only when an endpoint is
-//! configured ([`crate::config::TraceSettings`]). [`export`] says why export never slows a
+//! and test. A request's W3C trace context is always continued, stored with the jobs it
+//! causes and put in log lines as `trace_id` (SPEC section 13). When an OTLP endpoint is
+//! configured ([`crate::config::TraceSettings`]) spans go to OpenTelemetry through
+//! `tracing-opentelemetry` and are exported over OTLP/HTTP; otherwise the spans that start or
+//! continue a trace only carry its context, without building OpenTelemetry spans nobody
+//! reads (`crate::trace`'s `carried` module). [`export`] says why export never slows a
 //! request; [`crate::trace`] carries the context across the outbox and the queue.
 //!
 //! Metrics go through the `metrics` facade into one Prometheus recorder per process,

@@ -101,3 +101,44 @@ pub(crate) fn current() -> Option<SpanContext> {
         })
         .flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
+
+    use super::*;
+
+    fn parent(flags: TraceFlags) -> Context {
+        let trace_id =
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap_or(TraceId::INVALID);
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap_or(SpanId::INVALID);
+        let context = SpanContext::new(trace_id, span_id, flags, true, Default::default());
+        Context::new().with_remote_span_context(context)
+    }
+
+    #[test]
+    fn a_span_continues_its_parents_trace_with_its_parents_sampling_decision() {
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(1.0)));
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            let parent = parent(flags);
+            let child = start(&sampler, &parent, "request");
+            let parent_context = parent.span().span_context().clone();
+            assert_eq!(child.trace_id(), parent_context.trace_id());
+            assert_ne!(child.span_id(), parent_context.span_id());
+            assert!(child.is_valid());
+            assert_eq!(child.is_sampled(), flags.is_sampled());
+        }
+    }
+
+    #[test]
+    fn without_a_parent_a_span_starts_a_trace_sampled_at_the_ratio() {
+        for (ratio, sampled) in [(1.0, true), (0.0, false)] {
+            let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)));
+            let first = start(&sampler, &Context::new(), "request");
+            let second = start(&sampler, &Context::new(), "request");
+            assert!(first.is_valid());
+            assert_ne!(first.trace_id(), second.trace_id());
+            assert_eq!(first.is_sampled(), sampled);
+        }
+    }
+}
