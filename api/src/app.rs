@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{EndpointExt, Route, Server};
+use poem::{EndpointExt, IntoEndpoint, IntoResponse, Route, Server};
 use tasklane_shared::config::Settings;
 use tasklane_shared::queue::{QueueSettings, QueueStore};
 use tasklane_shared::redis::Keys;
@@ -158,16 +158,41 @@ fn api_origin(settings: &Settings, local_addr: SocketAddr) -> anyhow::Result<url
 
 /// Every route of the service.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
-    let api = openapi::service();
     let docs_html = openapi::swagger_ui_html();
     let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone()));
     let spec = poem::endpoint::make_sync(|_| {
         poem::Response::builder().content_type("application/json").body(openapi::spec_json())
     });
-    Route::new()
+    let pages = Route::new()
         .nest("/docs", Route::new().at("/", docs))
         .at("/api/openapi.json", spec)
-        .nest("/console", crate::console::routes())
-        .nest("/", api)
-        .data(state)
+        .nest("/console", crate::console::routes());
+    Routes { api: openapi::service().into_endpoint(), pages }.data(state)
+}
+
+/// The API's operations and the pages beside them (Swagger UI, the spec, the console).
+///
+/// The API is reached directly rather than nested under `/` in one `Route`: a nest
+/// rebuilds every request's URI and adds a routing step and a boxed future, a cost every
+/// API call paid for the few pages beside it. Requests for the pages go through a `Route`
+/// as before, so their matching (and the 404 of any other path) is unchanged.
+struct Routes<A, P> {
+    api: A,
+    pages: P,
+}
+
+impl<A: poem::Endpoint, P: poem::Endpoint> poem::Endpoint for Routes<A, P> {
+    type Output = poem::Response;
+
+    async fn call(&self, req: poem::Request) -> poem::Result<poem::Response> {
+        let path = req.uri().path();
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/docs") || under("/console") || path == "/api/openapi.json" {
+            Ok(self.pages.call(req).await?.into_response())
+        } else {
+            Ok(self.api.call(req).await?.into_response())
+        }
+    }
 }

@@ -148,7 +148,9 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
         if let Err((problem, route)) = self.guard_input(&mut req).await {
             return (problem.with_request_id(request_id).into_response(), route);
         }
-        match self.inner.call(req).await {
+        // Boxed: the routes' future is large, and poem moves this one (which would hold it)
+        // through every wrapper on the way to its own box.
+        match Box::pin(self.inner.call(req)).await {
             Ok(resp) => {
                 let resp = resp.into_response();
                 let route = self.route_of(resp.data::<poem::PathPattern>());
@@ -177,7 +179,9 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
         };
         let route = || Arc::from(op.path().replace('{', ":").replace('}', ""));
         let body = if op.takes_body() && is_json(req) {
-            let bytes = req.take_body().into_bytes().await.map_err(|err| {
+            // Boxed: a read only some requests make stays out of every request's future.
+            let read = Box::pin(req.take_body().into_bytes());
+            let bytes = read.await.map_err(|err| {
                 let detail = format!("the request body could not be read: {err}");
                 (Problem::new(StatusCode::BAD_REQUEST, "bad_request", detail), route())
             })?;
@@ -216,9 +220,17 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
             Some(_) => Ok(()),
             // No declared length: chunked HTTP/1.1, or HTTP/2 (which has no
             // Transfer-Encoding and may omit Content-Length). Read at most the limit whatever
-            // the framing; a request without a body costs nothing here.
+            // the framing; a request known to have no body (a plain GET) is not read at all.
             None => {
-                let bytes = req.take_body().into_bytes_limit(max).await.map_err(|_| too_large())?;
+                let body = req.take_body();
+                if body.is_empty() {
+                    req.set_body(body);
+                    return Ok(());
+                }
+                // Boxed: its 4 KiB read buffer would otherwise sit in every request's future,
+                // which poem moves from box to box.
+                let read = Box::pin(body.into_bytes_limit(max));
+                let bytes = read.await.map_err(|_| too_large())?;
                 req.set_body(Body::from_bytes(bytes));
                 Ok(())
             }
@@ -228,7 +240,7 @@ impl<E: Endpoint> HttpPolicyEndpoint<E> {
 
 /// Handlers build problems without knowing the request id; it is filled in here so every
 /// problem carries it.
-async fn with_request_id(mut resp: Response, request_id: &str) -> Response {
+async fn with_request_id(resp: Response, request_id: &str) -> Response {
     let is_problem = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -236,6 +248,12 @@ async fn with_request_id(mut resp: Response, request_id: &str) -> Response {
     if !is_problem {
         return resp;
     }
+    // Boxed, like the body reads above: only problems pay for it.
+    Box::pin(fill_request_id(resp, request_id)).await
+}
+
+/// A problem's body with `request_id` added, unless it has one.
+async fn fill_request_id(mut resp: Response, request_id: &str) -> Response {
     let Ok(bytes) = resp.take_body().into_bytes().await else {
         return resp;
     };

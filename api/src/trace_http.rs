@@ -34,8 +34,11 @@ pub fn request_span(req: &Request, request_id: &str) -> Span {
 pub fn record_outcome(method: &Method, route: &str, status: StatusCode) {
     let span = Span::current();
     // The OpenTelemetry span already exists (its trace id went into the logs), so it is
-    // renamed directly rather than through the `otel.name` field.
-    span.context().span().update_name(format!("{method} {route}"));
+    // renamed directly rather than through the `otel.name` field; a name only an exporter
+    // reads is not made when nothing is exported.
+    if tasklane_shared::trace::spans_exported() {
+        span.context().span().update_name(format!("{method} {route}"));
+    }
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "error");

@@ -1,10 +1,12 @@
 //! Logging, traces and metrics set-up shared by both binaries.
 //!
 //! Logs are `tracing` events: JSON lines in prod (for a log pipeline), readable lines in dev
-//! and test. Spans also go to OpenTelemetry through `tracing-opentelemetry` (SPEC section
-//! 13): always, so a request's W3C trace context is continued, stored with the jobs it causes
-//! and put in log lines as `trace_id`; and exported over OTLP/HTTP only when an endpoint is
-//! configured ([`crate::config::TraceSettings`]). [`export`] says why export never slows a
+//! and test. A request's W3C trace context is always continued, stored with the jobs it
+//! causes and put in log lines as `trace_id` (SPEC section 13). When an OTLP endpoint is
+//! configured ([`crate::config::TraceSettings`]) spans go to OpenTelemetry through
+//! `tracing-opentelemetry` and are exported over OTLP/HTTP; otherwise the spans that start or
+//! continue a trace only carry its context, without building OpenTelemetry spans nobody
+//! reads (`crate::trace`'s `carried` module). [`export`] says why export never slows a
 //! request; [`crate::trace`] carries the context across the outbox and the queue.
 //!
 //! Metrics go through the `metrics` facade into one Prometheus recorder per process,
@@ -55,25 +57,38 @@ pub fn init_tracing(settings: &Settings, service: &str) -> Tracing {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(trace.service_name.clone().unwrap_or_else(|| service.to_owned()))
         .build();
-    let mut builder = SdkTracerProvider::builder().with_sampler(sampler).with_resource(resource);
+    let mut builder =
+        SdkTracerProvider::builder().with_sampler(sampler.clone()).with_resource(resource);
+    let mut exporting = false;
     if let Some(endpoint) = &trace.endpoint {
         match export::processor(endpoint) {
-            Ok(processor) => builder = builder.with_span_processor(processor),
+            Ok(processor) => {
+                builder = builder.with_span_processor(processor);
+                exporting = true;
+            }
             Err(err) => eprintln!("trace export to {endpoint} disabled: {err}"),
         }
     }
     let provider = builder.build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("tasklane"))
-        .with_location(false)
-        .with_threads(false)
-        .with_filter(EnvFilter::new("info"));
+    // Exporting, every span becomes an OpenTelemetry span; otherwise the spans that start or
+    // continue a trace only carry its context, the cheap way (see `crate::trace`).
+    let otel = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("tasklane"))
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(EnvFilter::new("info"))
+    });
+    let carrying = (!exporting).then(|| {
+        crate::trace::carry_context(sampler);
+        crate::trace::carrying_layer()
+    });
 
     let filter =
         || EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(otel);
+    let registry = tracing_subscriber::registry().with(otel).with(carrying);
     let result = if settings.env == Environment::Prod {
         registry
             .with(

@@ -8,7 +8,11 @@
 //! The waits are spans with the times the rows and the job hash recorded, written after the
 //! fact ([`record_wait`]): no process sits in a wait, so no live span could measure it.
 //!
-//! Without a tracing subscriber (unit tests) every function here is a cheap no-op.
+//! Without a tracing subscriber (unit tests) every function here is a cheap no-op. A
+//! process that exports no spans carries the context without OpenTelemetry's span
+//! machinery ([`carried`]); the functions here answer the same either way.
+
+mod carried;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,8 +26,20 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::queue::Claim;
 
+pub(crate) use carried::{install as carry_context, layer as carrying_layer};
+
+/// Whether this process's spans go to OpenTelemetry (to be exported), rather than only
+/// carrying their trace context: naming a span for export is wasted work otherwise.
+pub fn spans_exported() -> bool {
+    !carried::carrying()
+}
+
 /// The `traceparent` of the current span, when it belongs to a valid trace.
 pub fn current_traceparent() -> Option<String> {
+    if carried::carrying() {
+        let context = carried::current()?;
+        return traceparent_of(&Context::new().with_remote_span_context(context));
+    }
     traceparent_of(&Span::current().context())
 }
 
@@ -53,6 +69,12 @@ pub fn context_from(traceparent: Option<&str>, tracestate: Option<&str>) -> Cont
 /// Makes `span` continue the trace of `parent` (when valid) and records its trace id in the
 /// span's `trace_id` field, which every log line inside it then carries.
 pub fn continue_trace(span: &Span, parent: Context) {
+    if carried::carrying() {
+        if let Some(context) = carried::continue_trace(span, &parent) {
+            span.record("trace_id", tracing::field::display(context.trace_id()));
+        }
+        return;
+    }
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
@@ -64,6 +86,9 @@ pub fn continue_trace(span: &Span, parent: Context) {
 
 /// The trace id of the current span, for responses and admin views.
 pub fn current_trace_id() -> Option<String> {
+    if carried::carrying() {
+        return carried::current().map(|context| context.trace_id().to_string());
+    }
     let cx = Span::current().context();
     let span_context = cx.span().span_context().clone();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
@@ -83,7 +108,8 @@ pub fn record_wait(
     end: SystemTime,
     attributes: Vec<KeyValue>,
 ) {
-    if !parent.span().span_context().is_valid() {
+    // Nothing would export it.
+    if !parent.span().span_context().is_valid() || !spans_exported() {
         return;
     }
     let tracer = opentelemetry::global::tracer("tasklane");

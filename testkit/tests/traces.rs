@@ -231,3 +231,55 @@ async fn the_api_keeps_its_latency_with_the_collector_down() {
     assert!(slowest < Duration::from_secs(2), "slowest request took {slowest:?}");
     drop(hanging);
 }
+
+/// Without an OTLP endpoint (the default) no span is exported, yet the trace is still
+/// continued: the job a request causes carries the caller's trace id under a span id of the
+/// API's own, with the caller's sampling flag, and a request without `traceparent` starts a
+/// trace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_an_exporter_a_request_still_continues_its_trace_into_its_jobs() {
+    let mut settings = base_settings();
+    settings.trace.endpoint = None;
+    let _tracing = telemetry::init_tracing(&settings, telemetry::API_SERVICE);
+    let app = TestApp::spawn().await;
+
+    let mut stored = Vec::new();
+    for traceparent in [Some(format!("00-{TRACE_ID}-{CALLER_SPAN}-01")), None] {
+        let mut request = app.client.post(app.url("/api/v1/auth/register"));
+        if let Some(value) = &traceparent {
+            request = request.header("traceparent", value);
+        }
+        let resp = request
+            .json(&serde_json::json!({ "email": email_address(), "password": PASSWORD }))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(resp.status(), 201);
+        let request_id = resp.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+        let traceparent: Option<String> =
+            sqlx::query_scalar("select traceparent from outbox where request_id = $1 limit 1")
+                .bind(&request_id)
+                .fetch_one(&app.db)
+                .await
+                .expect("the request's job");
+        stored.push(traceparent.expect("a traceparent"));
+    }
+
+    let parts = |traceparent: &str| -> Vec<String> {
+        traceparent.split('-').map(str::to_owned).collect::<Vec<_>>()
+    };
+    let continued = parts(&stored[0]);
+    assert_eq!(continued.len(), 4, "{}", stored[0]);
+    assert_eq!(continued[0], "00");
+    assert_eq!(continued[1], TRACE_ID, "the caller's trace");
+    assert_eq!(continued[2].len(), 16);
+    assert_ne!(continued[2], CALLER_SPAN, "a span of the API's own");
+    assert_eq!(continued[3], "01", "the caller's sampling decision");
+
+    let started = parts(&stored[1]);
+    assert_eq!(started.len(), 4, "{}", stored[1]);
+    assert_eq!(started[1].len(), 32);
+    assert_ne!(started[1], TRACE_ID);
+    assert_ne!(started[1], "0".repeat(32), "a valid trace id");
+    assert_eq!(started[3], "01", "sampled at the default ratio of 1");
+}
