@@ -46,6 +46,25 @@ pub(crate) async fn redis_cpu(
         .collect())
 }
 
+/// Seconds of CPU Redis used since `before` (from [`redis_cpu`]): over every node, and on
+/// the busiest one.
+pub(crate) async fn redis_cpu_since(
+    conn: &mut tasklane_shared::redis::Conn,
+    before: &std::collections::HashMap<String, f64>,
+) -> anyhow::Result<(f64, f64)> {
+    let after = redis_cpu(conn).await?;
+    let used = |node: &String| after[node] - before.get(node).copied().unwrap_or(0.0);
+    Ok((after.keys().map(used).sum(), after.keys().map(used).fold(0.0, f64::max)))
+}
+
+/// A drain's rate, and the CPU Redis spent on it: over all nodes, and on the busiest one
+/// (on a cluster, the master that caps it when every node has a core of its own).
+pub(crate) struct Drained {
+    pub rate: f64,
+    pub redis_s: f64,
+    pub busiest_node_s: f64,
+}
+
 /// Seconds of CPU this process' reaped children used (`cutime` + `cstime`, /proc/self/stat).
 pub(crate) fn children_cpu() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;

@@ -170,14 +170,13 @@ async fn drain_with(
     Ok(drain_costed(settings, workers, concurrency, limited).await?.rate)
 }
 
-/// Like [`drain_with`], also saying how many seconds of CPU Redis spent on the drain (not
-/// the pushes before it).
+/// Like [`drain_with`], with the CPU Redis spent on the drain (not the pushes before it).
 pub(crate) async fn drain_costed(
     settings: &Settings,
     workers: usize,
     concurrency: usize,
     limited: bool,
-) -> anyhow::Result<Drained> {
+) -> anyhow::Result<crate::baseline::Drained> {
     let prefix = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let store = store(settings, &prefix).await?;
     if limited {
@@ -238,22 +237,12 @@ pub(crate) async fn drain_costed(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = drain_jobs() as f64 / started.elapsed().as_secs_f64();
-    let redis_after = crate::baseline::redis_cpu(&mut store.connection()).await?;
-    let used = |node: &String| redis_after[node] - redis_before.get(node).copied().unwrap_or(0.0);
-    let redis_s = redis_after.keys().map(used).sum();
-    let busiest_node_s = redis_after.keys().map(used).fold(0.0, f64::max);
+    let (redis_s, busiest_node_s) =
+        crate::baseline::redis_cpu_since(&mut store.connection(), &redis_before).await?;
     for mut child in children {
         let _ = child.kill().await;
     }
-    Ok(Drained { rate, redis_s, busiest_node_s })
-}
-
-/// A drain's rate, and the CPU Redis spent on it: over all nodes, and on the busiest one
-/// (on a cluster, the master that caps it when every node has a core of its own).
-pub(crate) struct Drained {
-    pub rate: f64,
-    pub redis_s: f64,
-    pub busiest_node_s: f64,
+    Ok(crate::baseline::Drained { rate, redis_s, busiest_node_s })
 }
 
 async fn noop(_job: Noop) -> Result<(), BoxDynError> {
