@@ -303,7 +303,11 @@ impl QueueStore {
             }
         }
         // Recorded or refused (its lease ran out), the attempt's permit ends.
-        let ended: Vec<ClaimRef> = outcomes.iter().map(|(claim, _, _)| claim.claim_ref()).collect();
+        let ended: Vec<ClaimRef> = outcomes
+            .iter()
+            .filter(|(claim, _, _)| claim.permit)
+            .map(|(claim, _, _)| claim.claim_ref())
+            .collect();
         self.permits(queue, "drop", ended.iter()).await?;
         Ok(recorded)
     }
