@@ -60,6 +60,10 @@ impl Application {
             },
             downloads,
             task_writer,
+            task_cache: crate::services::tasks::cache::InstanceCache::spawn(
+                redis.clone(),
+                keys.clone(),
+            ),
             hub: crate::hub::Hub::new(
                 &settings,
                 redis.clone(),

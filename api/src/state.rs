@@ -55,6 +55,8 @@ pub struct Services {
     pub downloads: crate::services::download_links::DownloadLinks,
     /// Callers' accounts, cached while account changes are being heard.
     pub accounts: Arc<crate::auth::accounts::AccountCache>,
+    /// This instance's part of the task cache.
+    pub task_cache: crate::services::tasks::cache::InstanceCache,
     /// Writes new tasks, many requests per statement under load.
     pub task_writer: crate::services::tasks::TaskWriter,
     /// This instance's event fan-out.

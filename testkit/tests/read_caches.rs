@@ -116,3 +116,93 @@ async fn a_task_write_through_one_instance_is_seen_by_the_next_read_on_another()
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     assert_eq!(page["data"][0]["title"], "second");
 }
+
+#[tokio::test]
+async fn an_entry_cached_by_one_instance_is_a_hit_on_another_until_either_writes() {
+    let app = TestApp::spawn().await;
+    let other = app.spawn_instance().await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap();
+    let created = app.post("/api/v1/tasks", &json!({ "title": "first" }), Some(token)).await;
+    let task: Value = created.json().await.unwrap();
+    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+
+    // Read (and so cached) on the first instance only: the other's first read is a hit too,
+    // from the copy in Redis, and its next one from its own memory.
+    for read in [path.as_str(), "/api/v1/tasks"] {
+        assert_eq!(get(&app, &app.address, read, token).await.headers()["x-cache"], "miss");
+        for _ in 0..2 {
+            assert_eq!(get(&app, &other, read, token).await.headers()["x-cache"], "hit", "{read}");
+        }
+    }
+
+    // Both now hold the task in memory; a change through the first is seen by the very
+    // next read on the other, and the reverse.
+    for (version, (writer, reader)) in [(1, (&app.address, &other)), (2, (&other, &app.address))] {
+        let title = format!("changed through {writer}");
+        let resp = app
+            .client
+            .patch(format!("{writer}{path}"))
+            .bearer_auth(token)
+            .header("if-match", format!("\"{version}\""))
+            .json(&json!({ "title": title }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let read = get(&app, reader, &path, token).await;
+        assert_eq!(read.headers()["x-cache"], "miss");
+        assert_eq!(read.json::<Value>().await.unwrap()["title"], title.as_str());
+        let page: Value = get(&app, reader, "/api/v1/tasks", token).await.json().await.unwrap();
+        assert_eq!(page["data"][0]["title"], title.as_str());
+    }
+}
+
+/// Reads share their generation round trips; one that arrives while a round trip is in
+/// flight must wait for the next, or it could miss a write answered just before it.
+#[tokio::test]
+async fn under_concurrent_reads_every_read_after_a_write_sees_it() {
+    let app = TestApp::spawn().await;
+    let other = app.spawn_instance().await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let created = app.post("/api/v1/tasks", &json!({ "title": "0" }), Some(&token)).await;
+    let task: Value = created.json().await.unwrap();
+    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+    get(&app, &app.address, &path, &token).await;
+
+    // Readers keep the first instance's round trips busy with hits on the same task.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let client = app.client.clone();
+            let (url, token, stop) =
+                (format!("{}{path}", app.address), token.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+
+    for version in 1..=40 {
+        let resp = app
+            .client
+            .patch(format!("{other}{path}"))
+            .bearer_auth(&token)
+            .header("if-match", format!("\"{version}\""))
+            .json(&json!({ "title": version.to_string() }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let read: Value = get(&app, &app.address, &path, &token).await.json().await.unwrap();
+        assert_eq!(read["title"], version.to_string(), "the read right after write {version}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+}

@@ -34,7 +34,7 @@ use crate::tags::ApiTags;
 pub struct TasksApi;
 
 fn cache(state: &AppState) -> TaskCache<'_> {
-    TaskCache::new(&state.redis, &state.keys)
+    TaskCache::new(&state.redis, &state.keys, &state.task_cache)
 }
 
 fn creation_quota(state: &AppState) -> CreationQuota<'_> {

@@ -1,15 +1,18 @@
-//! The task cache in Redis: list responses and single tasks, kept 30 s.
+//! The task cache: list responses and single tasks, kept 30 s, in this instance's memory
+//! and in Redis.
 //!
 //! Each entry names the user's generation it was read under; every write of that user's
-//! tasks (by the API or a job) bumps the generation after its commit, so nothing stale is
-//! served and old entries just expire. A lookup reads the generation and the entry in one
-//! `MGET`, and a hit is the stored body, sent without parsing it. A reader notes the
+//! tasks (by the API or a job) bumps the generation in Redis after its commit, so nothing
+//! stale is served and old entries just go. A lookup asks Redis for the generation (many
+//! reads share that round trip, see [`Generations`]) and serves this instance's entry when it
+//! is of that generation, else the entry in Redis (one more round trip, and the entry is then
+//! kept here too); a hit is the stored body, sent without parsing it. A reader notes the
 //! generation before it reads the database, so a write racing the read leaves its result
 //! under a generation that is already gone. When Redis is unavailable the database answers
 //! (a miss), never refused.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -18,15 +21,62 @@ use tasklane_shared::redis::Conn;
 use tasklane_shared::redis::Keys;
 use uuid::Uuid;
 
+use super::generations::Generations;
 use crate::raw_json::RawJson;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 
-/// The task cache, over the state's Redis connection; cheap to make per request.
+/// What one instance keeps in memory at most, in bytes of entries.
+const HELD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The task cache, over the state's Redis connection and this instance's
+/// [`InstanceCache`]; cheap to make per request.
 #[derive(Clone, Copy)]
 pub struct TaskCache<'a> {
     redis: &'a Conn,
     keys: &'a Keys,
+    instance: &'a InstanceCache,
+}
+
+/// This instance's part of the task cache: the entries it read or stored, and the reader of
+/// the generations they are checked against.
+pub struct InstanceCache {
+    entries: quick_cache::sync::Cache<(Uuid, EntryName), Held, ByLength>,
+    generations: Generations,
+}
+
+impl InstanceCache {
+    /// Starts the generation reader on the current runtime.
+    pub fn spawn(redis: Conn, keys: Keys) -> Self {
+        let entries = quick_cache::sync::Cache::with_weighter(16_384, HELD_BYTES, ByLength);
+        Self { entries, generations: Generations::spawn(redis, keys) }
+    }
+}
+
+/// Which of a user's responses an entry is.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum EntryName {
+    Task(Uuid),
+    /// The first half of the SHA-256 of the normalized query.
+    List([u8; 16]),
+}
+
+/// An entry held in memory: what follows the generation in Redis' copy.
+#[derive(Clone)]
+struct Held {
+    generation: u64,
+    stored: Instant,
+    entry: Bytes,
+}
+
+#[derive(Clone)]
+struct ByLength;
+
+impl quick_cache::Weighter<(Uuid, EntryName), Held> for ByLength {
+    fn weight(&self, _name: &(Uuid, EntryName), held: &Held) -> u64 {
+        // The bytes, and about what the key, the value and the map's slot take beside them.
+        held.entry.len() as u64 + 96
+    }
 }
 
 /// A cache lookup: the response body on a hit, and on a miss the generation to store the
@@ -49,8 +99,8 @@ impl CachedTask {
 }
 
 impl<'a> TaskCache<'a> {
-    pub fn new(redis: &'a Conn, keys: &'a Keys) -> Self {
-        Self { redis, keys }
+    pub fn new(redis: &'a Conn, keys: &'a Keys, instance: &'a InstanceCache) -> Self {
+        Self { redis, keys, instance }
     }
 
     fn task_key(&self, user: Uuid, id: Uuid) -> String {
@@ -58,19 +108,19 @@ impl<'a> TaskCache<'a> {
     }
 
     /// The key of a list response; its entry holds the generation it was read under.
-    fn list_key(&self, user: Uuid, normalized_query: &str) -> String {
-        let digest = Sha256::digest(normalized_query.as_bytes());
+    fn list_key(&self, user: Uuid, digest: &[u8; 16]) -> String {
         let mut hash = String::with_capacity(32);
-        for byte in &digest[..16] {
+        for byte in digest {
             let _ = write!(hash, "{byte:02x}");
         }
         self.keys.user(user, &format!("tasks:list:{hash}"))
     }
 
-    /// Task `id` of `user` from the cache, in one round trip: the generation and the entry
-    /// (`<generation>:<version>:<body>`) together. An entry of another generation is a miss.
+    /// Task `id` of `user` from the cache (an entry is `<version>:<body>` after its
+    /// generation). An entry of another generation is a miss.
     pub async fn task(&self, user: Uuid, id: Uuid) -> Lookup<CachedTask> {
-        self.lookup(user, self.task_key(user, id), |entry| {
+        let key = || self.task_key(user, id);
+        self.lookup(user, EntryName::Task(id), key, |entry| {
             let (version, body) = split_field(entry)?;
             let version = std::str::from_utf8(&version).ok()?.parse().ok()?;
             Some(CachedTask { version, body: RawJson::from_rendered(body) })
@@ -86,17 +136,19 @@ impl<'a> TaskCache<'a> {
         lookup: &Lookup<CachedTask>,
         task: &CachedTask,
     ) {
-        let Some(generation) = lookup.generation else { return };
-        let mut entry = format!("{generation}:{}:", task.version).into_bytes();
+        let mut entry = format!("{}:", task.version).into_bytes();
         entry.extend_from_slice(task.body.as_bytes());
-        self.store(&self.task_key(user, id), &entry).await;
+        self.store(user, EntryName::Task(id), &self.task_key(user, id), lookup.generation, entry)
+            .await;
     }
 
-    /// A list response of `user` for `normalized_query` from the cache, in one round trip
-    /// like [`Self::task`] (the entry is `<generation>:<body>`).
+    /// A list response of `user` for `normalized_query` from the cache, like
+    /// [`Self::task`] (the entry is the body after its generation).
     pub async fn list<T>(&self, user: Uuid, normalized_query: &str) -> Lookup<RawJson<T>> {
-        let key = self.list_key(user, normalized_query);
-        self.lookup(user, key, |entry| Some(RawJson::from_rendered(entry))).await
+        let digest = list_digest(normalized_query);
+        let key = || self.list_key(user, &digest);
+        self.lookup(user, EntryName::List(digest), key, |entry| Some(RawJson::from_rendered(entry)))
+            .await
     }
 
     /// Keeps a list response after a miss, under the generation seen before the read.
@@ -107,40 +159,67 @@ impl<'a> TaskCache<'a> {
         lookup: &Lookup<RawJson<T>>,
         body: &RawJson<T>,
     ) {
-        let Some(generation) = lookup.generation else { return };
-        let mut entry = format!("{generation}:").into_bytes();
-        entry.extend_from_slice(body.as_bytes());
-        self.store(&self.list_key(user, normalized_query), &entry).await;
+        let digest = list_digest(normalized_query);
+        let key = self.list_key(user, &digest);
+        let entry = body.as_bytes().to_vec();
+        self.store(user, EntryName::List(digest), &key, lookup.generation, entry).await;
     }
 
-    /// `user`'s generation and the entry under `key`, read together: the entry is a hit
-    /// (made by `hit` from what follows its generation) only under the current generation.
-    /// The entry's bytes are handed on as they came, without a copy.
+    /// `user`'s current generation, then the entry `name` of that generation: this
+    /// instance's, else Redis' (under `key()`), which is then kept here too. `hit` makes the
+    /// response from the entry's bytes, which are handed on without a copy.
     async fn lookup<T>(
         &self,
         user: Uuid,
-        key: String,
-        hit: impl FnOnce(Bytes) -> Option<T>,
+        name: EntryName,
+        key: impl FnOnce() -> String,
+        hit: impl Fn(Bytes) -> Option<T>,
     ) -> Lookup<T> {
-        let found: redis::RedisResult<(Option<u64>, Option<Vec<u8>>)> = redis::cmd("MGET")
-            .arg(self.keys.task_lists_generation(user))
-            .arg(key)
-            .query_async(&mut self.redis.clone())
-            .await;
-        let Ok((generation, entry)) = found else {
+        let Some(generation) = self.instance.generations.current(user).await else {
             return Lookup { hit: None, generation: None };
         };
-        let generation = generation.unwrap_or(0);
-        let hit = entry.and_then(|entry| {
+        let held = self.instance.entries.get(&(user, name));
+        if let Some(held) = held.filter(|held| held.is_current(generation)) {
+            return Lookup { hit: hit(held.entry), generation: Some(generation) };
+        }
+        let found: redis::RedisResult<Option<Vec<u8>>> =
+            redis::cmd("GET").arg(key()).query_async(&mut self.redis.clone()).await;
+        let entry = found.ok().flatten().and_then(|entry| {
             let (stored, rest) = split_field(Bytes::from(entry))?;
             let stored: u64 = std::str::from_utf8(&stored).ok()?.parse().ok()?;
-            (stored == generation).then(|| hit(rest)).flatten()
+            (stored == generation).then_some(rest)
         });
-        Lookup { hit, generation: Some(generation) }
+        let Some(entry) = entry else {
+            return Lookup { hit: None, generation: Some(generation) };
+        };
+        self.hold(user, name, generation, entry.clone());
+        Lookup { hit: hit(entry), generation: Some(generation) }
     }
 
-    /// Keeps a response for [`CACHE_TTL`].
-    async fn store(&self, key: &str, entry: &[u8]) {
+    fn hold(&self, user: Uuid, name: EntryName, generation: u64, entry: Bytes) {
+        let held = Held { generation, stored: Instant::now(), entry };
+        self.instance.entries.insert((user, name), held);
+    }
+
+    /// Keeps an entry here and in Redis under `generation` (`None`: Redis could not say
+    /// which is current, so nothing is kept).
+    async fn store(
+        &self,
+        user: Uuid,
+        name: EntryName,
+        key: &str,
+        generation: Option<u64>,
+        entry: Vec<u8>,
+    ) {
+        let Some(generation) = generation else { return };
+        let mut stored = format!("{generation}:").into_bytes();
+        stored.extend_from_slice(&entry);
+        self.hold(user, name, generation, Bytes::from(entry));
+        self.store_in_redis(key, &stored).await;
+    }
+
+    /// Keeps a response in Redis for [`CACHE_TTL`].
+    async fn store_in_redis(&self, key: &str, entry: &[u8]) {
         let result: redis::RedisResult<()> = redis::cmd("SET")
             .arg(key)
             .arg(entry)
@@ -170,6 +249,20 @@ impl<'a> TaskCache<'a> {
         });
         let _ = bump.await;
     }
+}
+
+impl Held {
+    /// Of `generation`, and not older than [`CACHE_TTL`] (like Redis' copy).
+    fn is_current(&self, generation: u64) -> bool {
+        self.generation == generation && self.stored.elapsed() < CACHE_TTL
+    }
+}
+
+fn list_digest(normalized_query: &str) -> [u8; 16] {
+    let digest = Sha256::digest(normalized_query.as_bytes());
+    let mut half = [0; 16];
+    half.copy_from_slice(&digest[..16]);
+    half
 }
 
 /// The field before the first `:` of an entry, and the rest (both sharing its buffer).

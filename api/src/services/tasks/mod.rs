@@ -5,9 +5,11 @@
 //! - [`list`]: the filtered, sorted, paged list (keyset cursors or pages).
 //! - [`writer`]: creation, many requests per statement under load ([`TaskWriter`]).
 //! - [`quota`]: the daily creation quota in Redis.
-//! - [`cache`]: cached lists and tasks in Redis, and their invalidation.
+//! - [`cache`]: cached lists and tasks, in memory and in Redis, and their invalidation.
+//! - [`generations`]: the users' cache generations, read for many requests at once.
 
 pub mod cache;
+pub mod generations;
 pub mod list;
 pub mod quota;
 pub mod records;
