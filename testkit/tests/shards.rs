@@ -148,3 +148,26 @@ async fn a_concurrency_limit_holds_across_shards_and_a_dead_workers_permits_laps
     .await;
     assert!(again.len() <= 2, "{again:?}");
 }
+
+#[tokio::test]
+async fn a_limit_set_after_a_kind_was_claimed_without_one_holds_from_the_next_claim() {
+    let app = sharded_app().await;
+    let store = app.store_with(QueueSettings::default());
+    let kind = SendEmail::SPEC.kind;
+    // Claimed without a limit: the store remembers the kind has none, and skips admission.
+    store.push(Queue::Emails, &jobs_in(&store, kind, 1, 1)).await.unwrap();
+    assert_eq!(store.claim(Queue::Emails, kind, "a", 5).await.unwrap().len(), 1);
+    assert_eq!(store.claim(Queue::Emails, kind, "a", 5).await.unwrap().len(), 0);
+
+    let limit = [(format!("concurrency:{kind}"), "2".to_owned())];
+    assert!(store.apply_controls(Queue::Emails, i64::MAX / 2, &limit).await.unwrap());
+    let jobs: Vec<NewJob> = (0..3).flat_map(|shard| jobs_in(&store, kind, shard, 3)).collect();
+    store.push(Queue::Emails, &jobs).await.unwrap();
+    // The first claim finds the limit in a shard's controls and takes nothing; from the next
+    // on, claims are admitted again. The job claimed before the limit holds no permit.
+    let mut claimed = Vec::new();
+    for worker in ["b", "c", "d", "e"] {
+        claimed.push(store.claim(Queue::Emails, kind, worker, 5).await.unwrap().len());
+    }
+    assert_eq!(claimed, [0, 2, 0, 0]);
+}

@@ -19,9 +19,13 @@
 -- Priorities (SPEC section 10): a kind claims nothing while a kind of the same queue with a
 -- higher priority (ARGV[11...], not paused) has jobs waiting, so urgent work goes first.
 -- On a sharded queue the limits are the first shard's to keep, fleet-wide (`admit.lua`):
--- ARGV[10] is then '1', and `n` is what it admitted.
+-- ARGV[10] is then '1', and `n` is what it admitted; or it is 'u' when the last admission
+-- found the kind without limits, so the claim skipped it. A limit in this shard's copy of
+-- the controls then claims nothing, and the reply says so: the next claim is admitted.
 -- ARGV: NS, kind, worker, lease_ms, n, done_retention_ms, dead_retention_ms, sweep_limit,
---       wake_cap, limits admitted elsewhere ('1' or '0'), then the kinds ahead of this one
+--       wake_cap, the kind's limits ('0': kept here, '1': admitted elsewhere, 'u': none as
+--       last heard), then the kinds ahead of this one
+-- Returns {claimed jobs, wait_ms, 1 when a limit turned up for a 'u' claim else 0}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ns, kind, worker = ARGV[1], ARGV[2], ARGV[3]
@@ -90,16 +94,19 @@ local controls = redis.call('HMGET', ns .. 'controls', 'paused', 'paused:' .. ki
 -- flushed), and a pause may be among them. Claim nothing until a copy is back (within a
 -- second: every worker and API instance copies them each second).
 if controls[1] == '1' or controls[2] == '1' or not controls[5] then
-  return {{}, PAUSED_WAIT_MS}
+  return {{}, PAUSED_WAIT_MS, 0}
 end
 for i = 11, #ARGV do
   local ahead = ARGV[i]
   if has_ready(ns, ahead)
       and redis.call('HGET', ns .. 'controls', 'paused:' .. ahead) ~= '1' then
-    return {{}, 50}
+    return {{}, 50, 0}
   end
 end
-local admitted = ARGV[10] == '1'
+if ARGV[10] == 'u' and (controls[3] or controls[4]) then
+  return {{}, 0, 1}
+end
+local admitted = ARGV[10] ~= '0'
 if controls[3] and not admitted then
   local active = tonumber(redis.call('HGET', ns .. 'active', kind) or '0')
   local free = tonumber(controls[3]) - active
@@ -116,7 +123,7 @@ if rate and n > 0 and not admitted then
 end
 if n <= 0 then
   if tokens then redis.call('HSET', limiter, 'tokens', tokens, 'at', now) end
-  return {{}, wait}
+  return {{}, wait, 0}
 end
 
 local claimed = {}
@@ -155,4 +162,4 @@ if tokens then
   redis.call('HSET', limiter, 'tokens', tokens - #claimed, 'at', now)
   redis.call('PEXPIRE', limiter, 60000)
 end
-return {claimed, wait}
+return {claimed, wait, 0}

@@ -9,11 +9,16 @@
 //! - Limits hold across shards: a kind's concurrency and rate are kept in the first shard,
 //!   which admits each claim before it goes round the shards (`admit.lua`) and holds one
 //!   permit per job claimed until its attempt ends or its lease runs out (`permits.lua`).
-//!   A kind without limits pays one round trip for that per claim, not per job.
+//!   A kind the admission found without limits is remembered, and its next claims skip
+//!   admission: each shard's copy of the controls is checked instead, and a limit found
+//!   there stops the claim (taking nothing from that shard) and sends the next through
+//!   admission again. So a new limit holds from the moment every shard has its copy, which
+//!   the copier writes one shard after another.
 //! - Idle workers wait on the first shard's wake lists, so every push wakes them there.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::Script;
@@ -31,6 +36,46 @@ const AHEAD_WAIT: Duration = Duration::from_millis(50);
 /// Names each claim's reservations (with the worker's name).
 static NEXT_CLAIM: AtomicU64 = AtomicU64::new(1);
 
+/// How a claim in one shard keeps its kind's limits (`fetch.lua`'s ARGV[10]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Limits {
+    /// In this shard: the queue has only the one.
+    Here,
+    /// Already, by `admit.lua`.
+    Admitted,
+    /// None, as the last admission found: a limit in the shard's controls stops the claim.
+    NoneHeard,
+}
+
+impl Limits {
+    pub(super) fn arg(self) -> &'static str {
+        match self {
+            Self::Here => "0",
+            Self::Admitted => "1",
+            Self::NoneHeard => "u",
+        }
+    }
+}
+
+/// The kinds (by queue) whose last admission found no limits.
+#[derive(Default)]
+pub(super) struct Unlimited(RwLock<HashSet<(Queue, &'static str)>>);
+
+impl Unlimited {
+    fn has(&self, queue: Queue, kind: &'static str) -> bool {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).contains(&(queue, kind))
+    }
+
+    fn set(&self, queue: Queue, kind: &'static str, unlimited: bool) {
+        let mut kinds = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if unlimited {
+            kinds.insert((queue, kind));
+        } else {
+            kinds.remove(&(queue, kind));
+        }
+    }
+}
+
 impl QueueStore {
     /// Claims up to `n` jobs of `kind`, going round the shards; see the module doc.
     pub(super) async fn claim_round(
@@ -43,6 +88,18 @@ impl QueueStore {
         if ahead_matters(self, kind) && ahead_elsewhere(self, queue, kind).await? {
             return Ok((Vec::new(), AHEAD_WAIT));
         }
+        // Only kinds the registry knows are remembered (by their static name).
+        let known = crate::jobs::spec(kind).map(|spec| spec.kind);
+        if let Some(name) = known.filter(|name| self.unlimited.has(queue, name)) {
+            let (claims, wait, limited) =
+                claim_shards(self, queue, kind, worker, n, Limits::NoneHeard).await?;
+            if limited {
+                self.unlimited.set(queue, name, false);
+                // Admitted at once, rather than after the empty shards' wait.
+                return Ok((claims, Duration::ZERO));
+            }
+            return Ok((claims, wait));
+        }
         let holder = format!("{worker}@{}", NEXT_CLAIM.fetch_add(1, Ordering::Relaxed));
         let (admitted, admit_wait, limits): (usize, u64, u8) = ADMIT
             .key(self.key(queue, "controls"))
@@ -54,10 +111,15 @@ impl QueueStore {
             .arg(millis(self.settings().lease))
             .invoke_async(&mut self.connection())
             .await?;
+        if let Some(name) = known {
+            // Nothing admitted without limits: Redis has no copy of the controls yet.
+            self.unlimited.set(queue, name, limits == 0 && admitted > 0);
+        }
         if admitted == 0 {
             return Ok((Vec::new(), Duration::from_millis(admit_wait)));
         }
-        let (mut claims, wait) = claim_shards(self, queue, kind, worker, admitted).await?;
+        let (mut claims, wait, _) =
+            claim_shards(self, queue, kind, worker, admitted, Limits::Admitted).await?;
         if limits > 0 {
             claims.iter_mut().for_each(|claim| claim.permit = true);
             let permits: Vec<String> =
@@ -125,18 +187,24 @@ fn by_kind<'a>(claims: &[&'a ClaimRef]) -> Vec<(&'a str, Vec<&'a ClaimRef>)> {
     groups
 }
 
-/// Claims up to `n` admitted jobs of `kind`, going round the shards from the next in turn.
+/// Claims up to `n` jobs of `kind` (admitted, or of a kind without limits), going round the
+/// shards from the next in turn; also whether a shard stopped it with a limit.
 async fn claim_shards(
     store: &QueueStore,
     queue: Queue,
     kind: &str,
     worker: &str,
     n: usize,
-) -> redis::RedisResult<(Vec<Claim>, Duration)> {
+    limits: Limits,
+) -> redis::RedisResult<(Vec<Claim>, Duration, bool)> {
     let (mut claims, mut wait, mut failed) = (Vec::new(), None::<Duration>, None);
     for shard in store.shards.round() {
-        match store.claim_in(queue, shard, kind, worker, n - claims.len(), true).await {
-            Ok((more, held)) => {
+        match store.claim_in(queue, shard, kind, worker, n - claims.len(), limits).await {
+            Ok((more, _, true)) => {
+                claims.extend(more);
+                return Ok((claims, Duration::ZERO, true));
+            }
+            Ok((more, held, false)) => {
                 claims.extend(more);
                 if !held.is_zero() {
                     wait = Some(wait.map_or(held, |w| w.min(held)));
@@ -153,8 +221,8 @@ async fn claim_shards(
     }
     match failed {
         Some(err) if claims.is_empty() && wait.is_none() => Err(err),
-        _ if !claims.is_empty() => Ok((claims, Duration::ZERO)),
-        _ => Ok((claims, wait.unwrap_or_default())),
+        _ if !claims.is_empty() => Ok((claims, Duration::ZERO, false)),
+        _ => Ok((claims, wait.unwrap_or_default(), false)),
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::redis::Conn;
 use redis::Script;
 
+use super::spread::{Limits, Unlimited};
 use super::{
     Claim, ClaimRef, NewJob, Outcome, OutcomeSink, QueueSettings, Shards, WAKE_CAP, millis,
 };
@@ -52,12 +53,14 @@ pub struct QueueStore {
     settings: QueueSettings,
     /// Where jobs' ends are reported (a worker's Postgres job records); none for producers.
     pub(super) outcomes: Option<Arc<dyn OutcomeSink>>,
+    /// The kinds a sharded queue's last admission found without limits (see `spread`).
+    pub(super) unlimited: Arc<Unlimited>,
 }
 
 impl QueueStore {
     pub fn new(conn: Conn, keys: Keys, settings: QueueSettings) -> Self {
         let shards = Shards::new(&keys, settings.shards);
-        Self { conn, keys, shards, settings, outcomes: None }
+        Self { conn, keys, shards, settings, outcomes: None, unlimited: Arc::default() }
     }
 
     /// Reports every job's end to `sink` once Redis has recorded it.
@@ -167,13 +170,14 @@ impl QueueStore {
         n: usize,
     ) -> redis::RedisResult<(Vec<Claim>, Duration)> {
         if self.shards.count() == 1 {
-            return self.claim_in(queue, 0, kind, worker, n, false).await;
+            let (claims, wait, _) = self.claim_in(queue, 0, kind, worker, n, Limits::Here).await?;
+            return Ok((claims, wait));
         }
         self.claim_round(queue, kind, worker, n).await
     }
 
-    /// Claims from one shard of a queue; `admitted`: the kind's limits were applied already
-    /// (on a sharded queue, by `admit.lua`).
+    /// Claims from one shard of a queue, keeping the kind's `limits` as it says; also
+    /// whether a limit turned up for a kind claimed as [`Limits::NoneHeard`].
     pub(super) async fn claim_in(
         &self,
         queue: Queue,
@@ -181,13 +185,13 @@ impl QueueStore {
         kind: &str,
         worker: &str,
         n: usize,
-        admitted: bool,
-    ) -> redis::RedisResult<(Vec<Claim>, Duration)> {
-        let (rows, wait_ms): (Vec<ClaimRow>, u64) = self
-            .claim_invocation(queue, shard, kind, worker, n, admitted)
+        limits: Limits,
+    ) -> redis::RedisResult<(Vec<Claim>, Duration, bool)> {
+        let (rows, wait_ms, limited): (Vec<ClaimRow>, u64, u8) = self
+            .claim_invocation(queue, shard, kind, worker, n, limits)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok((claims_from(queue, shard, rows), Duration::from_millis(wait_ms)))
+        Ok((claims_from(queue, shard, rows), Duration::from_millis(wait_ms), limited == 1))
     }
 
     fn claim_invocation(
@@ -197,7 +201,7 @@ impl QueueStore {
         kind: &str,
         worker: &str,
         n: usize,
-        admitted: bool,
+        limits: Limits,
     ) -> redis::ScriptInvocation<'static> {
         let mut invocation = FETCH.prepare_invoke();
         invocation
@@ -211,7 +215,7 @@ impl QueueStore {
             .arg(millis(self.settings.dead_retention))
             .arg(SWEEP_LIMIT)
             .arg(WAKE_CAP)
-            .arg(if admitted { "1" } else { "0" });
+            .arg(limits.arg());
         if let Some(spec) = crate::jobs::spec(kind) {
             invocation.arg(crate::jobs::ahead_of(spec).collect::<Vec<_>>());
         }
@@ -240,7 +244,7 @@ impl QueueStore {
         }
         let shard = 0;
         let finish = self.finish_invocation(queue, shard, outcomes);
-        let claim = self.claim_invocation(queue, shard, kind, worker, n, false);
+        let claim = self.claim_invocation(queue, shard, kind, worker, n, Limits::Here);
         let results: Vec<redis::Value> = redis::pipe()
             .ignore_errors()
             .invoke_script(&finish)
@@ -264,7 +268,7 @@ impl QueueStore {
             Some(value) => claims_from(
                 queue,
                 shard,
-                redis::from_redis_value::<(Vec<ClaimRow>, u64)>(value)
+                redis::from_redis_value::<(Vec<ClaimRow>, u64, u8)>(value)
                     .map_err(redis::RedisError::from)?
                     .0,
             ),
