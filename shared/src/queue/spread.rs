@@ -101,10 +101,12 @@ impl QueueStore {
             return Ok((claims, wait));
         }
         let holder = format!("{worker}@{}", NEXT_CLAIM.fetch_add(1, Ordering::Relaxed));
+        let permits = self.key(queue, &format!("permits:{kind}"));
+        let bucket = self.key(queue, &format!("bucket:{kind}"));
         let (admitted, admit_wait, limits): (usize, u64, u8) = ADMIT
             .key(self.key(queue, "controls"))
-            .key(self.key(queue, &format!("permits:{kind}")))
-            .key(self.key(queue, &format!("bucket:{kind}")))
+            .key(&permits)
+            .key(&bucket)
             .arg(kind)
             .arg(n)
             .arg(&holder)
@@ -122,17 +124,17 @@ impl QueueStore {
             claim_shards(self, queue, kind, worker, admitted, Limits::Admitted).await?;
         if limits > 0 {
             claims.iter_mut().for_each(|claim| claim.permit = true);
-            let permits: Vec<String> =
+            let names: Vec<String> =
                 claims.iter().map(|claim| claim.claim_ref().permit_name()).collect();
             let settled: redis::RedisResult<i64> = PERMITS
-                .key(self.key(queue, &format!("permits:{kind}")))
-                .key(self.key(queue, &format!("bucket:{kind}")))
+                .key(&permits)
+                .key(&bucket)
                 .arg("settle")
                 .arg(millis(self.settings().lease))
                 .arg(&holder)
                 .arg(admitted)
                 .arg(limits)
-                .arg(permits)
+                .arg(names)
                 .invoke_async(&mut self.connection())
                 .await;
             if let Err(err) = settled {
@@ -155,9 +157,8 @@ impl QueueStore {
         mode: &str,
         claims: impl Iterator<Item = &'a ClaimRef>,
     ) -> redis::RedisResult<()> {
-        let held: Vec<&ClaimRef> = claims.filter(|claim| claim.permit.is_some()).collect();
-        for (_, group) in by_kind(&held) {
-            let kind = group[0].permit.as_deref().unwrap_or_default();
+        let held = claims.filter(|claim| claim.permit.is_some());
+        for (kind, group) in grouped(held, |claim| claim.permit.as_deref().unwrap_or_default()) {
             let _: i64 = PERMITS
                 .key(self.key(queue, &format!("permits:{kind}")))
                 .key(self.key(queue, &format!("bucket:{kind}")))
@@ -172,19 +173,6 @@ impl QueueStore {
         }
         Ok(())
     }
-}
-
-/// Claims with permits, grouped by kind.
-fn by_kind<'a>(claims: &[&'a ClaimRef]) -> Vec<(&'a str, Vec<&'a ClaimRef>)> {
-    let mut groups: Vec<(&str, Vec<&ClaimRef>)> = Vec::new();
-    for claim in claims {
-        let kind = claim.permit.as_deref().unwrap_or_default();
-        match groups.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, group)) => group.push(claim),
-            None => groups.push((kind, vec![claim])),
-        }
-    }
-    groups
 }
 
 /// Claims up to `n` jobs of `kind` (admitted, or of a kind without limits), going round the
@@ -273,14 +261,17 @@ pub(super) async fn wake<'a>(
     pipe.query_async(&mut store.connection()).await
 }
 
-/// The indexes `0..len` grouped by shard, in the order of each shard's first item.
-pub(super) fn by_shard(len: usize, shard_of: impl Fn(usize) -> u16) -> Vec<(u16, Vec<usize>)> {
-    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
-    for i in 0..len {
-        let shard = shard_of(i);
-        match groups.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, group)) => group.push(i),
-            None => groups.push((shard, vec![i])),
+/// `items` grouped by `key`, the groups in the order of their first items.
+pub(super) fn grouped<T, K: PartialEq>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<(K, Vec<T>)> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((k, vec![item])),
         }
     }
     groups

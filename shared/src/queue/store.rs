@@ -108,7 +108,7 @@ impl QueueStore {
         };
         let shard_of = |i: usize| self.shards.of_job(&ids[i], pinned(&jobs[i]));
         let mut added = 0;
-        for (shard, group) in super::spread::by_shard(jobs.len(), shard_of) {
+        for (shard, group) in super::spread::grouped(0..jobs.len(), |&i| shard_of(i)) {
             added += self.push_to(queue, shard, group.iter().map(|&i| (&ids[i], &jobs[i]))).await?;
             if shard != 0 {
                 super::spread::wake(self, queue, group.iter().map(|&i| jobs[i].kind.as_str()))
@@ -296,7 +296,7 @@ impl QueueStore {
         outcomes: &[(&Claim, &Outcome, Duration)],
     ) -> redis::RedisResult<Vec<bool>> {
         let mut recorded = vec![false; outcomes.len()];
-        for (shard, group) in super::spread::by_shard(outcomes.len(), |i| outcomes[i].0.shard) {
+        for (shard, group) in super::spread::grouped(0..outcomes.len(), |&i| outcomes[i].0.shard) {
             let those: Vec<_> = group.iter().map(|&i| outcomes[i]).collect();
             let results: Vec<i64> = self
                 .finish_invocation(queue, shard, &those)
@@ -369,7 +369,7 @@ impl QueueStore {
         claims: &[ClaimRef],
     ) -> redis::RedisResult<Vec<String>> {
         let mut done = Vec::new();
-        for (shard, group) in super::spread::by_shard(claims.len(), |i| claims[i].shard) {
+        for (shard, group) in super::spread::grouped(0..claims.len(), |&i| claims[i].shard) {
             let mut invocation = RENEW.prepare_invoke();
             invocation
                 .key(self.key_in(queue, shard, "running"))
