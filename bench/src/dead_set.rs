@@ -39,18 +39,8 @@ async fn bulk_retry(settings: &Settings) -> anyhow::Result<BulkRetry> {
     let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
     let kind = Noop::SPEC.kind;
     for _ in 0..DEAD_JOBS / 1000 {
-        let jobs: Vec<NewJob> = (0..1000)
-            .map(|_| NewJob {
-                id: uuid::Uuid::now_v7(),
-                kind: kind.into(),
-                payload: payload.clone(),
-                max_attempts: 1,
-                request_id: None,
-                traceparent: None,
-                unique: None,
-                due_ms: None,
-            })
-            .collect();
+        let jobs: Vec<NewJob> =
+            (0..1000).map(|_| NewJob::plain(kind, payload.clone(), 1)).collect();
         store.push(Queue::Maintenance, &jobs).await?;
         let claims = store.claim(Queue::Maintenance, kind, "bench", 1000).await?;
         let dead = Outcome::Dead { error: "bench: buried".into() };

@@ -189,19 +189,8 @@ pub(crate) async fn drain_costed(
     }
     let payload = serde_json::to_string(&Noop { enqueued_us: 0 })?;
     for chunk in (0..drain_jobs()).collect::<Vec<_>>().chunks(500) {
-        let jobs: Vec<NewJob> = chunk
-            .iter()
-            .map(|_| NewJob {
-                id: uuid::Uuid::now_v7(),
-                kind: Noop::SPEC.kind.into(),
-                payload: payload.clone(),
-                max_attempts: 3,
-                request_id: None,
-                traceparent: None,
-                unique: None,
-                due_ms: None,
-            })
-            .collect();
+        let jobs: Vec<NewJob> =
+            chunk.iter().map(|_| NewJob::plain(Noop::SPEC.kind, payload.clone(), 3)).collect();
         store.push(Queue::Maintenance, &jobs).await?;
     }
     let exe = std::env::current_exe()?;

@@ -22,16 +22,7 @@ const KIND: &str = ProcessUpload::SPEC.kind;
 
 fn upload_of(owner: Uuid) -> NewJob {
     let job = ProcessUpload { attachment_id: Uuid::now_v7(), owner_id: Some(owner) };
-    NewJob {
-        id: Uuid::now_v7(),
-        kind: KIND.into(),
-        payload: serde_json::to_string(&job).unwrap(),
-        max_attempts: ProcessUpload::SPEC.max_attempts,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    }
+    NewJob::plain(KIND, serde_json::to_string(&job).unwrap(), ProcessUpload::SPEC.max_attempts)
 }
 
 async fn claim(store: &QueueStore, n: usize) -> Vec<String> {

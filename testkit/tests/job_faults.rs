@@ -54,16 +54,8 @@ async fn a_job_whose_worker_keeps_dying_is_dead_after_its_attempts() {
     let app = TestApp::spawn().await;
     let lease = Duration::from_millis(300);
     let store = app.store_with(QueueSettings { lease, ..QueueSettings::default() });
-    let job = NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: "send_email".into(),
-        payload: serde_json::to_string(&email("x@example.test")).unwrap(),
-        max_attempts: 2,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let job =
+        NewJob::plain("send_email", serde_json::to_string(&email("x@example.test")).unwrap(), 2);
     let id = job.id.to_string();
     store.push(Queue::Emails, &[job]).await.unwrap();
 
@@ -98,16 +90,7 @@ async fn a_late_result_from_an_expired_claim_is_refused() {
         lease: Duration::from_millis(200),
         ..QueueSettings::default()
     });
-    let job = NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: "send_email".into(),
-        payload: "{}".into(),
-        max_attempts: 3,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let job = NewJob::plain("send_email", "{}", 3);
     store.push(Queue::Emails, &[job]).await.unwrap();
     let first = store.claim(Queue::Emails, "send_email", "slow", 1).await.unwrap().pop().unwrap();
     let second = wait_until(Duration::from_secs(10), "the job to be reclaimed", || async {
@@ -186,16 +169,11 @@ async fn flaky(job: Flaky) -> Result<(), BoxDynError> {
 }
 
 async fn push_flaky(store: &QueueStore, job: &Flaky) -> String {
-    let new = NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: Flaky::SPEC.kind.into(),
-        payload: serde_json::to_string(job).unwrap(),
-        max_attempts: Flaky::SPEC.max_attempts,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let new = NewJob::plain(
+        Flaky::SPEC.kind,
+        serde_json::to_string(job).unwrap(),
+        Flaky::SPEC.max_attempts,
+    );
     store.push(Flaky::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
     new.id.to_string()
 }
@@ -469,16 +447,8 @@ async fn redis_over_maxmemory_refuses_new_work_whole_keeps_leases_and_says_so() 
     let url = redis.url();
     let app = TestApp::spawn_with(|s| s.redis_url = url.into()).await;
     let store = app.store_with(QueueSettings::default());
-    let new_job = || NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: "send_email".into(),
-        payload: serde_json::to_string(&email(&address())).unwrap(),
-        max_attempts: 8,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let new_job =
+        || NewJob::plain("send_email", serde_json::to_string(&email(&address())).unwrap(), 8);
     let waiting = new_job();
     store.push(Queue::Emails, &[new_job(), waiting.clone()]).await.unwrap();
     let claims = store.claim(Queue::Emails, "send_email", "w1", 1).await.unwrap();

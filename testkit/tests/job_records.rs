@@ -228,16 +228,7 @@ async fn a_payload_a_worker_cannot_decode_is_quarantined_in_its_record() {
     .execute(&app.db)
     .await
     .unwrap();
-    let job = NewJob {
-        id,
-        kind: "send_email".into(),
-        payload: r#"{"v2": true}"#.into(),
-        max_attempts: 8,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let job = NewJob { id, ..NewJob::plain("send_email", r#"{"v2": true}"#, 8) };
     store.push(Queue::Emails, &[job]).await.unwrap();
     let _worker = app.spawn_worker().await;
     let record = wait_until(DEADLINE, "the record quarantined", || async {

@@ -494,16 +494,7 @@ async fn waiting_high_priority_emails_start_before_any_low_priority_digest() {
             };
             ("send_digest", serde_json::to_string(&digest).unwrap())
         };
-        jobs.push(tasklane_shared::queue::NewJob {
-            id: uuid::Uuid::now_v7(),
-            kind: kind.into(),
-            payload,
-            max_attempts: 3,
-            request_id: None,
-            traceparent: None,
-            unique: None,
-            due_ms: None,
-        });
+        jobs.push(tasklane_shared::queue::NewJob::plain(kind, payload, 3));
     }
     store.push(Queue::Emails, &jobs).await.unwrap();
     let kinds = get(&app, "/api/v1/admin/kinds", &token).await;

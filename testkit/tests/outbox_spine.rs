@@ -129,16 +129,8 @@ async fn two_relays_never_deliver_a_row_twice() {
 async fn a_row_pushed_twice_is_one_job() {
     let app = TestApp::spawn().await;
     let store = app.spawn_store();
-    let job = tasklane_shared::queue::NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: SendEmail::SPEC.kind.into(),
-        payload: serde_json::to_string(&email("x@example.test", "k")).unwrap(),
-        max_attempts: 3,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let payload = serde_json::to_string(&email("x@example.test", "k")).unwrap();
+    let job = tasklane_shared::queue::NewJob::plain(SendEmail::SPEC.kind, payload, 3);
     assert_eq!(store.push(Queue::Emails, std::slice::from_ref(&job)).await.unwrap(), 1);
     assert_eq!(store.push(Queue::Emails, &[job]).await.unwrap(), 0);
     assert_eq!(store.depth(Queue::Emails).await.unwrap().pending, 1);

@@ -54,16 +54,11 @@ impl Job for Idle {
 }
 
 async fn push_idle(store: &QueueStore, n: u32) -> String {
-    let new = NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: Idle::SPEC.kind.into(),
-        payload: serde_json::to_string(&Idle { n }).unwrap(),
-        max_attempts: Idle::SPEC.max_attempts,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let new = NewJob::plain(
+        Idle::SPEC.kind,
+        serde_json::to_string(&Idle { n }).unwrap(),
+        Idle::SPEC.max_attempts,
+    );
     store.push(Idle::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
     new.id.to_string()
 }
@@ -249,16 +244,11 @@ async fn fragile(job: Fragile, world: Data<World>) -> Result<(), BoxDynError> {
 }
 
 async fn push_fragile(store: &QueueStore, job: &Fragile) -> String {
-    let new = NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: Fragile::SPEC.kind.into(),
-        payload: serde_json::to_string(job).unwrap(),
-        max_attempts: Fragile::SPEC.max_attempts,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let new = NewJob::plain(
+        Fragile::SPEC.kind,
+        serde_json::to_string(job).unwrap(),
+        Fragile::SPEC.max_attempts,
+    );
     store.push(Fragile::SPEC.queue, std::slice::from_ref(&new)).await.unwrap();
     new.id.to_string()
 }
@@ -457,16 +447,11 @@ async fn postgres_unreachable_holds_send_email_and_costs_no_attempt() {
     let mut worker = app.worker_process().env("DATABASE_URL", url.as_str()).spawn().unwrap();
     // Pushed straight to Redis: the worker's relay cannot reach the outbox either.
     let to = address();
-    let job = NewJob {
-        id: uuid::Uuid::now_v7(),
-        kind: SendEmail::SPEC.kind.into(),
-        payload: serde_json::to_string(&email(&to)).unwrap(),
-        max_attempts: SendEmail::SPEC.max_attempts,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    };
+    let job = NewJob::plain(
+        SendEmail::SPEC.kind,
+        serde_json::to_string(&email(&to)).unwrap(),
+        SendEmail::SPEC.max_attempts,
+    );
     let id = job.id.to_string();
     store.push(Queue::Emails, &[job]).await.unwrap();
 

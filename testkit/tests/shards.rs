@@ -14,23 +14,13 @@ use tasklane_shared::jobs::{EmailMessage, Job, Queue, SendDigest, SendEmail};
 use tasklane_shared::queue::{NewJob, Outcome, QueueSettings, QueueStore};
 use tasklane_testkit::jobs::enqueue_committed;
 use tasklane_testkit::{TestApp, unique, wait_until};
-use uuid::Uuid;
 
 async fn sharded_app() -> TestApp {
     TestApp::spawn_with(|settings| settings.queue_shards = 3).await
 }
 
 fn job(kind: &str) -> NewJob {
-    NewJob {
-        id: Uuid::now_v7(),
-        kind: kind.into(),
-        payload: "{}".into(),
-        max_attempts: 3,
-        request_id: None,
-        traceparent: None,
-        unique: None,
-        due_ms: None,
-    }
+    NewJob::plain(kind, "{}", 3)
 }
 
 /// `n` jobs of `kind` whose ids put them in `shard` (of 3).

@@ -127,6 +127,23 @@ pub struct NewJob {
     pub due_ms: Option<i64>,
 }
 
+impl NewJob {
+    /// A job of `kind` with `payload` (JSON) and `max_attempts`, to run now, with a fresh id
+    /// and nothing else: no request, trace, unique key or delay.
+    pub fn plain(kind: &str, payload: impl Into<String>, max_attempts: u32) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind: kind.to_owned(),
+            payload: payload.into(),
+            max_attempts,
+            request_id: None,
+            traceparent: None,
+            unique: None,
+            due_ms: None,
+        }
+    }
+}
+
 /// A job claimed by a worker for one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {

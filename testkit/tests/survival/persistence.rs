@@ -39,15 +39,12 @@ async fn a_redis_killed_and_started_again_still_has_the_jobs_it_accepted() {
     let addresses: Vec<String> = (0..JOBS).map(|_| address()).collect();
     let jobs: Vec<NewJob> = addresses
         .iter()
-        .map(|to| NewJob {
-            id: uuid::Uuid::now_v7(),
-            kind: SendEmail::SPEC.kind.into(),
-            payload: serde_json::to_string(&email(to)).unwrap(),
-            max_attempts: SendEmail::SPEC.max_attempts,
-            request_id: None,
-            traceparent: None,
-            unique: None,
-            due_ms: None,
+        .map(|to| {
+            NewJob::plain(
+                SendEmail::SPEC.kind,
+                serde_json::to_string(&email(to)).unwrap(),
+                SendEmail::SPEC.max_attempts,
+            )
         })
         .collect();
     assert_eq!(store.push(Queue::Emails, &jobs).await.unwrap(), JOBS);
