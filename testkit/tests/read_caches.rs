@@ -1,6 +1,7 @@
 //! The read paths served from caches (`GET /me` from the account cache, `GET /tasks/{id}`
 //! and list pages from the task cache) with two API instances behind one database and
-//! Redis: a write through one instance is seen by the next read on the other.
+//! Redis: a write through one instance is seen by the next read on the other. And with
+//! Redis down, reads are the database's answers rather than what an instance holds.
 
 // Test helpers fail loudly: an unwrap here is an assertion.
 #![allow(clippy::unwrap_used)]
@@ -205,4 +206,41 @@ async fn under_concurrent_reads_every_read_after_a_write_sees_it() {
     for reader in readers {
         reader.await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn while_redis_is_down_task_reads_are_answered_from_the_database_and_hits_resume_after() {
+    let mut redis = tasklane_testkit::TestRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(|s| s.redis_url = url.into()).await;
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap();
+    let created = app.post("/api/v1/tasks", &json!({ "title": "kept" }), Some(token)).await;
+    let task: Value = created.json().await.unwrap();
+    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+    for read in [path.as_str(), "/api/v1/tasks"] {
+        get(&app, &app.address, read, token).await;
+        assert_eq!(get(&app, &app.address, read, token).await.headers()["x-cache"], "hit");
+    }
+
+    // Without Redis no instance can know the current generation: nothing it holds is
+    // served, and every read is the database's answer.
+    redis.stop().await;
+    for _ in 0..3 {
+        let read = get(&app, &app.address, &path, token).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        assert_eq!(read.headers()["x-cache"], "miss");
+        assert_eq!(read.json::<Value>().await.unwrap()["title"], "kept");
+        let page = get(&app, &app.address, "/api/v1/tasks", token).await;
+        assert_eq!(page.headers()["x-cache"], "miss");
+        assert_eq!(page.json::<Value>().await.unwrap()["data"][0]["title"], "kept");
+    }
+
+    redis.start_again().await;
+    wait_until(Duration::from_secs(10), "cache hits again", || async {
+        get(&app, &app.address, &path, token).await;
+        let read = get(&app, &app.address, &path, token).await;
+        (read.headers()["x-cache"] == "hit").then_some(())
+    })
+    .await;
 }
