@@ -25,6 +25,29 @@ async fn me(app: &TestApp, base: &str, token: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+/// A new user's access token, and the path of the one task they created, titled `title`.
+async fn user_with_task(app: &TestApp, title: &str) -> (String, String) {
+    let session = app.register(&email_address()).await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let created = app.post("/api/v1/tasks", &json!({ "title": title }), Some(&token)).await;
+    let task: Value = created.json().await.unwrap();
+    (token, format!("/api/v1/tasks/{}", task["id"].as_str().unwrap()))
+}
+
+/// Retitles the task at `path` of version `version` through the instance at `base`.
+async fn retitle(app: &TestApp, base: &str, path: &str, token: &str, version: u32, title: &str) {
+    let resp = app
+        .client
+        .patch(format!("{base}{path}"))
+        .bearer_auth(token)
+        .header("if-match", format!("\"{version}\""))
+        .json(&json!({ "title": title }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_profile_change_through_one_instance_is_seen_by_the_next_me_on_every_instance() {
     let app = TestApp::spawn().await;
@@ -73,11 +96,8 @@ async fn a_profile_change_through_one_instance_is_seen_by_the_next_me_on_every_i
 async fn a_task_write_through_one_instance_is_seen_by_the_next_read_on_another() {
     let app = TestApp::spawn().await;
     let other = app.spawn_instance().await;
-    let session = app.register(&email_address()).await;
-    let token = session["access_token"].as_str().unwrap();
-    let created = app.post("/api/v1/tasks", &json!({ "title": "first" }), Some(token)).await;
-    let task: Value = created.json().await.unwrap();
-    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+    let (token, path) = user_with_task(&app, "first").await;
+    let token = token.as_str();
 
     // Cached on the first instance.
     for read in [path.as_str(), "/api/v1/tasks"] {
@@ -87,16 +107,7 @@ async fn a_task_write_through_one_instance_is_seen_by_the_next_read_on_another()
     }
 
     // Changed through the other: the very next read on the first sees it.
-    let resp = app
-        .client
-        .patch(format!("{other}{path}"))
-        .bearer_auth(token)
-        .header("if-match", "\"1\"")
-        .json(&json!({ "title": "changed elsewhere" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    retitle(&app, &other, &path, token, 1, "changed elsewhere").await;
     let read: Value = get(&app, &app.address, &path, token).await.json().await.unwrap();
     assert_eq!(read["title"], "changed elsewhere");
     let page: Value = get(&app, &app.address, "/api/v1/tasks", token).await.json().await.unwrap();
@@ -122,11 +133,8 @@ async fn a_task_write_through_one_instance_is_seen_by_the_next_read_on_another()
 async fn an_entry_cached_by_one_instance_is_a_hit_on_another_until_either_writes() {
     let app = TestApp::spawn().await;
     let other = app.spawn_instance().await;
-    let session = app.register(&email_address()).await;
-    let token = session["access_token"].as_str().unwrap();
-    let created = app.post("/api/v1/tasks", &json!({ "title": "first" }), Some(token)).await;
-    let task: Value = created.json().await.unwrap();
-    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+    let (token, path) = user_with_task(&app, "first").await;
+    let token = token.as_str();
 
     // Read (and so cached) on the first instance only: the other's first read is a hit too,
     // from the copy in Redis, and its next one from its own memory.
@@ -141,16 +149,7 @@ async fn an_entry_cached_by_one_instance_is_a_hit_on_another_until_either_writes
     // next read on the other, and the reverse.
     for (version, (writer, reader)) in [(1, (&app.address, &other)), (2, (&other, &app.address))] {
         let title = format!("changed through {writer}");
-        let resp = app
-            .client
-            .patch(format!("{writer}{path}"))
-            .bearer_auth(token)
-            .header("if-match", format!("\"{version}\""))
-            .json(&json!({ "title": title }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
+        retitle(&app, writer, &path, token, version, &title).await;
         let read = get(&app, reader, &path, token).await;
         assert_eq!(read.headers()["x-cache"], "miss");
         assert_eq!(read.json::<Value>().await.unwrap()["title"], title.as_str());
@@ -165,11 +164,7 @@ async fn an_entry_cached_by_one_instance_is_a_hit_on_another_until_either_writes
 async fn under_concurrent_reads_every_read_after_a_write_sees_it() {
     let app = TestApp::spawn().await;
     let other = app.spawn_instance().await;
-    let session = app.register(&email_address()).await;
-    let token = session["access_token"].as_str().unwrap().to_owned();
-    let created = app.post("/api/v1/tasks", &json!({ "title": "0" }), Some(&token)).await;
-    let task: Value = created.json().await.unwrap();
-    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+    let (token, path) = user_with_task(&app, "0").await;
     get(&app, &app.address, &path, &token).await;
 
     // Readers keep the first instance's round trips busy with hits on the same task.
@@ -189,16 +184,7 @@ async fn under_concurrent_reads_every_read_after_a_write_sees_it() {
         .collect();
 
     for version in 1..=40 {
-        let resp = app
-            .client
-            .patch(format!("{other}{path}"))
-            .bearer_auth(&token)
-            .header("if-match", format!("\"{version}\""))
-            .json(&json!({ "title": version.to_string() }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
+        retitle(&app, &other, &path, &token, version, &version.to_string()).await;
         let read: Value = get(&app, &app.address, &path, &token).await.json().await.unwrap();
         assert_eq!(read["title"], version.to_string(), "the read right after write {version}");
     }
@@ -213,11 +199,8 @@ async fn while_redis_is_down_task_reads_are_answered_from_the_database_and_hits_
     let mut redis = tasklane_testkit::TestRedis::start().await;
     let url = redis.url();
     let app = TestApp::spawn_with(|s| s.redis_url = url.into()).await;
-    let session = app.register(&email_address()).await;
-    let token = session["access_token"].as_str().unwrap();
-    let created = app.post("/api/v1/tasks", &json!({ "title": "kept" }), Some(token)).await;
-    let task: Value = created.json().await.unwrap();
-    let path = format!("/api/v1/tasks/{}", task["id"].as_str().unwrap());
+    let (token, path) = user_with_task(&app, "kept").await;
+    let token = token.as_str();
     for read in [path.as_str(), "/api/v1/tasks"] {
         get(&app, &app.address, read, token).await;
         assert_eq!(get(&app, &app.address, read, token).await.headers()["x-cache"], "hit");

@@ -600,8 +600,8 @@ async fn concurrent_creations_share_statements_and_each_gets_its_own_task() {
 
 /// Creations taken from the test user's quota today (the only quota key of this prefix).
 async fn redis_quota_used(app: &TestApp) -> i64 {
-    let client = redis::Client::open(std::env::var("REDIS_URL").unwrap()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // The app's own client: on a cluster it asks every master for the keys.
+    let mut conn = tasklane_shared::redis::connect(&app.settings).unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:quota:*", app.settings.redis_prefix))
         .query_async(&mut conn)

@@ -41,7 +41,9 @@ pub struct TaskCache<'a> {
 /// This instance's part of the task cache: the entries it read or stored, and the reader of
 /// the generations they are checked against.
 pub struct InstanceCache {
+    /// By owner and response; bounded by the bytes held, least used first out.
     entries: quick_cache::sync::Cache<(Uuid, EntryName), Held, ByLength>,
+    /// What every lookup asks first: whether an entry here is still current.
     generations: Generations,
 }
 
@@ -64,8 +66,11 @@ enum EntryName {
 /// An entry held in memory: what follows the generation in Redis' copy.
 #[derive(Clone)]
 struct Held {
+    /// The owner's generation it was read under; served only while that is current.
     generation: u64,
+    /// When it was kept, so it lives no longer than Redis' copy.
     stored: Instant,
+    /// Shared with every response that sends it.
     entry: Bytes,
 }
 

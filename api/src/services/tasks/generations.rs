@@ -19,11 +19,14 @@ const MOST_PER_PIPELINE: usize = 256;
 /// A read waiting for its user's generation (`None`: Redis could not say).
 struct Question {
     user: Uuid,
+    /// Dropped unanswered only if the reader task is gone, which reads as "cannot say".
     answer: oneshot::Sender<Option<u64>>,
 }
 
 /// Asks the reader task; cheap to share. The task ends with the last handle.
 pub struct Generations {
+    /// Unbounded: a read waits for its answer, so the queue holds at most one question per
+    /// read in flight.
     questions: mpsc::UnboundedSender<Question>,
 }
 
