@@ -227,3 +227,22 @@ async fn while_redis_is_down_task_reads_are_answered_from_the_database_and_hits_
     })
     .await;
 }
+
+/// Concurrent reads of several users share their generation round trips; on a cluster each
+/// user's generation is in a slot of its own, and every read must still be a hit.
+#[tokio::test]
+async fn concurrent_reads_of_many_users_are_all_hits() {
+    let app = TestApp::spawn().await;
+    let mut users = Vec::new();
+    for i in 0..4 {
+        let (token, path) = user_with_task(&app, &format!("task {i}")).await;
+        get(&app, &app.address, &path, &token).await;
+        users.push((token, path));
+    }
+    let app = &app;
+    let reads = users.iter().cycle().take(64).map(|(token, path)| async move {
+        get(app, &app.address, path, token).await.headers()["x-cache"].clone()
+    });
+    let caches = futures::future::join_all(reads).await;
+    assert!(caches.iter().all(|cache| cache == "hit"), "{caches:?}");
+}

@@ -3,8 +3,8 @@
 //! A cached task or list page may be served only under its user's current generation, which
 //! lives in Redis: every write of the user's tasks bumps it after its commit, on whichever
 //! instance or worker made it. So every cached read asks Redis. Concurrent reads share that
-//! question: one reader task sends the generations of every user asked for since its last
-//! pipeline, in one pipeline, and answers them all. A read that arrives while a pipeline is
+//! question: one reader task reads the generations of every user asked for since its last
+//! round trip in one `MGET`, and answers them all. A read that arrives while a round trip is
 //! in flight waits for the next one, so each answer was read after its read arrived: a write
 //! whose response came before the read was sent is always seen.
 
@@ -13,7 +13,7 @@ use tasklane_shared::redis::{Conn, Keys};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-/// The most reads answered by one pipeline; more wait for the next.
+/// The most reads answered by one round trip; more wait for the next.
 const MOST_PER_PIPELINE: usize = 256;
 
 /// A read waiting for its user's generation (`None`: Redis could not say).
@@ -23,7 +23,7 @@ struct Question {
     answer: oneshot::Sender<Option<u64>>,
 }
 
-/// Asks the reader task; cheap to share. The task ends with the last handle.
+/// Asks the reader task, which ends when this is dropped.
 pub struct Generations {
     /// Unbounded: a read waits for its answer, so the queue holds at most one question per
     /// read in flight.
@@ -59,11 +59,14 @@ async fn answer_in_batches(
         users.extend(batch.iter().map(|question| question.user));
         users.sort_unstable();
         users.dedup();
-        let mut pipe = redis::pipe();
+        // One `MGET`: on a cluster the client splits it by slot (each user's keys have a
+        // slot of their own) and puts the answers back in order; a pipeline may not cross
+        // slots.
+        let mut mget = redis::cmd("MGET");
         for user in &users {
-            pipe.get(keys.task_lists_generation(*user));
+            mget.arg(keys.task_lists_generation(*user));
         }
-        let found: RedisResult<Vec<Option<u64>>> = pipe.query_async(&mut redis).await;
+        let found: RedisResult<Vec<Option<u64>>> = mget.query_async(&mut redis).await;
         if let Err(err) = &found {
             tracing::debug!(error = %err, "cannot read task-cache generations");
         }
