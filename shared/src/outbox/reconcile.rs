@@ -186,21 +186,16 @@ impl Reconciler {
                     Some(&shard) => states[*i].0.is_none().then_some((*i, shard)),
                     None => None,
                 };
-                let todo: Vec<(usize, u16)> = of_queue.iter().filter_map(here).collect();
-                for shard in shards.all() {
+                let todo = of_queue.iter().filter_map(here);
+                for (shard, those) in crate::queue::grouped(todo, |(_, shard)| *shard) {
                     let mut pipe = redis::pipe();
-                    let those: Vec<usize> =
-                        todo.iter().filter(|(_, s)| *s == shard).map(|(i, _)| *i).collect();
-                    if those.is_empty() {
-                        continue;
-                    }
-                    for &i in &those {
+                    for &(i, _) in &those {
                         let key = self.store.key_in(queue, shard, &format!("job:{}", jobs[i].id));
                         pipe.cmd("HMGET").arg(key).arg("state").arg("last_error");
                     }
                     let found: Vec<(Option<String>, Option<String>)> =
                         pipe.query_async(&mut self.store.connection()).await?;
-                    for (i, state) in those.into_iter().zip(found) {
+                    for ((i, _), state) in those.into_iter().zip(found) {
                         states[i] = state;
                     }
                 }

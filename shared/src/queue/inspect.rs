@@ -254,7 +254,10 @@ impl QueueStore {
         }
         let mut ids = Vec::new();
         for shard in self.shards.all() {
-            ids.extend(self.pending_ids(queue, shard, limit - ids.len().min(limit)).await?);
+            if ids.len() >= limit {
+                break;
+            }
+            ids.extend(self.pending_ids(queue, shard, limit - ids.len()).await?);
         }
         ids.truncate(limit);
         Ok(ids)

@@ -55,6 +55,7 @@ pub use held::HeldClaims;
 pub use inspect::{AttemptRecord, Depth, JobRecord, Pauses};
 pub use operate::{BulkAction, Cancelled, DeadFilter};
 pub use shards::Shards;
+pub(crate) use spread::grouped;
 pub use store::QueueStore;
 
 use std::time::Duration;

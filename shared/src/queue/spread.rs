@@ -262,7 +262,7 @@ pub(super) async fn wake<'a>(
 }
 
 /// `items` grouped by `key`, the groups in the order of their first items.
-pub(super) fn grouped<T, K: PartialEq>(
+pub(crate) fn grouped<T, K: PartialEq>(
     items: impl IntoIterator<Item = T>,
     key: impl Fn(&T) -> K,
 ) -> Vec<(K, Vec<T>)> {
