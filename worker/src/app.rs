@@ -59,6 +59,10 @@ impl WorkerApp {
         let (outcomes, recorder) = OutcomeRecorder::spawn_with_progress(db.clone(), progress);
         let store = QueueStore::new(redis, keys.clone(), QueueSettings::from(&*settings))
             .with_outcomes(outcomes);
+        // Before any claim, so that no job of an earlier release is popped without its record.
+        if let Err(err) = store.migrate().await {
+            tracing::error!(error = %err, "cannot move the queues to this release's layout; their earlier jobs wait for the next start");
+        }
         let task_lists = TaskLists::new(store.connection(), keys);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         let suffix = uuid::Uuid::now_v7().simple().to_string();

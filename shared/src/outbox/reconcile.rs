@@ -190,8 +190,11 @@ impl Reconciler {
                 for (shard, those) in crate::queue::grouped(todo, |(_, shard)| *shard) {
                     let mut pipe = redis::pipe();
                     for &(i, _) in &those {
-                        let key = self.store.key_in(queue, shard, &format!("job:{}", jobs[i].id));
-                        pipe.cmd("HMGET").arg(key).arg("state").arg("last_error");
+                        let id = jobs[i].id.to_string();
+                        pipe.cmd("HMGET")
+                            .arg(self.store.key_in(queue, shard, "jobs"))
+                            .arg(crate::queue::job_field(&id, "state"))
+                            .arg(crate::queue::job_field(&id, "last_error"));
                     }
                     let found: Vec<(Option<String>, Option<String>)> =
                         pipe.query_async(&mut self.store.connection()).await?;

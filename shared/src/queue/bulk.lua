@@ -9,34 +9,33 @@
 -- fewer than `batch` were looked at. A retried job goes back to its kind's queue with fresh
 -- attempts and its history kept; a discarded one is deleted.
 -- Returns {looked_at, skipped, changed ids...}.
--- KEYS[1]: a key of the namespace, for routing.
--- ARGV: NS, action (retry|discard), kind ('' for any), error_contains (lowercase, '' for
+-- KEYS: the shard's layout (`ready.lua`) with every kind it knows of.
+-- ARGV: action (retry|discard), kind ('' for any), error_contains (lowercase, '' for
 --       any), min_ms, max_ms, skip, batch, wake_cap
-local ns, action, kind, needle = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local skip, batch, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local dead = ns .. 'dead'
-local ids = redis.call('ZRANGEBYSCORE', dead, ARGV[5], ARGV[6], 'LIMIT', skip, batch)
+local K = layout()
+local action, kind, needle = ARGV[1], ARGV[2], ARGV[3]
+local skip, batch, cap = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ids = redis.call('ZRANGEBYSCORE', K.dead, ARGV[4], ARGV[5], 'LIMIT', skip, batch)
 local skipped, changed = 0, {}
+local now = now_ms()
 for _, id in ipairs(ids) do
-  local key = ns .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'kind', 'last_error', 'owner')
+  local job = job_get(K, id, 'kind', 'last_error', 'owner')
   local matches = job[1] ~= false and (kind == '' or job[1] == kind)
     and (needle == '' or string.find(string.lower(job[2] or ''), needle, 1, true) ~= nil)
   if not job[1] then
-    -- Its hash expired before its index entry: nothing to retry.
-    redis.call('ZREM', dead, id)
+    -- Its record is gone: nothing to retry.
+    redis.call('ZREM', K.dead, id)
   elseif not matches then
     skipped = skipped + 1
   elseif action == 'discard' then
-    redis.call('ZREM', dead, id)
-    redis.call('DEL', key)
+    redis.call('ZREM', K.dead, id)
+    forget(K, id)
     table.insert(changed, id)
   else
-    redis.call('ZREM', dead, id)
-    redis.call('PERSIST', key)
-    redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'token', '')
-    redis.call('HDEL', key, 'finished_ms')
-    make_ready(ns, job[1], id, job[3], cap)
+    redis.call('ZREM', K.dead, id)
+    job_set(K, id, 'state', 'pending', 'attempts', 0, 'token', '', 'due_ms', now)
+    job_del(K, id, 'finished_ms')
+    make_ready(K, job[1], id, job[3], cap)
     table.insert(changed, id)
   end
 end

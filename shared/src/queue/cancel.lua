@@ -6,30 +6,28 @@
 -- is refused). The job is kept as `cancelled`, inspectable, for the dead retention.
 -- Returns the state the job was in ('' when there is no such job); only 'pending',
 -- 'scheduled' and 'running' were changed.
--- KEYS[1]: a key of the namespace, for routing.
--- ARGV: NS, id, retention_ms
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ns, id = ARGV[1], ARGV[2]
-local key = ns .. 'job:' .. id
-local job = redis.call('HMGET', key, 'state', 'kind', 'owner')
+-- KEYS: the shard's layout (`ready.lua`) with every kind it knows of.
+-- ARGV: id
+local K = layout()
+local now = now_ms()
+local id = ARGV[1]
+local job = job_get(K, id, 'state', 'kind', 'owner')
 local state, kind = job[1], job[2]
 if not state then
   return ''
 elseif state == 'pending' then
-  unready(ns, kind, id, job[3])
+  unready(K, kind, id, job[3])
 elseif state == 'scheduled' then
-  redis.call('ZREM', ns .. 'scheduled', id)
+  redis.call('ZREM', K.scheduled, id)
 elseif state == 'running' then
-  redis.call('ZREM', ns .. 'running', id)
-  if redis.call('HINCRBY', ns .. 'active', kind, -1) <= 0 then
-    redis.call('HDEL', ns .. 'active', kind)
+  redis.call('ZREM', K.running, id)
+  if redis.call('HINCRBY', K.active, kind, -1) <= 0 then
+    redis.call('HDEL', K.active, kind)
   end
 else
   return state
 end
-redis.call('HSET', key, 'state', 'cancelled', 'token', '', 'finished_ms', now,
+job_set(K, id, 'state', 'cancelled', 'token', '', 'finished_ms', now,
   'last_error', 'cancelled by an operator')
-redis.call('ZADD', ns .. 'cancelled', now, id)
-redis.call('PEXPIRE', key, tonumber(ARGV[3]))
+redis.call('ZADD', K.cancelled, now, id)
 return state

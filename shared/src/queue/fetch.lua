@@ -14,101 +14,105 @@
 -- `bucket:<kind>`) allow. Every worker claims through here, so the limits hold for the fleet.
 -- Returns the claimed jobs and, when the controls held some back, how many milliseconds to
 -- wait before asking again (0 when nothing was held back).
--- KEYS[1]: a key of the namespace, for routing.
+-- KEYS: the shard's layout (`ready.lua`) with every kind of the queue it knows of, then the
+-- kind's rate limiter `bucket:<kind>`.
 -- Fairness (SPEC section 10): a kind fair by owner is claimed in owners' turns (ready.lua).
 -- Priorities (SPEC section 10): a kind claims nothing while a kind of the same queue with a
--- higher priority (ARGV[11...], not paused) has jobs waiting, so urgent work goes first.
+-- higher priority (ARGV[10...], not paused) has jobs waiting, so urgent work goes first.
 -- On a sharded queue the limits are the first shard's to keep, fleet-wide (`admit.lua`):
--- ARGV[10] is then '1', and `n` is what it admitted; or it is 'u' when the last admission
+-- ARGV[9] is then '1', and `n` is what it admitted; or it is 'u' when the last admission
 -- found the kind without limits, so the claim skipped it. A limit in this shard's copy of
 -- the controls then claims nothing, and the reply says so: the next claim is admitted.
--- ARGV: NS, kind, worker, lease_ms, n, done_retention_ms, dead_retention_ms, sweep_limit,
+-- ARGV: kind, worker, lease_ms, n, done_retention_ms, dead_retention_ms, sweep_limit,
 --       wake_cap, the kind's limits ('0': kept here, '1': admitted elsewhere, 'u': none as
 --       last heard), then the kinds ahead of this one
--- Returns {claimed jobs, wait_ms, 1 when a limit turned up for a 'u' claim else 0}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ns, kind, worker = ARGV[1], ARGV[2], ARGV[3]
-local lease, n, sweep, cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local running, scheduled, done, dead = ns .. 'running', ns .. 'scheduled', ns .. 'done', ns .. 'dead'
+-- Returns {claimed jobs, wait_ms, 1 when a limit turned up for a 'u' claim else 0, 1 when a
+-- due or expired job's kind was not among the keys (the caller learns the shard's kinds
+-- and passes them next time; the job waits where it is until then) else 0}.
+local K = layout()
+local now = now_ms()
+local kind, worker = ARGV[1], ARGV[2]
+local lease, n, sweep, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[7]), tonumber(ARGV[8])
 -- While paused (or without controls), a worker looks again this often, so a resume reaches
 -- the fleet within it.
 local PAUSED_WAIT_MS = 250
+local unknown = 0
 
-local function push_history(key, entry)
-  local history = cjson.decode(redis.call('HGET', key, 'history') or '[]')
+local function push_history(id, entry)
+  local history = cjson.decode(job_get(K, id, 'history')[1] or '[]')
   table.insert(history, entry)
-  redis.call('HSET', key, 'history', cjson.encode(history))
+  job_set(K, id, 'history', cjson.encode(history))
 end
 
--- Ready again, waking one of its kind's workers: a due job waits its turn (ready.lua); one
--- whose lease expired mid-run goes to the front of its kind's list.
-local function make_pending(id, key, front)
-  local job = redis.call('HMGET', key, 'kind', 'owner')
-  redis.call('HSET', key, 'state', 'pending')
-  if front then
-    redis.call('LPUSH', ns .. 'pending:' .. job[1], id)
-    redis.call('RPUSH', ns .. 'wake:' .. job[1], '1')
-    redis.call('LTRIM', ns .. 'wake:' .. job[1], -cap, -1)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.scheduled, '-inf', now, 'LIMIT', 0, sweep)) do
+  local job = job_get(K, id, 'kind', 'owner')
+  if not job[1] then
+    -- Its record is gone (discarded): nothing to run.
+    redis.call('ZREM', K.scheduled, id)
+  elseif not K.of[job[1]] then
+    unknown = 1
   else
-    make_ready(ns, job[1], id, job[2], cap)
+    redis.call('ZREM', K.scheduled, id)
+    job_set(K, id, 'state', 'pending')
+    -- A due job waits its turn.
+    make_ready(K, job[1], id, job[2], cap)
   end
 end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, sweep)) do
-  redis.call('ZREM', scheduled, id)
-  make_pending(id, ns .. 'job:' .. id, false)
-end
-
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, sweep)) do
-  redis.call('ZREM', running, id)
-  local key = ns .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'attempts', 'max_attempts', 'worker', 'started_ms', 'kind')
-  if job[5] and redis.call('HINCRBY', ns .. 'active', job[5], -1) <= 0 then
-    redis.call('HDEL', ns .. 'active', job[5])
-  end
-  local error = 'lease expired: worker ' .. tostring(job[3]) .. ' stopped renewing it'
-  push_history(key, {attempt = tonumber(job[1]), worker = job[3], error = error,
-    started_ms = tonumber(job[4]), duration_ms = now - (tonumber(job[4]) or now)})
-  redis.call('HSET', key, 'last_error', error, 'token', '', 'due_ms', now)
-  local bucket = ns .. 'failed:' .. math.floor(now / 60000)
-  redis.call('INCR', bucket)
-  redis.call('PEXPIRE', bucket, 3900000)
-  if tonumber(job[1]) >= tonumber(job[2]) then
-    redis.call('HSET', key, 'state', 'dead', 'finished_ms', now)
-    redis.call('ZADD', dead, now, id)
-    redis.call('PEXPIRE', key, tonumber(ARGV[7]))
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.running, '-inf', now, 'LIMIT', 0, sweep)) do
+  local job = job_get(K, id, 'attempts', 'max_attempts', 'worker', 'started_ms', 'kind')
+  local k = job[5] and K.of[job[5]]
+  if not job[5] then
+    redis.call('ZREM', K.running, id)
+  elseif not k then
+    unknown = 1
   else
-    make_pending(id, key, true)
+    redis.call('ZREM', K.running, id)
+    if redis.call('HINCRBY', K.active, job[5], -1) <= 0 then
+      redis.call('HDEL', K.active, job[5])
+    end
+    local error = 'lease expired: worker ' .. tostring(job[3]) .. ' stopped renewing it'
+    push_history(id, {attempt = tonumber(job[1]), worker = job[3], error = error,
+      started_ms = tonumber(job[4]), duration_ms = now - (tonumber(job[4]) or now)})
+    job_set(K, id, 'last_error', error, 'token', '', 'due_ms', now)
+    count_failure(K, now)
+    if tonumber(job[1]) >= tonumber(job[2]) then
+      job_set(K, id, 'state', 'dead', 'finished_ms', now)
+      redis.call('ZADD', K.dead, now, id)
+    else
+      -- Back to the front of its kind's list: it was claimed once already.
+      job_set(K, id, 'state', 'pending')
+      redis.call('LPUSH', k.pending, id)
+      wake(k, cap)
+    end
   end
 end
 
-redis.call('ZREMRANGEBYSCORE', done, '-inf', now - tonumber(ARGV[6]))
-redis.call('ZREMRANGEBYSCORE', dead, '-inf', now - tonumber(ARGV[7]))
-redis.call('ZREMRANGEBYSCORE', ns .. 'cancelled', '-inf', now - tonumber(ARGV[7]))
+expire(K, K.done, now - tonumber(ARGV[5]), sweep)
+expire(K, K.dead, now - tonumber(ARGV[6]), sweep)
+expire(K, K.cancelled, now - tonumber(ARGV[6]), sweep)
 
 local wait = 0
-local controls = redis.call('HMGET', ns .. 'controls', 'paused', 'paused:' .. kind,
+local controls = redis.call('HMGET', K.controls, 'paused', 'paused:' .. kind,
   'concurrency:' .. kind, 'rate:' .. kind, 'version')
 -- No copy of the controls at all: Redis lost them (restarted without its data, failed over,
 -- flushed), and a pause may be among them. Claim nothing until a copy is back (within a
 -- second: every worker and API instance copies them each second).
 if controls[1] == '1' or controls[2] == '1' or not controls[5] then
-  return {{}, PAUSED_WAIT_MS, 0}
+  return {{}, PAUSED_WAIT_MS, 0, unknown}
 end
-for i = 11, #ARGV do
+for i = 10, #ARGV do
   local ahead = ARGV[i]
-  if has_ready(ns, ahead)
-      and redis.call('HGET', ns .. 'controls', 'paused:' .. ahead) ~= '1' then
-    return {{}, 50, 0}
+  if has_ready(K, ahead) and redis.call('HGET', K.controls, 'paused:' .. ahead) ~= '1' then
+    return {{}, 50, 0, unknown}
   end
 end
-if ARGV[10] == 'u' and (controls[3] or controls[4]) then
-  return {{}, 0, 1}
+if ARGV[9] == 'u' and (controls[3] or controls[4]) then
+  return {{}, 0, 1, unknown}
 end
-local admitted = ARGV[10] ~= '0'
+local admitted = ARGV[9] ~= '0'
 if controls[3] and not admitted then
-  local active = tonumber(redis.call('HGET', ns .. 'active', kind) or '0')
+  local active = tonumber(redis.call('HGET', K.active, kind) or '0')
   local free = tonumber(controls[3]) - active
   if free < n then
     n = math.max(free, 0)
@@ -117,38 +121,37 @@ if controls[3] and not admitted then
     wait = 50
   end
 end
-local limiter, rate, tokens = ns .. 'bucket:' .. kind, tonumber(controls[4]), nil
+local limiter, rate, tokens = KEYS[K.extra], tonumber(controls[4]), nil
 if rate and n > 0 and not admitted then
   tokens, n, wait = take_tokens(limiter, rate, n, now, wait)
 end
 if n <= 0 then
   if tokens then redis.call('HSET', limiter, 'tokens', tokens, 'at', now) end
-  return {{}, wait, 0}
+  return {{}, wait, 0, unknown}
 end
 
 local claimed = {}
-local pending = ns .. 'pending:' .. kind
+local pending = K.of[kind].pending
 -- A kind fair by owner: its owners' turns fill the list up to what is claimed now.
 local short = n - redis.call('LLEN', pending)
 if short > 0 then
-  take_turns(ns, kind, short)
+  take_turns(K, kind, short)
 end
 local ids = redis.call('LPOP', pending, n)
 if ids then
   for _, id in ipairs(ids) do
-    local key = ns .. 'job:' .. id
-    local job = redis.call('HMGET', key, 'payload', 'max_attempts', 'request_id', 'attempts', 'claims',
+    local job = job_get(K, id, 'payload', 'max_attempts', 'request_id', 'attempts', 'claims',
       'traceparent', 'created_ms', 'due_ms')
-    -- A job whose hash expired or was removed is skipped rather than run without a payload.
+    -- A job whose record was removed is skipped rather than run without a payload.
     if job[1] then
       local attempts = tonumber(job[4]) + 1
       -- Claims only ever grow (attempts go back down when a job is handed back), so a token
       -- is never reused even when the same worker claims the same job again.
       local claims = (tonumber(job[5]) or 0) + 1
       local token = worker .. '#' .. claims
-      redis.call('HSET', key, 'attempts', attempts, 'claims', claims, 'state', 'running',
+      job_set(K, id, 'attempts', attempts, 'claims', claims, 'state', 'running',
         'worker', worker, 'token', token, 'started_ms', now)
-      redis.call('ZADD', running, now + lease, id)
+      redis.call('ZADD', K.running, now + lease, id)
       table.insert(claimed, {id, kind, job[1], attempts, tonumber(job[2]), job[3], token,
         -- Claimable since: its retry fell due or it was handed back (due_ms), else pushed.
         job[6] or '', tonumber(job[8]) or tonumber(job[7]) or 0, now})
@@ -156,10 +159,10 @@ if ids then
   end
 end
 if #claimed > 0 then
-  redis.call('HINCRBY', ns .. 'active', kind, #claimed)
+  redis.call('HINCRBY', K.active, kind, #claimed)
 end
 if tokens then
   redis.call('HSET', limiter, 'tokens', tokens - #claimed, 'at', now)
   redis.call('PEXPIRE', limiter, 60000)
 end
-return {claimed, wait, 0}
+return {claimed, wait, 0, unknown}

@@ -9,11 +9,31 @@ use std::time::Duration;
 use redis::{AsyncCommands, Script};
 
 use super::WAKE_CAP;
+use super::layout::job_field;
 use super::{QueueStore, kinds_of};
 use crate::domain::jobs::JobState;
 use crate::jobs::Queue;
 
 static RETRY: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("retry.lua")));
+
+/// The fields of a job's record an operator reads (see `ready.lua`).
+const RECORD_FIELDS: [&str; 15] = [
+    "kind",
+    "payload",
+    "state",
+    "history",
+    "attempts",
+    "max_attempts",
+    "worker",
+    "started_ms",
+    "duration_ms",
+    "created_ms",
+    "finished_ms",
+    "last_error",
+    "request_id",
+    "traceparent",
+    "id",
+];
 
 /// One attempt of a job, as kept in its history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -92,13 +112,13 @@ impl QueueStore {
     /// Sends a dead job back to its queue with fresh attempts; `false` unless it was dead.
     pub async fn retry_dead(&self, queue: Queue, id: &str) -> redis::RedisResult<bool> {
         for shard in self.shards.homes(id) {
-            let retried: i64 = RETRY
-                .key(self.key_in(queue, shard, "running"))
-                .arg(self.shards.ns(queue, shard))
-                .arg(id)
-                .arg(WAKE_CAP)
-                .invoke_async(&mut self.conn.clone())
-                .await?;
+            self.learn_kinds(queue, shard).await?;
+            let mut invocation = RETRY.prepare_invoke();
+            for key in self.full_layout(queue, shard, &[]) {
+                invocation.key(key);
+            }
+            let retried: i64 =
+                invocation.arg(id).arg(WAKE_CAP).invoke_async(&mut self.conn.clone()).await?;
             if retried == 1 {
                 return Ok(true);
             }
@@ -112,12 +132,13 @@ impl QueueStore {
             redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
         let minute = seconds / 60;
         let mut failed = 0;
+        let minutes: Vec<u64> = (0..60).map(|ago| minute - ago).collect();
         for shard in self.shards.all() {
-            let keys: Vec<String> = (0..60)
-                .map(|ago| self.key_in(queue, shard, &format!("failed:{}", minute - ago)))
-                .collect();
-            let counts: Vec<Option<u64>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await?;
+            let counts: Vec<Option<u64>> = redis::cmd("HMGET")
+                .arg(self.key_in(queue, shard, "failed"))
+                .arg(&minutes)
+                .query_async(&mut self.conn.clone())
+                .await?;
             failed += counts.into_iter().flatten().sum::<u64>();
         }
         Ok(failed)
@@ -175,12 +196,18 @@ impl QueueStore {
 
     /// One job, if it still exists.
     pub async fn job(&self, queue: Queue, id: &str) -> redis::RedisResult<Option<JobRecord>> {
-        let mut fields: HashMap<String, String> = HashMap::new();
+        let mut fields: HashMap<&str, String> = HashMap::new();
         for shard in self.shards.homes(id) {
-            fields = redis::cmd("HGETALL")
-                .arg(self.key_in(queue, shard, &format!("job:{id}")))
+            let values: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.key_in(queue, shard, "jobs"))
+                .arg(RECORD_FIELDS.map(|name| job_field(id, name)).as_slice())
                 .query_async(&mut self.conn.clone())
                 .await?;
+            fields = RECORD_FIELDS
+                .into_iter()
+                .zip(values)
+                .filter_map(|(name, value)| Some((name, value?)))
+                .collect();
             if !fields.is_empty() {
                 break;
             }
@@ -274,21 +301,20 @@ impl QueueStore {
         let mut conn = self.conn.clone();
         let mut ids = Vec::new();
         for kind in kinds_of(queue) {
-            let mut lists = vec![self.key_in(queue, shard, &format!("pending:{kind}"))];
-            // A kind fair by owner: then its owners' lists, in their turn's order.
+            if ids.len() >= limit {
+                break;
+            }
+            let list = self.key_in(queue, shard, &format!("pending:{kind}"));
+            let more: Vec<String> = conn.lrange(list, 0, stop).await?;
+            ids.extend(more);
+            // A kind fair by owner: then its owners' jobs, in their turn's order.
             let owners: Vec<String> =
                 conn.lrange(self.key_in(queue, shard, &format!("owners:{kind}")), 0, -1).await?;
-            lists.extend(
-                owners
-                    .iter()
-                    .map(|owner| self.key_in(queue, shard, &format!("owned:{kind}:{owner}"))),
-            );
-            for list in lists {
+            for owner in owners {
                 if ids.len() >= limit {
                     break;
                 }
-                let more: Vec<String> = conn.lrange(list, 0, stop).await?;
-                ids.extend(more);
+                ids.extend(self.owner_turns(queue, shard, kind, &owner, limit - ids.len()).await?);
             }
         }
         ids.truncate(limit);
@@ -334,27 +360,24 @@ impl QueueStore {
         let (mut pending, mut oldest_ms) = (0, now_ms);
         for kind in kinds_of(queue) {
             let list = self.key_in(queue, shard, &format!("pending:{kind}"));
-            let (len, owned, head, next_owner): (u64, Option<u64>, Option<String>, Option<String>) =
+            let (len, owned, head, next_owner): (u64, u64, Option<String>, Option<String>) =
                 redis::pipe()
                     .llen(&list)
-                    .get(self.key_in(queue, shard, &format!("owned:{kind}")))
+                    .zcard(self.key_in(queue, shard, &format!("fair:{kind}")))
                     .lindex(&list, 0)
                     .lindex(self.key_in(queue, shard, &format!("owners:{kind}")), 0)
                     .query_async(&mut conn)
                     .await?;
-            pending += len + owned.unwrap_or(0);
+            pending += len + owned;
             // A kind fair by owner: the owner whose turn is next has waited longest.
             let owned_head = match (head.is_none(), next_owner) {
-                (true, Some(owner)) => {
-                    conn.lindex(self.key_in(queue, shard, &format!("owned:{kind}:{owner}")), 0)
-                        .await?
-                }
+                (true, Some(owner)) => self.owner_turns(queue, shard, kind, &owner, 1).await?.pop(),
                 _ => None,
             };
             if let Some(id) = head.or(owned_head) {
                 let created: Option<u64> = redis::cmd("HGET")
-                    .arg(self.key_in(queue, shard, &format!("job:{id}")))
-                    .arg("created_ms")
+                    .arg(self.key_in(queue, shard, "jobs"))
+                    .arg(job_field(&id, "created_ms"))
                     .query_async(&mut conn)
                     .await?;
                 oldest_ms = oldest_ms.min(created.unwrap_or(now_ms));
@@ -369,5 +392,30 @@ impl QueueStore {
             cancelled,
             oldest_pending_age: Duration::from_millis(now_ms.saturating_sub(oldest_ms)),
         })
+    }
+
+    /// Up to `limit` ids of one owner's jobs waiting their turn in a kind fair by owner, in
+    /// order (members `<owner>\0<seq>\0<id>`, see `ready.lua`).
+    async fn owner_turns(
+        &self,
+        queue: Queue,
+        shard: u16,
+        kind: &str,
+        owner: &str,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<String>> {
+        let turns: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.key_in(queue, shard, &format!("fair:{kind}")))
+            .arg(format!("[{owner}\0"))
+            .arg(format!("({owner}\u{1}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(turns
+            .into_iter()
+            .filter_map(|turn| turn.rsplit_once('\0').map(|(_, id)| id.to_owned()))
+            .collect())
     }
 }

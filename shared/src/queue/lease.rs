@@ -17,10 +17,13 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use std::sync::LazyLock;
+
+use redis::Script;
 use tokio::task::JoinHandle;
 
 use super::held::Cancel;
-use super::{ClaimRef, HeldClaims, QueueStore};
+use super::{ClaimRef, HeldClaims, QueueStore, WAKE_CAP, millis};
 use crate::jobs::Queue;
 
 /// Longest time between two renewals: an operator's cancel (SPEC section 10, which clears
@@ -120,5 +123,76 @@ pub(super) async fn unless_cancelled<F: Future>(
             Err(reason)
         }
         output = handler => Ok(output),
+    }
+}
+
+static RENEW: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("renew.lua")));
+
+/// What `renew.lua` does with the claims it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseAction {
+    /// Extend the lease (a heartbeat).
+    Renew,
+    /// Hand the job back to the front of its queue, the attempt uncounted.
+    Release,
+}
+
+impl LeaseAction {
+    /// The mode argument of `renew.lua`.
+    fn as_str(self) -> &'static str {
+        match self {
+            LeaseAction::Renew => "renew",
+            LeaseAction::Release => "release",
+        }
+    }
+}
+
+impl QueueStore {
+    /// Extends the leases of claims still held (a worker's heartbeat); returns the ids of
+    /// the claims renewed. A claim left out is no longer the caller's (its token changed).
+    pub async fn renew(
+        &self,
+        queue: Queue,
+        claims: &[ClaimRef],
+    ) -> redis::RedisResult<Vec<String>> {
+        self.lease(queue, LeaseAction::Renew, claims).await
+    }
+
+    /// Hands claims back to the front of their queue without counting the attempt
+    /// (graceful shutdown).
+    pub async fn release(&self, queue: Queue, claims: &[ClaimRef]) -> redis::RedisResult<usize> {
+        Ok(self.lease(queue, LeaseAction::Release, claims).await?.len())
+    }
+
+    async fn lease(
+        &self,
+        queue: Queue,
+        action: LeaseAction,
+        claims: &[ClaimRef],
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut done = Vec::new();
+        for (shard, group) in super::spread::grouped(0..claims.len(), |&i| claims[i].shard) {
+            // Handing a job back moves it to its kind's list: any kind known.
+            let keys = match action {
+                LeaseAction::Renew => self.layout(queue, shard, []),
+                LeaseAction::Release => self.full_layout(queue, shard, &[]),
+            };
+            let mut invocation = RENEW.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            invocation.arg(action.as_str()).arg(millis(self.settings().lease)).arg(WAKE_CAP);
+            for i in group {
+                invocation.arg(&claims[i].id).arg(&claims[i].token);
+            }
+            let ids: Vec<String> = invocation.invoke_async(&mut self.conn.clone()).await?;
+            done.extend(ids);
+        }
+        // A renewed claim keeps its permit, one refused or handed back gives it up.
+        let kept = |claim: &&ClaimRef| action == LeaseAction::Renew && done.contains(&claim.id);
+        let (renewed, ended): (Vec<&ClaimRef>, Vec<&ClaimRef>) = claims.iter().partition(kept);
+        self.permits(queue, "renew", renewed.into_iter()).await?;
+        self.permits(queue, "drop", ended.into_iter()).await?;
+        Ok(done)
     }
 }

@@ -2,18 +2,24 @@
 //!
 //! Per queue, under the hash-tagged namespace `<prefix>:{<queue>}` (and, for a queue spread
 //! over several hash tags, under each of its shards' namespaces: see [`shards`]):
-//! - `job:<id>` hash: kind, payload, attempts, max attempts, state, history of attempts,
-//!   the request and the trace (`traceparent`) that caused it, and when it last became
-//!   claimable again (`due_ms`: a retry or a delayed job fell due, or it was handed back);
-//! - `pending:<kind>` lists (FIFO); for a kind fair by owner, also each owner's list
-//!   `owned:<kind>:<owner>` and the ring of owners taking turns `owners:<kind>` (see
-//!   `ready.lua`); `running` zset (score: lease expiry), `scheduled` zset
-//!   (score: when a retry or a delayed job is due), `done`, `dead` and `cancelled` zsets
-//!   (score: when it ended);
+//! - `jobs` hash: every job's record as fields `<id>|<name>` (see [`job_field`]): kind,
+//!   payload, attempts, max attempts, state, history of attempts, the request and the trace
+//!   (`traceparent`) that caused it, and when it last became claimable again (`due_ms`: a
+//!   retry or a delayed job fell due, or it was handed back); `kinds` set: every kind pushed;
+//! - `pending:<kind>` lists (FIFO); for a kind fair by owner, also the owners' turns
+//!   `fair:<kind>` and the ring of owners taking turns `owners:<kind>` (see `ready.lua`);
+//!   `running` zset (score: lease expiry), `scheduled` zset (score: when a retry or a
+//!   delayed job is due), `done`, `dead` and `cancelled` zsets (score: when it ended; a
+//!   job's record goes when its retention ends there);
 //! - `controls` hash: the operators' pauses and limits, copied from Postgres; `active` hash:
 //!   jobs running per kind, and `bucket:<kind>`: a kind's rate limiter (see `fetch.lua`);
-//! - `wake` list: one token per pushed job, so an idle worker blocks in `BLPOP` instead of
-//!   polling and starts a new job within milliseconds.
+//!   `failed` hash: failed attempts per minute;
+//! - `wake:<kind>` lists: one token per pushed job, so an idle worker blocks in `BLPOP`
+//!   instead of polling and starts a new job within milliseconds.
+//!
+//! Every script is given every key it touches in `KEYS` (`layout`), as Redis Cluster
+//! requires; test builds check it (`strict.lua`). [`QueueStore::migrate`] moves a queue
+//! written by an earlier release into this layout.
 //!
 //! Every state change is one Lua script, so it is atomic, and every time comes from Redis'
 //! `TIME`, never a worker's clock. An attempt is counted when it is claimed (a job that kills
@@ -29,6 +35,7 @@
 //! - [`inspect`]: reading jobs and depths, and retrying dead jobs, for operators;
 //! - [`operate`]: what operators change: cancelling, bulk retry and discard, and the
 //!   pauses and limits (`controls`) that fetching obeys;
+//! - `layout`: the keys each script receives; `migrate`: moving an earlier layout;
 //! - [`ticks`]: when each schedule last enqueued a tick;
 //! - [`shards`]: where each shard of a queue spread over several hash tags lives, and
 //!   `spread`: what the store does across them (claiming round the shards, priorities);
@@ -43,7 +50,9 @@ pub mod breaker;
 mod handoff;
 pub mod held;
 pub mod inspect;
+mod layout;
 pub mod lease;
+mod migrate;
 pub mod operate;
 pub mod shards;
 mod spread;
@@ -53,6 +62,7 @@ pub mod ticks;
 pub use backend::RedisBackend;
 pub use held::HeldClaims;
 pub use inspect::{AttemptRecord, Depth, JobRecord, Pauses};
+pub use layout::job_field;
 pub use operate::{BulkAction, Cancelled, DeadFilter};
 pub use shards::Shards;
 pub(crate) use spread::grouped;
@@ -281,11 +291,14 @@ fn kinds_of(queue: Queue) -> impl Iterator<Item = &'static str> {
     crate::jobs::ALL.iter().filter(move |spec| spec.queue == queue).map(|spec| spec.kind)
 }
 
-/// A script that uses the functions of `ready.lua` (where ready jobs wait), spliced in after
-/// its first line, which declares the script's flags.
-fn script(source: &str) -> redis::Script {
+/// A queue script, with the functions of `ready.lua` (the shard's keys and where ready jobs
+/// wait) spliced in after its first line, which declares the script's flags. In a debug
+/// build (every test) `strict.lua` comes first: a key touched that is not in the script's
+/// `KEYS` fails the script.
+pub fn script(source: &str) -> redis::Script {
     let (flags, body) = source.split_once('\n').unwrap_or((source, ""));
-    redis::Script::new(&format!("{flags}\n{}{body}", include_str!("ready.lua")))
+    let strict = if cfg!(debug_assertions) { include_str!("strict.lua") } else { "" };
+    redis::Script::new(&format!("{flags}\n{strict}{}{body}", include_str!("ready.lua")))
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -14,7 +14,7 @@ use crate::jobs::Queue;
 
 static CANCEL: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("cancel.lua")));
 static BULK: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("bulk.lua")));
-static CONTROLS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("controls.lua")));
+static CONTROLS: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("controls.lua")));
 
 /// Dead jobs one step of a bulk action looks at: about a millisecond of Redis' time each.
 const BULK_STEP: usize = 2_000;
@@ -55,13 +55,12 @@ impl QueueStore {
     pub async fn cancel(&self, queue: Queue, id: &str) -> redis::RedisResult<Cancelled> {
         let mut was = String::new();
         for shard in self.shards.homes(id) {
-            was = CANCEL
-                .key(self.key_in(queue, shard, "running"))
-                .arg(self.shards.ns(queue, shard))
-                .arg(id)
-                .arg(super::millis(self.settings().dead_retention))
-                .invoke_async(&mut self.connection())
-                .await?;
+            self.learn_kinds(queue, shard).await?;
+            let mut invocation = CANCEL.prepare_invoke();
+            for key in self.full_layout(queue, shard, &[]) {
+                invocation.key(key);
+            }
+            was = invocation.arg(id).invoke_async(&mut self.connection()).await?;
             if was.parse::<JobState>().is_ok() {
                 break;
             }
@@ -90,11 +89,15 @@ impl QueueStore {
         let needle = filter.error_contains.as_deref().unwrap_or("").to_lowercase();
         let mut changed = Vec::new();
         for shard in self.shards.all() {
+            self.learn_kinds(queue, shard).await?;
+            let keys = self.full_layout(queue, shard, &[]);
             let mut skip = 0usize;
             loop {
-                let reply: Vec<redis::Value> = BULK
-                    .key(self.key_in(queue, shard, "running"))
-                    .arg(self.shards.ns(queue, shard))
+                let mut invocation = BULK.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                let reply: Vec<redis::Value> = invocation
                     .arg(match action {
                         BulkAction::Retry => "retry",
                         BulkAction::Discard => "discard",
@@ -155,8 +158,8 @@ impl QueueStore {
             let mut pipe = redis::pipe();
             for kind in &kinds {
                 pipe.llen(self.key_in(queue, shard, &format!("pending:{kind}")));
-                // What waits in the owners' lists of a kind fair by owner.
-                pipe.get(self.key_in(queue, shard, &format!("owned:{kind}")));
+                // What waits its owner's turn in a kind fair by owner.
+                pipe.zcard(self.key_in(queue, shard, &format!("fair:{kind}")));
             }
             let lengths: Vec<Option<u64>> = pipe.query_async(&mut self.connection()).await?;
             for (kind, pair) in kinds.iter().zip(lengths.chunks(2)) {

@@ -5,43 +5,49 @@
 -- Adds a batch of jobs. A job is skipped when its id already exists (a row the relay pushed
 -- twice is still one job) or when it carries a unique key that is already claimed (a cron
 -- tick that another replica enqueued first). The claim and the push are one atomic step.
--- Keys live under the queue's namespace NS (one hash tag, so one cluster slot); KEYS[1] is a
--- key of that namespace, for routing.
+-- KEYS: the shard's layout (`ready.lua`) with the kinds of the batch, then the unique key of
+-- each job that has one, in the batch's order.
 -- A delayed job (due later than now, by Redis' clock) waits in `scheduled` until it is due,
 -- like a retry; fetch.lua moves it to its kind's list then.
--- A job with an owner (a kind fair by owner) waits in its owner's list (see ready.lua).
--- ARGV: NS, wake_cap, then per job: id, kind, payload, max_attempts, request_id,
---       unique_key ('' for none), unique_ttl_ms, traceparent ('' for none), due_ms (0: now),
---       owner ('' for none)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ns, cap = ARGV[1], tonumber(ARGV[2])
-local added = 0
-for i = 3, #ARGV, 10 do
+-- A job with an owner (a kind fair by owner) waits its owner's turn (see ready.lua).
+-- Each kind pushed is remembered in `kinds`, so fetching can pass the keys of every kind a
+-- due job may belong to.
+-- ARGV: wake_cap, then per job: id, kind, payload, max_attempts, request_id,
+--       unique ('1' when it has a unique key, else ''), unique_ttl_ms, traceparent ('' for
+--       none), due_ms (0: now), owner ('' for none)
+local K = layout()
+local now = now_ms()
+local cap = tonumber(ARGV[1])
+local added, next_unique = 0, K.extra
+for i = 2, #ARGV, 10 do
   local id, kind, unique, owner = ARGV[i], ARGV[i + 1], ARGV[i + 5], ARGV[i + 9]
-  local key = ns .. 'job:' .. id
-  local fresh = redis.call('EXISTS', key) == 0
-  if fresh and unique ~= '' then
-    fresh = redis.call('SET', ns .. 'unique:' .. unique, id, 'NX', 'PX', tonumber(ARGV[i + 6])) ~= false
+  local fresh = redis.call('HEXISTS', K.jobs, id .. '|kind') == 0
+  if unique ~= '' then
+    local key = KEYS[next_unique]
+    next_unique = next_unique + 1
+    if fresh then
+      fresh = redis.call('SET', key, id, 'NX', 'PX', tonumber(ARGV[i + 6])) ~= false
+    end
   end
   if fresh then
     local due = tonumber(ARGV[i + 8])
     local state = due > now and 'scheduled' or 'pending'
-    redis.call('HSET', key,
+    job_set(K, id,
       'id', id, 'kind', kind, 'payload', ARGV[i + 2], 'attempts', 0,
       'max_attempts', ARGV[i + 3], 'state', state, 'created_ms', now,
       'request_id', ARGV[i + 4], 'traceparent', ARGV[i + 7], 'history', '[]')
+    redis.call('SADD', K.kinds, kind)
     if owner ~= '' then
-      redis.call('HSET', key, 'owner', owner)
+      job_set(K, id, 'owner', owner)
     end
     if state == 'scheduled' then
       -- Its queue wait starts when it falls due.
-      redis.call('HSET', key, 'due_ms', due)
-      redis.call('ZADD', ns .. 'scheduled', due, id)
+      job_set(K, id, 'due_ms', due)
+      redis.call('ZADD', K.scheduled, due, id)
     else
       -- Its wake token wakes one idle worker of the kind blocked on its wake list; the cap
       -- keeps the list bounded when no worker is listening.
-      make_ready(ns, kind, id, owner, cap)
+      make_ready(K, kind, id, owner, cap)
     end
     added = added + 1
   end

@@ -1,66 +1,168 @@
--- Where a ready job waits, and a kind's rate limiter: shared by the scripts that make a job
--- ready, take it back or claim it, spliced in after their first line (see `queue::script`).
+-- The shard's keys, its job records, where a ready job waits, and a kind's rate limiter:
+-- shared by the queue's scripts, spliced in after their first line (see `queue::script`).
+--
+-- Every key a script touches is in its KEYS (SPEC section 12), laid out by
+-- `queue::layout`: first the shard's fixed keys, then four keys per kind the script may
+-- move a job of, then the script's own (a unique key, a rate limiter). `layout()` names them.
+-- Jobs live as fields `<id>|<name>` of the one `jobs` hash, so a script that meets an id
+-- it could not know beforehand (a due retry, an expired lease, the next job of a list)
+-- still touches only declared keys.
+--
 -- A kind fair by owner (SPEC section 10; its jobs carry an `owner`, see `JobSpec::fair_by`)
--- keeps each owner's ready jobs in `owned:<kind>:<owner>`, the owners with jobs waiting in
--- the ring `owners:<kind>` (each owner once) and their count in `owned:<kind>`; fetching
--- serves the ring in turns, one job per owner per turn, so an owner with hundreds of jobs
--- waiting delays another's single job by one turn. Any other job waits at the back of its
--- kind's list `pending:<kind>`. Either way a wake token wakes one idle worker of the kind.
+-- keeps each owner's ready jobs in the sorted set `fair:<kind>` (members
+-- `<owner>\0<seq>\0<id>`, all scored 0, so each owner's are a lexical range in the order
+-- they became ready), the owners with jobs waiting in the ring `owners:<kind>` (each owner
+-- once); fetching serves the ring in turns, one job per owner per turn, so an owner with
+-- hundreds of jobs waiting delays another's single job by one turn. Any other job waits at
+-- the back of its kind's list `pending:<kind>`. Either way a wake token in `wake:<kind>`
+-- wakes one idle worker of the kind.
 
-local function make_ready(ns, kind, id, owner, cap)
-  if owner and owner ~= '' then
-    local list = ns .. 'owned:' .. kind .. ':' .. owner
-    if redis.call('RPUSH', list, id) == 1 then
-      redis.call('RPUSH', ns .. 'owners:' .. kind, owner)
-    end
-    redis.call('INCR', ns .. 'owned:' .. kind)
-  else
-    redis.call('RPUSH', ns .. 'pending:' .. kind, id)
+local FIXED = {'jobs', 'running', 'scheduled', 'done', 'dead', 'cancelled', 'controls',
+  'active', 'failed', 'kinds'}
+-- Every field a job record may have, so that forgetting a job forgets all of it.
+local JOB_FIELDS = {'id', 'kind', 'payload', 'attempts', 'max_attempts', 'state',
+  'created_ms', 'request_id', 'traceparent', 'history', 'owner', 'due_ms', 'claims',
+  'worker', 'token', 'started_ms', 'finished_ms', 'duration_ms', 'last_error', 'turn'}
+
+-- The shard's keys by name (`K.jobs`...), each kind's (`K.of[kind].pending`, `.wake`,
+-- `.owners`, `.fair`), and the index of the script's own first key (`K.extra`).
+local function layout()
+  local K = {of = {}}
+  for i, name in ipairs(FIXED) do K[name] = KEYS[i] end
+  local ns = string.sub(KEYS[1], 1, -5)
+  local pending = ns .. 'pending:'
+  local i = #FIXED + 1
+  while KEYS[i] and string.sub(KEYS[i], 1, #pending) == pending do
+    K.of[string.sub(KEYS[i], #pending + 1)] =
+      {pending = KEYS[i], wake = KEYS[i + 1], owners = KEYS[i + 2], fair = KEYS[i + 3]}
+    i = i + 4
   end
-  redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
-  redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
+  K.extra = i
+  return K
 end
 
--- Moves up to `want` jobs from the owners' lists to the back of `pending:<kind>`, taking one
--- from each owner in turn; an owner with more left goes to the back of the ring.
-local function take_turns(ns, kind, want)
-  local ring, moved = ns .. 'owners:' .. kind, 0
-  while moved < want do
-    local owner = redis.call('LPOP', ring)
-    if not owner then break end
-    local list = ns .. 'owned:' .. kind .. ':' .. owner
-    local id = redis.call('LPOP', list)
-    if id then
-      redis.call('RPUSH', ns .. 'pending:' .. kind, id)
-      moved = moved + 1
-    end
-    if redis.call('LLEN', list) > 0 then
-      redis.call('RPUSH', ring, owner)
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The named fields of one job (HMGET).
+local function job_get(K, id, ...)
+  local names = {...}
+  for i = 1, #names do names[i] = id .. '|' .. names[i] end
+  return redis.call('HMGET', K.jobs, unpack(names))
+end
+
+-- Sets fields of one job: name, value pairs.
+local function job_set(K, id, ...)
+  local args = {...}
+  for i = 1, #args, 2 do args[i] = id .. '|' .. args[i] end
+  redis.call('HSET', K.jobs, unpack(args))
+end
+
+local function job_del(K, id, ...)
+  local names = {...}
+  for i = 1, #names do names[i] = id .. '|' .. names[i] end
+  redis.call('HDEL', K.jobs, unpack(names))
+end
+
+-- Removes a job's record altogether.
+local function forget(K, id)
+  job_del(K, id, unpack(JOB_FIELDS))
+end
+
+-- Ends the retention of finished jobs: up to `limit` of `index` that ended before `before`
+-- leave it and lose their records.
+local function expire(K, index, before, limit)
+  local ids = redis.call('ZRANGEBYSCORE', index, '-inf', before, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do forget(K, id) end
+  if #ids > 0 then redis.call('ZREM', index, unpack(ids)) end
+end
+
+-- One failed attempt more in the minute of `now`, for the admin overview's "failed in the
+-- last hour": the `failed` hash keeps a count per minute, and drops minutes older than an
+-- hour once it holds more than an hour of them.
+local function count_failure(K, now)
+  local minute = math.floor(now / 60000)
+  redis.call('HINCRBY', K.failed, minute, 1)
+  if redis.call('HLEN', K.failed) > 64 then
+    for _, m in ipairs(redis.call('HKEYS', K.failed)) do
+      if tonumber(m) <= minute - 60 then redis.call('HDEL', K.failed, m) end
     end
   end
-  if moved > 0 then
-    redis.call('DECRBY', ns .. 'owned:' .. kind, moved)
+end
+
+local function wake(k, cap)
+  redis.call('RPUSH', k.wake, '1')
+  redis.call('LTRIM', k.wake, -cap, -1)
+end
+
+-- The range of an owner's jobs in `fair:<kind>`.
+local function owner_range(owner)
+  return '[' .. owner .. '\0', '(' .. owner .. '\1'
+end
+
+-- Ready at the back of its kind's list (or its owner's), waking one worker of its kind.
+local function make_ready(K, kind, id, owner, cap)
+  local k = K.of[kind]
+  if owner and owner ~= '' then
+    local lo, hi = owner_range(owner)
+    if #redis.call('ZRANGEBYLEX', k.fair, lo, hi, 'LIMIT', 0, 1) == 0 then
+      redis.call('RPUSH', k.owners, owner)
+    end
+    local seq = redis.call('HINCRBY', K.jobs, 'seq', 1)
+    local turn = owner .. '\0' .. string.format('%016d', seq) .. '\0' .. id
+    redis.call('ZADD', k.fair, 0, turn)
+    job_set(K, id, 'turn', turn)
+  else
+    redis.call('RPUSH', k.pending, id)
+  end
+  wake(k, cap)
+end
+
+-- Moves up to `want` jobs from the owners' turns to the back of `pending:<kind>`, taking one
+-- from each owner in turn; an owner with more left goes to the back of the ring.
+local function take_turns(K, kind, want)
+  local k, moved = K.of[kind], 0
+  while moved < want do
+    local owner = redis.call('LPOP', k.owners)
+    if not owner then break end
+    local lo, hi = owner_range(owner)
+    local turns = redis.call('ZRANGEBYLEX', k.fair, lo, hi, 'LIMIT', 0, 2)
+    if turns[1] then
+      redis.call('ZREM', k.fair, turns[1])
+      -- After the owner, a separator, 16 digits and a separator.
+      local id = string.sub(turns[1], #owner + 19)
+      job_del(K, id, 'turn')
+      redis.call('RPUSH', k.pending, id)
+      moved = moved + 1
+    end
+    if turns[2] then
+      redis.call('RPUSH', k.owners, owner)
+    end
   end
 end
 
 -- Takes a ready job out of wherever it waits (a cancelled one).
-local function unready(ns, kind, id, owner)
-  if redis.call('LREM', ns .. 'pending:' .. kind, 1, id) > 0 or not owner or owner == '' then
+local function unready(K, kind, id, owner)
+  local k = K.of[kind]
+  if redis.call('LREM', k.pending, 1, id) > 0 or not owner or owner == '' then
     return
   end
-  local list = ns .. 'owned:' .. kind .. ':' .. owner
-  if redis.call('LREM', list, 1, id) > 0 then
-    redis.call('DECR', ns .. 'owned:' .. kind)
-    if redis.call('LLEN', list) == 0 then
-      redis.call('LREM', ns .. 'owners:' .. kind, 1, owner)
+  local turn = job_get(K, id, 'turn')[1]
+  if turn and redis.call('ZREM', k.fair, turn) > 0 then
+    job_del(K, id, 'turn')
+    local lo, hi = owner_range(owner)
+    if #redis.call('ZRANGEBYLEX', k.fair, lo, hi, 'LIMIT', 0, 1) == 0 then
+      redis.call('LREM', k.owners, 1, owner)
     end
   end
 end
 
 -- Whether jobs of `kind` wait to be claimed.
-local function has_ready(ns, kind)
-  return redis.call('LLEN', ns .. 'pending:' .. kind) > 0
-    or redis.call('LLEN', ns .. 'owners:' .. kind) > 0
+local function has_ready(K, kind)
+  local k = K.of[kind]
+  return redis.call('LLEN', k.pending) > 0 or redis.call('LLEN', k.owners) > 0
 end
 
 -- A kind's rate limit (SPEC section 10): a token bucket in `limiter` refilled at `rate` per

@@ -7,30 +7,30 @@
 -- shutdown). Fenced by each attempt's token. Returns the ids it renewed or released: a
 -- claim missing from the answer is no longer this worker's (its lease expired and another
 -- worker may hold it), so the worker stops its handler.
--- KEYS[1]: a key of the namespace, for routing.
--- ARGV: NS, mode (renew|release), lease_ms, wake_cap, then id, token pairs
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ns, mode, lease, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+-- KEYS: the shard's layout (`ready.lua`) with the kinds of the jobs.
+-- ARGV: mode (renew|release), lease_ms, wake_cap, then id, token pairs
+local K = layout()
+local now = now_ms()
+local mode, lease, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local done = {}
-for i = 5, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local key = ns .. 'job:' .. id
-  if redis.call('HGET', key, 'token') == token then
+  local job = job_get(K, id, 'token', 'kind')
+  -- A job of a kind not among the keys is not handed back; its lease runs out instead.
+  if job[1] == token and (mode == 'renew' or K.of[job[2]]) then
     table.insert(done, id)
     if mode == 'renew' then
-      redis.call('ZADD', ns .. 'running', 'XX', now + lease, id)
+      redis.call('ZADD', K.running, 'XX', now + lease, id)
     else
-      local kind = redis.call('HGET', key, 'kind')
-      redis.call('ZREM', ns .. 'running', id)
-      if redis.call('HINCRBY', ns .. 'active', kind, -1) <= 0 then
-        redis.call('HDEL', ns .. 'active', kind)
+      local kind = job[2]
+      redis.call('ZREM', K.running, id)
+      if redis.call('HINCRBY', K.active, kind, -1) <= 0 then
+        redis.call('HDEL', K.active, kind)
       end
-      redis.call('HINCRBY', key, 'attempts', -1)
-      redis.call('HSET', key, 'state', 'pending', 'token', '', 'due_ms', now)
-      redis.call('LPUSH', ns .. 'pending:' .. kind, id)
-      redis.call('RPUSH', ns .. 'wake:' .. kind, '1')
-      redis.call('LTRIM', ns .. 'wake:' .. kind, -cap, -1)
+      redis.call('HINCRBY', K.jobs, id .. '|attempts', -1)
+      job_set(K, id, 'state', 'pending', 'token', '', 'due_ms', now)
+      redis.call('LPUSH', K.of[kind].pending, id)
+      wake(K.of[kind], cap)
     end
   end
 end

@@ -4,19 +4,16 @@
 -- before it applied (SPEC section 9, "Redis full").
 -- Sends a dead job back to its kind's queue with a fresh set of attempts (an operator's
 -- decision, after fixing what killed it). Its history is kept. Returns 0 unless it was dead.
--- KEYS[1]: a key of the namespace, for routing.
--- ARGV: NS, id, wake_cap
-local ns, id, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local key = ns .. 'job:' .. id
-if redis.call('HGET', key, 'state') ~= 'dead' then
+-- KEYS: the shard's layout (`ready.lua`) with every kind it knows of.
+-- ARGV: id, wake_cap
+local K = layout()
+local id, cap = ARGV[1], tonumber(ARGV[2])
+local job = job_get(K, id, 'state', 'kind', 'owner')
+if job[1] ~= 'dead' then
   return 0
 end
-local job = redis.call('HMGET', key, 'kind', 'owner')
-redis.call('ZREM', ns .. 'dead', id)
-redis.call('PERSIST', key)
-redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'token', '')
-local t = redis.call('TIME')
-redis.call('HSET', key, 'due_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('HDEL', key, 'finished_ms')
-make_ready(ns, job[1], id, job[2], cap)
+redis.call('ZREM', K.dead, id)
+job_set(K, id, 'state', 'pending', 'attempts', 0, 'token', '', 'due_ms', now_ms())
+job_del(K, id, 'finished_ms')
+make_ready(K, job[2], id, job[3], cap)
 return 1

@@ -27,7 +27,7 @@ use super::{Claim, ClaimRef, QueueStore, WAKE_CAP, millis};
 use crate::jobs::Queue;
 
 static ADMIT: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("admit.lua")));
-static PERMITS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("permits.lua")));
+static PERMITS: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("permits.lua")));
 
 /// How long a kind held back by a kind ahead of it waits before looking again, as in
 /// `fetch.lua`.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::redis::Conn;
 use redis::Script;
 
+use super::layout::KnownKinds;
 use super::spread::{Limits, Unlimited};
 use super::{
     Claim, ClaimRef, NewJob, Outcome, OutcomeSink, QueueSettings, Shards, WAKE_CAP, millis,
@@ -18,30 +19,10 @@ use crate::redis::Keys;
 
 static PUSH: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("push.lua")));
 static FETCH: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("fetch.lua")));
-static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
+static FINISH: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("finish.lua")));
 
 /// Most due retries and expired leases one fetch moves, so one call stays short.
 const SWEEP_LIMIT: usize = 500;
-
-/// What `renew.lua` does with the claims it is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LeaseAction {
-    /// Extend the lease (a heartbeat).
-    Renew,
-    /// Hand the job back to the front of its queue, the attempt uncounted.
-    Release,
-}
-
-impl LeaseAction {
-    /// The mode argument of `renew.lua`.
-    fn as_str(self) -> &'static str {
-        match self {
-            LeaseAction::Renew => "renew",
-            LeaseAction::Release => "release",
-        }
-    }
-}
 
 /// Client of the store; cheap to clone.
 #[derive(Clone)]
@@ -55,12 +36,22 @@ pub struct QueueStore {
     pub(super) outcomes: Option<Arc<dyn OutcomeSink>>,
     /// The kinds a sharded queue's last admission found without limits (see `spread`).
     pub(super) unlimited: Arc<Unlimited>,
+    /// The kinds of each queue met beyond the registry's (see `layout`).
+    pub(super) kinds: Arc<KnownKinds>,
 }
 
 impl QueueStore {
     pub fn new(conn: Conn, keys: Keys, settings: QueueSettings) -> Self {
         let shards = Shards::new(&keys, settings.shards);
-        Self { conn, keys, shards, settings, outcomes: None, unlimited: Arc::default() }
+        Self {
+            conn,
+            keys,
+            shards,
+            settings,
+            outcomes: None,
+            unlimited: Arc::default(),
+            kinds: Arc::default(),
+        }
     }
 
     /// Reports every job's end to `sink` once Redis has recorded it.
@@ -124,11 +115,17 @@ impl QueueStore {
         shard: u16,
         jobs: impl Iterator<Item = (&'a String, &'a NewJob)>,
     ) -> redis::RedisResult<usize> {
+        let jobs: Vec<(&String, &NewJob)> = jobs.collect();
         let mut invocation = PUSH.prepare_invoke();
-        invocation
-            .key(self.key_in(queue, shard, "running"))
-            .arg(self.shards.ns(queue, shard))
-            .arg(WAKE_CAP);
+        for key in self.layout(queue, shard, jobs.iter().map(|(_, job)| job.kind.as_str())) {
+            invocation.key(key);
+        }
+        for (_, job) in &jobs {
+            if let Some((key, _)) = &job.unique {
+                invocation.key(self.key_in(queue, shard, &format!("unique:{key}")));
+            }
+        }
+        invocation.arg(WAKE_CAP);
         for (id, job) in jobs {
             invocation
                 .arg(id)
@@ -137,7 +134,7 @@ impl QueueStore {
                 .arg(job.max_attempts)
                 .arg(job.request_id.as_deref().unwrap_or(""));
             match &job.unique {
-                Some((key, ttl)) => invocation.arg(key).arg(millis(*ttl)),
+                Some((_, ttl)) => invocation.arg("1").arg(millis(*ttl)),
                 None => invocation.arg("").arg(0),
             };
             invocation
@@ -187,10 +184,13 @@ impl QueueStore {
         n: usize,
         limits: Limits,
     ) -> redis::RedisResult<(Vec<Claim>, Duration, bool)> {
-        let (rows, wait_ms, limited): (Vec<ClaimRow>, u64, u8) = self
+        let (rows, wait_ms, limited, unknown): (Vec<ClaimRow>, u64, u8, u8) = self
             .claim_invocation(queue, shard, kind, worker, n, limits)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if unknown == 1 {
+            self.learn_kinds(queue, shard).await?;
+        }
         Ok((claims_from(queue, shard, rows), Duration::from_millis(wait_ms), limited == 1))
     }
 
@@ -203,10 +203,17 @@ impl QueueStore {
         n: usize,
         limits: Limits,
     ) -> redis::ScriptInvocation<'static> {
+        let ahead: Vec<&str> = crate::jobs::spec(kind)
+            .map(|spec| crate::jobs::ahead_of(spec).collect())
+            .unwrap_or_default();
+        let mut more = vec![kind];
+        more.extend(&ahead);
         let mut invocation = FETCH.prepare_invoke();
+        for key in self.full_layout(queue, shard, &more) {
+            invocation.key(key);
+        }
         invocation
-            .key(self.key_in(queue, shard, "running"))
-            .arg(self.shards.ns(queue, shard))
+            .key(self.key_in(queue, shard, &format!("bucket:{kind}")))
             .arg(kind)
             .arg(worker)
             .arg(millis(self.settings.lease))
@@ -215,10 +222,8 @@ impl QueueStore {
             .arg(millis(self.settings.dead_retention))
             .arg(SWEEP_LIMIT)
             .arg(WAKE_CAP)
-            .arg(limits.arg());
-        if let Some(spec) = crate::jobs::spec(kind) {
-            invocation.arg(crate::jobs::ahead_of(spec).collect::<Vec<_>>());
-        }
+            .arg(limits.arg())
+            .arg(ahead);
         invocation
     }
 
@@ -265,13 +270,15 @@ impl QueueStore {
         };
         let claims = match results.next() {
             Some(redis::Value::ServerError(err)) if err.code() == "NOSCRIPT" => Vec::new(),
-            Some(value) => claims_from(
-                queue,
-                shard,
-                redis::from_redis_value::<(Vec<ClaimRow>, u64, u8)>(value)
-                    .map_err(redis::RedisError::from)?
-                    .0,
-            ),
+            Some(value) => {
+                let (rows, _, _, unknown) =
+                    redis::from_redis_value::<(Vec<ClaimRow>, u64, u8, u8)>(value)
+                        .map_err(redis::RedisError::from)?;
+                if unknown == 1 {
+                    self.learn_kinds(queue, shard).await?;
+                }
+                claims_from(queue, shard, rows)
+            }
             None => Vec::new(),
         };
         Ok((recorded, claims))
@@ -323,11 +330,11 @@ impl QueueStore {
         outcomes: &[(&Claim, &Outcome, Duration)],
     ) -> redis::ScriptInvocation<'static> {
         let mut invocation = FINISH.prepare_invoke();
-        invocation
-            .key(self.key_in(queue, shard, "running"))
-            .arg(self.shards.ns(queue, shard))
-            .arg(millis(self.settings.done_retention))
-            .arg(millis(self.settings.dead_retention));
+        for key in
+            self.layout(queue, shard, outcomes.iter().map(|(claim, _, _)| claim.kind.as_str()))
+        {
+            invocation.key(key);
+        }
         for (claim, outcome, took) in outcomes {
             let (name, error, delay) = match outcome {
                 Outcome::Succeeded => ("ok", "", Duration::ZERO),
@@ -344,51 +351,6 @@ impl QueueStore {
                 .arg(millis(delay));
         }
         invocation
-    }
-
-    /// Extends the leases of claims still held (a worker's heartbeat); returns the ids of
-    /// the claims renewed. A claim left out is no longer the caller's (its token changed).
-    pub async fn renew(
-        &self,
-        queue: Queue,
-        claims: &[ClaimRef],
-    ) -> redis::RedisResult<Vec<String>> {
-        self.lease(queue, LeaseAction::Renew, claims).await
-    }
-
-    /// Hands claims back to the front of their queue without counting the attempt
-    /// (graceful shutdown).
-    pub async fn release(&self, queue: Queue, claims: &[ClaimRef]) -> redis::RedisResult<usize> {
-        Ok(self.lease(queue, LeaseAction::Release, claims).await?.len())
-    }
-
-    async fn lease(
-        &self,
-        queue: Queue,
-        action: LeaseAction,
-        claims: &[ClaimRef],
-    ) -> redis::RedisResult<Vec<String>> {
-        let mut done = Vec::new();
-        for (shard, group) in super::spread::grouped(0..claims.len(), |&i| claims[i].shard) {
-            let mut invocation = RENEW.prepare_invoke();
-            invocation
-                .key(self.key_in(queue, shard, "running"))
-                .arg(self.shards.ns(queue, shard))
-                .arg(action.as_str())
-                .arg(millis(self.settings.lease))
-                .arg(WAKE_CAP);
-            for i in group {
-                invocation.arg(&claims[i].id).arg(&claims[i].token);
-            }
-            let ids: Vec<String> = invocation.invoke_async(&mut self.conn.clone()).await?;
-            done.extend(ids);
-        }
-        // A renewed claim keeps its permit, one refused or handed back gives it up.
-        let kept = |claim: &&ClaimRef| action == LeaseAction::Renew && done.contains(&claim.id);
-        let (renewed, ended): (Vec<&ClaimRef>, Vec<&ClaimRef>) = claims.iter().partition(kept);
-        self.permits(queue, "renew", renewed.into_iter()).await?;
-        self.permits(queue, "drop", ended.into_iter()).await?;
-        Ok(done)
     }
 
     /// Blocks on a kind's wake list for up to `timeout`, on a connection of the caller's
