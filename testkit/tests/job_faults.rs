@@ -453,10 +453,13 @@ async fn redis_over_maxmemory_refuses_new_work_whole_keeps_leases_and_says_so() 
     let store = app.store_with(QueueSettings::default());
     let new_job =
         || NewJob::plain("send_email", serde_json::to_string(&email(&address())).unwrap(), 8);
-    let waiting = new_job();
-    store.push(Queue::Emails, &[new_job(), waiting.clone()]).await.unwrap();
+    let jobs = [new_job(), new_job()];
+    store.push(Queue::Emails, &jobs).await.unwrap();
     let claims = store.claim(Queue::Emails, "send_email", "w1", 1).await.unwrap();
     let running = &claims[0];
+    // Whichever was claimed (on a sharded queue, the claim's first shard decides), the other
+    // waits.
+    let waiting = jobs.iter().find(|job| job.id.to_string() != running.id).unwrap();
 
     let conn = store.connection();
     let keys = || {

@@ -193,13 +193,17 @@ impl Reconciler {
                         let id = jobs[i].id.to_string();
                         pipe.cmd("HMGET")
                             .arg(self.store.key_in(queue, shard, "jobs"))
-                            .arg(crate::queue::job_field(&id, "state"))
+                            .arg(crate::queue::job_field(&id, "run"))
                             .arg(crate::queue::job_field(&id, "last_error"));
                     }
                     let found: Vec<(Option<String>, Option<String>)> =
                         pipe.query_async(&mut self.store.connection()).await?;
-                    for ((i, _), state) in those.into_iter().zip(found) {
-                        states[i] = state;
+                    for ((i, _), (run, error)) in those.into_iter().zip(found) {
+                        // The state leads the job's run (see `queue::record`).
+                        let state = run.and_then(|run| {
+                            crate::queue::record::Run::parse(&run).map(|r| r.state.to_owned())
+                        });
+                        states[i] = (state, error);
                     }
                 }
             }

@@ -13,16 +13,19 @@
 -- ARGV: action (retry|discard), kind ('' for any), error_contains (lowercase, '' for
 --       any), min_ms, max_ms, skip, batch, wake_cap
 local K = layout()
-local action, kind, needle = ARGV[1], ARGV[2], ARGV[3]
+local action, needle = ARGV[1], ARGV[3]
 local skip, batch, cap = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local ids = redis.call('ZRANGEBYSCORE', K.dead, ARGV[4], ARGV[5], 'LIMIT', skip, batch)
 local skipped, changed = 0, {}
 local now = now_ms()
 for _, id in ipairs(ids) do
-  local job = job_get(K, id, 'kind', 'last_error', 'owner')
-  local matches = job[1] ~= false and (kind == '' or job[1] == kind)
-    and (needle == '' or string.find(string.lower(job[2] or ''), needle, 1, true) ~= nil)
-  if not job[1] then
+  local run = get_run(K, id)
+  local kind = run and run.kind
+  -- A job of a kind whose keys the caller did not pass (it learns the shard's kinds before
+  -- each bulk action, so only a kind first pushed since) is left, as one that does not match.
+  local matches = run and K.of[kind] ~= nil and (ARGV[2] == '' or kind == ARGV[2])
+    and (needle == '' or string.find(string.lower(job_get(K, id, 'last_error') or ''), needle, 1, true) ~= nil)
+  if not run then
     -- Its record is gone: nothing to retry.
     redis.call('ZREM', K.dead, id)
   elseif not matches then
@@ -33,9 +36,9 @@ for _, id in ipairs(ids) do
     table.insert(changed, id)
   else
     redis.call('ZREM', K.dead, id)
-    job_set(K, id, 'state', 'pending', 'attempts', 0, 'token', '', 'due_ms', now)
-    job_del(K, id, 'finished_ms')
-    make_ready(K, job[1], id, job[3], cap)
+    run.state, run.attempts, run.due_ms, run.finished_ms = 'pending', 0, now, 0
+    put_run(K, id, run)
+    make_ready(K, kind, id, get_job(K, id).owner, cap)
     table.insert(changed, id)
   end
 end

@@ -11,12 +11,13 @@
 local K = layout()
 local now = now_ms()
 local id = ARGV[1]
-local job = job_get(K, id, 'state', 'kind', 'owner')
-local state, kind = job[1], job[2]
-if not state then
+local run = get_run(K, id)
+if not run then
   return ''
-elseif state == 'pending' then
-  unready(K, kind, id, job[3])
+end
+local state, kind = run.state, run.kind
+if state == 'pending' then
+  unready(K, kind, id, get_job(K, id).owner)
 elseif state == 'scheduled' then
   redis.call('ZREM', K.scheduled, id)
 elseif state == 'running' then
@@ -27,7 +28,8 @@ elseif state == 'running' then
 else
   return state
 end
-job_set(K, id, 'state', 'cancelled', 'token', '', 'finished_ms', now,
-  'last_error', 'cancelled by an operator')
+run.state, run.finished_ms = 'cancelled', now
+put_run(K, id, run)
+job_set(K, id, 'last_error', 'cancelled by an operator')
 redis.call('ZADD', K.cancelled, now, id)
 return state

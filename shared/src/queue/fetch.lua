@@ -38,53 +38,50 @@ local lease, n, sweep, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV
 local PAUSED_WAIT_MS = 250
 local unknown = 0
 
-local function push_history(id, entry)
-  local history = cjson.decode(job_get(K, id, 'history')[1] or '[]')
-  table.insert(history, entry)
-  job_set(K, id, 'history', cjson.encode(history))
-end
-
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.scheduled, '-inf', now, 'LIMIT', 0, sweep)) do
-  local job = job_get(K, id, 'kind', 'owner')
-  if not job[1] then
+  local run = get_run(K, id)
+  if not run then
     -- Its record is gone (discarded): nothing to run.
     redis.call('ZREM', K.scheduled, id)
-  elseif not K.of[job[1]] then
+  elseif not K.of[run.kind] then
     unknown = 1
   else
     redis.call('ZREM', K.scheduled, id)
-    job_set(K, id, 'state', 'pending')
+    run.state = 'pending'
+    put_run(K, id, run)
     -- A due job waits its turn.
-    make_ready(K, job[1], id, job[2], cap)
+    make_ready(K, run.kind, id, get_job(K, id).owner, cap)
   end
 end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.running, '-inf', now, 'LIMIT', 0, sweep)) do
-  local job = job_get(K, id, 'attempts', 'max_attempts', 'worker', 'started_ms', 'kind')
-  local k = job[5] and K.of[job[5]]
-  if not job[5] then
+  local run = get_run(K, id)
+  local k = run and K.of[run.kind]
+  if not run then
     redis.call('ZREM', K.running, id)
   elseif not k then
     unknown = 1
   else
     redis.call('ZREM', K.running, id)
-    if redis.call('HINCRBY', K.active, job[5], -1) <= 0 then
-      redis.call('HDEL', K.active, job[5])
+    if redis.call('HINCRBY', K.active, run.kind, -1) <= 0 then
+      redis.call('HDEL', K.active, run.kind)
     end
-    local error = 'lease expired: worker ' .. tostring(job[3]) .. ' stopped renewing it'
-    push_history(id, {attempt = tonumber(job[1]), worker = job[3], error = error,
-      started_ms = tonumber(job[4]), duration_ms = now - (tonumber(job[4]) or now)})
-    job_set(K, id, 'last_error', error, 'token', '', 'due_ms', now)
+    local error = 'lease expired: worker ' .. run.worker .. ' stopped renewing it'
+    push_history(K, id, {attempt = run.attempts, worker = run.worker, error = error,
+      started_ms = run.started_ms, duration_ms = now - run.started_ms})
+    job_set(K, id, 'last_error', error)
     count_failure(K, now)
-    if tonumber(job[1]) >= tonumber(job[2]) then
-      job_set(K, id, 'state', 'dead', 'finished_ms', now)
+    run.due_ms = now
+    if run.attempts >= tonumber(get_job(K, id).max_attempts) then
+      run.state, run.finished_ms = 'dead', now
       redis.call('ZADD', K.dead, now, id)
     else
       -- Back to the front of its kind's list: it was claimed once already.
-      job_set(K, id, 'state', 'pending')
+      run.state = 'pending'
       redis.call('LPUSH', k.pending, id)
       wake(k, cap)
     end
+    put_run(K, id, run)
   end
 end
 
@@ -140,21 +137,18 @@ end
 local ids = redis.call('LPOP', pending, n)
 if ids then
   for _, id in ipairs(ids) do
-    local job = job_get(K, id, 'payload', 'max_attempts', 'request_id', 'attempts', 'claims',
-      'traceparent', 'created_ms', 'due_ms')
+    local job, run = get_job(K, id), get_run(K, id)
     -- A job whose record was removed is skipped rather than run without a payload.
-    if job[1] then
-      local attempts = tonumber(job[4]) + 1
-      -- Claims only ever grow (attempts go back down when a job is handed back), so a token
-      -- is never reused even when the same worker claims the same job again.
-      local claims = (tonumber(job[5]) or 0) + 1
-      local token = worker .. '#' .. claims
-      job_set(K, id, 'attempts', attempts, 'claims', claims, 'state', 'running',
-        'worker', worker, 'token', token, 'started_ms', now)
+    if job and run then
+      run.attempts, run.claims = run.attempts + 1, run.claims + 1
+      run.state, run.worker, run.started_ms = 'running', worker, now
+      put_run(K, id, run)
       redis.call('ZADD', K.running, now + lease, id)
-      table.insert(claimed, {id, kind, job[1], attempts, tonumber(job[2]), job[3], token,
-        -- Claimable since: its retry fell due or it was handed back (due_ms), else pushed.
-        job[6] or '', tonumber(job[8]) or tonumber(job[7]) or 0, now})
+      -- Claimable since: its retry fell due or it was handed back (due_ms), else pushed.
+      local ready = run.due_ms
+      if ready == 0 then ready = tonumber(job.created_ms) end
+      table.insert(claimed, {id, kind, job.payload, run.attempts, tonumber(job.max_attempts),
+        job.request_id, token_of(run), job.traceparent, ready, now})
     end
   end
 end

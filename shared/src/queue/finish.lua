@@ -22,44 +22,41 @@ end
 
 for i = 1, #ARGV, 6 do
   local id, token, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local job = job_get(K, id, 'token', 'attempts', 'worker', 'started_ms', 'history', 'kind')
-  if job[1] ~= token then
+  local run = get_run(K, id)
+  if not run or token_of(run) ~= token then
     table.insert(recorded, 0)
   else
-    free_slot(job[6])
+    free_slot(run.kind)
     redis.call('ZREM', K.running, id)
     if outcome == 'ok' then
-      -- The hot path: the successful attempt stays in the flat fields (worker, started_ms,
+      -- The hot path: the successful attempt stays in the run's fields (worker, started_ms,
       -- duration_ms); readers append it to the history. No JSON work.
-      job_set(K, id, 'token', '', 'state', 'done', 'finished_ms', now, 'duration_ms', ARGV[i + 3])
+      run.state, run.finished_ms, run.duration_ms = 'done', now, ARGV[i + 3]
       redis.call('ZADD', K.done, now, id)
     elseif outcome == 'held' then
       -- Not run: the kind's dependency is down and its worker holds the kind. Back to the
       -- front of its kind's queue, the attempt uncounted and no history entry (the job did
       -- not fail); no wake token, since the workers of the kind are holding it too, and one
       -- that is not finds it at its next look.
-      redis.call('HINCRBY', K.jobs, id .. '|attempts', -1)
-      job_set(K, id, 'token', '', 'state', 'pending', 'last_error', ARGV[i + 4], 'due_ms', now)
-      redis.call('LPUSH', K.of[job[6]].pending, id)
+      run.attempts, run.state, run.due_ms = run.attempts - 1, 'pending', now
+      job_set(K, id, 'last_error', ARGV[i + 4])
+      redis.call('LPUSH', K.of[run.kind].pending, id)
     else
-      local history = {}
-      if job[5] and job[5] ~= '[]' then history = cjson.decode(job[5]) end
-      local entry = {attempt = tonumber(job[2]), worker = job[3], started_ms = tonumber(job[4]),
+      local entry = {attempt = run.attempts, worker = run.worker, started_ms = run.started_ms,
         duration_ms = tonumber(ARGV[i + 3]), error = ARGV[i + 4]}
       count_failure(K, now)
-      if outcome == 'retry' then entry.retry_in_ms = tonumber(ARGV[i + 5]) end
-      table.insert(history, entry)
-      local encoded = cjson.encode(history)
+      job_set(K, id, 'last_error', ARGV[i + 4])
       if outcome == 'retry' then
-        job_set(K, id, 'history', encoded, 'token', '', 'state', 'scheduled',
-          'last_error', ARGV[i + 4], 'due_ms', now + tonumber(ARGV[i + 5]))
-        redis.call('ZADD', K.scheduled, now + tonumber(ARGV[i + 5]), id)
+        entry.retry_in_ms = tonumber(ARGV[i + 5])
+        run.state, run.due_ms = 'scheduled', now + tonumber(ARGV[i + 5])
+        redis.call('ZADD', K.scheduled, run.due_ms, id)
       else
-        job_set(K, id, 'history', encoded, 'token', '', 'state', 'dead',
-          'last_error', ARGV[i + 4], 'finished_ms', now)
+        run.state, run.finished_ms = 'dead', now
         redis.call('ZADD', K.dead, now, id)
       end
+      push_history(K, id, entry)
     end
+    put_run(K, id, run)
     table.insert(recorded, 1)
   end
 end

@@ -9,31 +9,12 @@ use std::time::Duration;
 use redis::{AsyncCommands, Script};
 
 use super::WAKE_CAP;
-use super::layout::job_field;
+use super::record::{Pushed, Run, job_field};
 use super::{QueueStore, kinds_of};
 use crate::domain::jobs::JobState;
 use crate::jobs::Queue;
 
 static RETRY: LazyLock<Script> = LazyLock::new(|| super::script(include_str!("retry.lua")));
-
-/// The fields of a job's record an operator reads (see `ready.lua`).
-const RECORD_FIELDS: [&str; 15] = [
-    "kind",
-    "payload",
-    "state",
-    "history",
-    "attempts",
-    "max_attempts",
-    "worker",
-    "started_ms",
-    "duration_ms",
-    "created_ms",
-    "finished_ms",
-    "last_error",
-    "request_id",
-    "traceparent",
-    "id",
-];
 
 /// One attempt of a job, as kept in its history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -196,58 +177,60 @@ impl QueueStore {
 
     /// One job, if it still exists.
     pub async fn job(&self, queue: Queue, id: &str) -> redis::RedisResult<Option<JobRecord>> {
-        let mut fields: HashMap<&str, String> = HashMap::new();
+        let mut fields: Vec<Option<String>> = Vec::new();
         for shard in self.shards.homes(id) {
-            let values: Vec<Option<String>> = redis::cmd("HMGET")
+            fields = redis::cmd("HMGET")
                 .arg(self.key_in(queue, shard, "jobs"))
-                .arg(RECORD_FIELDS.map(|name| job_field(id, name)).as_slice())
+                .arg(
+                    ["job", "run", "history", "last_error"]
+                        .map(|name| job_field(id, name))
+                        .as_slice(),
+                )
                 .query_async(&mut self.conn.clone())
                 .await?;
-            fields = RECORD_FIELDS
-                .into_iter()
-                .zip(values)
-                .filter_map(|(name, value)| Some((name, value?)))
-                .collect();
-            if !fields.is_empty() {
+            if fields.first().is_some_and(Option::is_some) {
                 break;
             }
         }
-        if fields.is_empty() {
+        let [Some(pushed), Some(run), history, last_error] =
+            <[Option<String>; 4]>::try_from(fields).unwrap_or_default()
+        else {
             return Ok(None);
-        }
-        let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
-        let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
-        // Every script that writes a job writes its state; a hash without one is being
-        // created by `push.lua` right now, which is as good as pending.
-        let state = text("state").and_then(|s| s.parse().ok()).unwrap_or(JobState::Pending);
+        };
+        let (Some(pushed), Some(run)) = (Pushed::parse(&pushed), Run::parse(&run)) else {
+            return Ok(None);
+        };
+        let state = run.state.parse().unwrap_or(JobState::Pending);
         let mut history: Vec<AttemptRecord> =
-            text("history").and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
-        // A successful attempt is kept in the flat fields (see finish.lua): it is the last one.
+            history.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+        let set = |ms: i64| Some(ms).filter(|ms| *ms > 0);
+        let worker = Some(run.worker.to_owned()).filter(|w| !w.is_empty());
+        // A successful attempt is kept in the run's fields (see finish.lua): it is the last one.
         if state == JobState::Done {
             history.push(AttemptRecord {
-                attempt: number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
-                worker: text("worker"),
-                started_ms: number("started_ms"),
-                duration_ms: number("duration_ms"),
+                attempt: run.attempts.max(1),
+                worker: worker.clone(),
+                started_ms: set(run.started_ms),
+                duration_ms: Some(run.duration_ms),
                 error: None,
                 retry_in_ms: None,
             });
         }
+        let text = |value: &str| Some(value.to_owned()).filter(|v| !v.is_empty());
         Ok(Some(JobRecord {
             id: id.to_owned(),
             queue,
-            kind: text("kind").unwrap_or_default(),
-            payload: text("payload").unwrap_or_default(),
+            kind: pushed.kind.to_owned(),
+            payload: pushed.payload.to_owned(),
             state,
-            attempts: number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
-            max_attempts: number("max_attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
-            created_ms: number("created_ms").unwrap_or(0),
-            finished_ms: number("finished_ms"),
-            worker: text("worker").filter(|_| state == JobState::Running),
-            last_error: text("last_error"),
-            request_id: text("request_id"),
-            trace_id: text("traceparent")
-                .and_then(|tp| crate::trace::trace_id_of(&tp).map(str::to_owned)),
+            attempts: run.attempts,
+            max_attempts: pushed.max_attempts,
+            created_ms: pushed.created_ms,
+            finished_ms: set(run.finished_ms),
+            worker: worker.filter(|_| state == JobState::Running),
+            last_error: last_error.filter(|e| !e.is_empty()),
+            request_id: text(pushed.request_id),
+            trace_id: crate::trace::trace_id_of(pushed.traceparent).map(str::to_owned),
             history,
         }))
     }
@@ -375,11 +358,13 @@ impl QueueStore {
                 _ => None,
             };
             if let Some(id) = head.or(owned_head) {
-                let created: Option<u64> = redis::cmd("HGET")
+                let pushed: Option<String> = redis::cmd("HGET")
                     .arg(self.key_in(queue, shard, "jobs"))
-                    .arg(job_field(&id, "created_ms"))
+                    .arg(job_field(&id, "job"))
                     .query_async(&mut conn)
                     .await?;
+                let created = pushed.as_deref().and_then(Pushed::parse).map(|p| p.created_ms);
+                let created = created.and_then(|ms| u64::try_from(ms).ok());
                 oldest_ms = oldest_ms.min(created.unwrap_or(now_ms));
             }
         }

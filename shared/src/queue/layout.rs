@@ -33,11 +33,6 @@ const FIXED: [&str; 10] = [
 #[derive(Default)]
 pub(super) struct KnownKinds(RwLock<HashMap<Queue, BTreeSet<String>>>);
 
-/// The field of a job's `name` in its shard's `jobs` hash.
-pub fn job_field(id: &str, name: &str) -> String {
-    format!("{id}|{name}")
-}
-
 impl QueueStore {
     /// The keys of a script in one shard that may move jobs of `kinds` (each once, in order).
     pub(super) fn layout<'a>(

@@ -27,18 +27,29 @@ const LAYOUT: &str = "2";
 const BATCH: usize = 200;
 
 /// KEYS: `jobs`, `kinds`, then each old `job:<id>` hash; ARGV: the ids, in that order.
-/// Copies each hash's fields into `jobs` as `<id>|<field>` and deletes it.
+/// Writes each hash as the record `ready.lua` keeps, and deletes it.
 static MOVE_JOBS: LazyLock<Script> = LazyLock::new(|| {
     super::script(
         "#!lua flags=allow-oom
+local K = {jobs = KEYS[1]}
 local moved = 0
 for i = 3, #KEYS do
-  local id, fields = ARGV[i - 2], redis.call('HGETALL', KEYS[i])
-  for f = 1, #fields, 2 do
-    redis.call('HSET', KEYS[1], id .. '|' .. fields[f], fields[f + 1])
-    if fields[f] == 'kind' then redis.call('SADD', KEYS[2], fields[f + 1]) end
-  end
-  if #fields > 0 then
+  local id, flat = ARGV[i - 2], redis.call('HGETALL', KEYS[i])
+  if #flat > 0 then
+    local f = {}
+    for j = 1, #flat, 2 do f[flat[j]] = flat[j + 1] end
+    put_job(K, id, {kind = f.kind, max_attempts = f.max_attempts or '1',
+      created_ms = f.created_ms or '0', request_id = f.request_id,
+      traceparent = f.traceparent, owner = f.owner, payload = f.payload or '{}'})
+    local run = {state = f.state or 'pending', kind = f.kind, worker = f.worker}
+    for _, name in ipairs({'attempts', 'claims', 'started_ms', 'due_ms', 'finished_ms',
+        'duration_ms'}) do
+      run[name] = tonumber(f[name]) or 0
+    end
+    put_run(K, id, run)
+    if f.history and f.history ~= '[]' then job_set(K, id, 'history', f.history) end
+    if f.last_error and f.last_error ~= '' then job_set(K, id, 'last_error', f.last_error) end
+    if f.kind then redis.call('SADD', KEYS[2], f.kind) end
     redis.call('DEL', KEYS[i])
     moved = moved + 1
   end
@@ -57,7 +68,7 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   local turn = owner .. '\\0' .. string.format('%016d', seq) .. '\\0' .. id
   redis.call('ZADD', KEYS[2], 0, turn)
-  redis.call('HSET', KEYS[1], id .. '|turn', turn)
+  job_set({jobs = KEYS[1]}, id, 'turn', turn)
 end
 redis.call('DEL', KEYS[3])
 return 1",

@@ -21,7 +21,7 @@ local cap = tonumber(ARGV[1])
 local added, next_unique = 0, K.extra
 for i = 2, #ARGV, 10 do
   local id, kind, unique, owner = ARGV[i], ARGV[i + 1], ARGV[i + 5], ARGV[i + 9]
-  local fresh = redis.call('HEXISTS', K.jobs, id .. '|kind') == 0
+  local fresh = redis.call('HEXISTS', K.jobs, id .. '|job') == 0
   if unique ~= '' then
     local key = KEYS[next_unique]
     next_unique = next_unique + 1
@@ -32,19 +32,15 @@ for i = 2, #ARGV, 10 do
   if fresh then
     local due = tonumber(ARGV[i + 8])
     local state = due > now and 'scheduled' or 'pending'
-    job_set(K, id,
-      'id', id, 'kind', kind, 'payload', ARGV[i + 2], 'attempts', 0,
-      'max_attempts', ARGV[i + 3], 'state', state, 'created_ms', now,
-      'request_id', ARGV[i + 4], 'traceparent', ARGV[i + 7], 'history', '[]')
+    put_job(K, id, {kind = kind, max_attempts = ARGV[i + 3], created_ms = now,
+      request_id = ARGV[i + 4], traceparent = ARGV[i + 7], owner = owner, payload = ARGV[i + 2]})
     redis.call('SADD', K.kinds, kind)
-    if owner ~= '' then
-      job_set(K, id, 'owner', owner)
-    end
     if state == 'scheduled' then
       -- Its queue wait starts when it falls due.
-      job_set(K, id, 'due_ms', due)
+      put_run(K, id, {state = state, kind = kind, due_ms = due})
       redis.call('ZADD', K.scheduled, due, id)
     else
+      put_run(K, id, {state = state, kind = kind})
       -- Its wake token wakes one idle worker of the kind blocked on its wake list; the cap
       -- keeps the list bounded when no worker is listening.
       make_ready(K, kind, id, owner, cap)

@@ -19,11 +19,6 @@
 
 local FIXED = {'jobs', 'running', 'scheduled', 'done', 'dead', 'cancelled', 'controls',
   'active', 'failed', 'kinds'}
--- Every field a job record may have, so that forgetting a job forgets all of it.
-local JOB_FIELDS = {'id', 'kind', 'payload', 'attempts', 'max_attempts', 'state',
-  'created_ms', 'request_id', 'traceparent', 'history', 'owner', 'due_ms', 'claims',
-  'worker', 'token', 'started_ms', 'finished_ms', 'duration_ms', 'last_error', 'turn'}
-
 -- The shard's keys by name (`K.jobs`...), each kind's (`K.of[kind].pending`, `.wake`,
 -- `.owners`, `.fair`), and the index of the script's own first key (`K.extra`).
 local function layout()
@@ -46,29 +41,92 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The named fields of one job (HMGET).
-local function job_get(K, id, ...)
-  local names = {...}
-  for i = 1, #names do names[i] = id .. '|' .. names[i] end
-  return redis.call('HMGET', K.jobs, unpack(names))
+-- A job's record, in the shard's `jobs` hash (see `queue::record`), kept in few fields so
+-- that a claim or an outcome costs a few lookups in that big hash:
+-- `<id>|job`: what never changes once pushed, one line each, the payload last (it may hold
+-- anything): kind, max_attempts, created_ms, request_id, traceparent, owner, payload;
+-- `<id>|run`: what each step changes, space-separated: state, attempts, claims,
+-- started_ms, due_ms, finished_ms, duration_ms, kind, worker (0 or '' when unset);
+-- and what only some jobs have: `<id>|history` (failed attempts, JSON), `<id>|last_error`,
+-- `<id>|turn` (its member in `fair:<kind>`).
+-- A running job's claim token is `<worker>#<claims>`: claims only ever grow, so a token is
+-- never reused; a job in any other state has none.
+local JOB = {'kind', 'max_attempts', 'created_ms', 'request_id', 'traceparent', 'owner'}
+local RUN = {'state', 'attempts', 'claims', 'started_ms', 'due_ms', 'finished_ms',
+  'duration_ms', 'kind', 'worker'}
+local NUMBERS = {attempts = true, claims = true, started_ms = true, due_ms = true,
+  finished_ms = true, duration_ms = true}
+
+local function get_job(K, id)
+  local s = redis.call('HGET', K.jobs, id .. '|job')
+  if not s then return nil end
+  local job, at = {}, 1
+  for _, name in ipairs(JOB) do
+    local line = string.find(s, '\n', at, true)
+    job[name] = string.sub(s, at, line - 1)
+    at = line + 1
+  end
+  job.payload = string.sub(s, at)
+  return job
 end
 
--- Sets fields of one job: name, value pairs.
-local function job_set(K, id, ...)
-  local args = {...}
-  for i = 1, #args, 2 do args[i] = id .. '|' .. args[i] end
-  redis.call('HSET', K.jobs, unpack(args))
+local function put_job(K, id, job)
+  local lines = {}
+  for i, name in ipairs(JOB) do lines[i] = job[name] or '' end
+  table.insert(lines, job.payload)
+  redis.call('HSET', K.jobs, id .. '|job', table.concat(lines, '\n'))
 end
 
-local function job_del(K, id, ...)
-  local names = {...}
-  for i = 1, #names do names[i] = id .. '|' .. names[i] end
-  redis.call('HDEL', K.jobs, unpack(names))
+local function get_run(K, id)
+  local s = redis.call('HGET', K.jobs, id .. '|run')
+  if not s then return nil end
+  local run, at = {}, 1
+  for i = 1, #RUN - 1 do
+    local space = string.find(s, ' ', at, true)
+    local part = string.sub(s, at, space - 1)
+    run[RUN[i]] = NUMBERS[RUN[i]] and tonumber(part) or part
+    at = space + 1
+  end
+  -- The worker's name, last, is the rest.
+  run.worker = string.sub(s, at)
+  return run
+end
+
+local function put_run(K, id, run)
+  local parts = {}
+  for i, name in ipairs(RUN) do parts[i] = run[name] or (NUMBERS[name] and 0 or '') end
+  redis.call('HSET', K.jobs, id .. '|run', table.concat(parts, ' '))
+end
+
+local function token_of(run)
+  if run.state ~= 'running' then return '' end
+  return run.worker .. '#' .. run.claims
+end
+
+-- A field a job may have on its own (history, last_error, turn).
+local function job_get(K, id, name)
+  return redis.call('HGET', K.jobs, id .. '|' .. name)
+end
+
+local function job_set(K, id, name, value)
+  redis.call('HSET', K.jobs, id .. '|' .. name, value)
+end
+
+local function job_del(K, id, name)
+  redis.call('HDEL', K.jobs, id .. '|' .. name)
 end
 
 -- Removes a job's record altogether.
 local function forget(K, id)
-  job_del(K, id, unpack(JOB_FIELDS))
+  redis.call('HDEL', K.jobs, id .. '|job', id .. '|run', id .. '|history', id .. '|last_error',
+    id .. '|turn')
+end
+
+-- Appends a failed attempt to a job's history.
+local function push_history(K, id, entry)
+  local history = cjson.decode(job_get(K, id, 'history') or '[]')
+  table.insert(history, entry)
+  job_set(K, id, 'history', cjson.encode(history))
 end
 
 -- Ends the retention of finished jobs: up to `limit` of `index` that ended before `before`
@@ -149,7 +207,7 @@ local function unready(K, kind, id, owner)
   if redis.call('LREM', k.pending, 1, id) > 0 or not owner or owner == '' then
     return
   end
-  local turn = job_get(K, id, 'turn')[1]
+  local turn = job_get(K, id, 'turn')
   if turn and redis.call('ZREM', k.fair, turn) > 0 then
     job_del(K, id, 'turn')
     local lo, hi = owner_range(owner)

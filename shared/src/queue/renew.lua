@@ -15,22 +15,21 @@ local mode, lease, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local done = {}
 for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local job = job_get(K, id, 'token', 'kind')
+  local run = get_run(K, id)
   -- A job of a kind not among the keys is not handed back; its lease runs out instead.
-  if job[1] == token and (mode == 'renew' or K.of[job[2]]) then
+  if run and token_of(run) == token and (mode == 'renew' or K.of[run.kind]) then
     table.insert(done, id)
     if mode == 'renew' then
       redis.call('ZADD', K.running, 'XX', now + lease, id)
     else
-      local kind = job[2]
       redis.call('ZREM', K.running, id)
-      if redis.call('HINCRBY', K.active, kind, -1) <= 0 then
-        redis.call('HDEL', K.active, kind)
+      if redis.call('HINCRBY', K.active, run.kind, -1) <= 0 then
+        redis.call('HDEL', K.active, run.kind)
       end
-      redis.call('HINCRBY', K.jobs, id .. '|attempts', -1)
-      job_set(K, id, 'state', 'pending', 'token', '', 'due_ms', now)
-      redis.call('LPUSH', K.of[kind].pending, id)
-      wake(K.of[kind], cap)
+      run.attempts, run.state, run.due_ms = run.attempts - 1, 'pending', now
+      put_run(K, id, run)
+      redis.call('LPUSH', K.of[run.kind].pending, id)
+      wake(K.of[run.kind], cap)
     end
   end
 end

@@ -8,12 +8,12 @@
 -- ARGV: id, wake_cap
 local K = layout()
 local id, cap = ARGV[1], tonumber(ARGV[2])
-local job = job_get(K, id, 'state', 'kind', 'owner')
-if job[1] ~= 'dead' then
+local run = get_run(K, id)
+if not run or run.state ~= 'dead' then
   return 0
 end
 redis.call('ZREM', K.dead, id)
-job_set(K, id, 'state', 'pending', 'attempts', 0, 'token', '', 'due_ms', now_ms())
-job_del(K, id, 'finished_ms')
-make_ready(K, job[2], id, job[3], cap)
+run.state, run.attempts, run.due_ms, run.finished_ms = 'pending', 0, now_ms(), 0
+put_run(K, id, run)
+make_ready(K, run.kind, id, get_job(K, id).owner, cap)
 return 1

@@ -16,13 +16,19 @@ const SKEWS: [&str; 2] = ["+10m", "-10m"];
 
 /// When the lease of job `id` (claimed in the emails queue) ends, by Redis' clock.
 async fn lease_end_ms(store: &QueueStore, id: &str) -> Option<i64> {
-    redis::cmd("ZSCORE")
-        .arg(store.key(Queue::Emails, "running"))
-        .arg(id)
-        .query_async::<Option<f64>>(&mut store.connection())
-        .await
-        .unwrap()
-        .map(|score| score as i64)
+    // In the job's shard (a queue may be spread over several, see `Shards`).
+    for shard in store.shards().homes(id) {
+        let score = redis::cmd("ZSCORE")
+            .arg(store.key_in(Queue::Emails, shard, "running"))
+            .arg(id)
+            .query_async::<Option<f64>>(&mut store.connection())
+            .await
+            .unwrap();
+        if let Some(score) = score {
+            return Some(score as i64);
+        }
+    }
+    None
 }
 
 /// A job claimed by a worker whose clock is `skew` off stays its own for as long as the
