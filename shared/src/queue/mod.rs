@@ -2,10 +2,11 @@
 //!
 //! Per queue, under the hash-tagged namespace `<prefix>:{<queue>}` (and, for a queue spread
 //! over several hash tags, under each of its shards' namespaces: see [`shards`]):
-//! - `jobs` hash: every job's record as fields `<id>|<name>` (see [`job_field`]): kind,
-//!   payload, attempts, max attempts, state, history of attempts, the request and the trace
-//!   (`traceparent`) that caused it, and when it last became claimable again (`due_ms`: a
-//!   retry or a delayed job fell due, or it was handed back); `kinds` set: every kind pushed;
+//! - `jobs` hash: every job's record in a few fields (see `record`): `<id>|job`, what it
+//!   was pushed with (kind, payload, max attempts, the request and the trace that caused
+//!   it); `<id>|run`, where it is in its life (state, attempts, claims, when it started, fell
+//!   due or ended, the worker holding it); its history of attempts and last error; `kinds`
+//!   set: every kind pushed;
 //! - `pending:<kind>` lists (FIFO); for a kind fair by owner, also the owners' turns
 //!   `fair:<kind>` and the ring of owners taking turns `owners:<kind>` (see `ready.lua`);
 //!   `running` zset (score: lease expiry), `scheduled` zset (score: when a retry or a
@@ -35,7 +36,8 @@
 //! - [`inspect`]: reading jobs and depths, and retrying dead jobs, for operators;
 //! - [`operate`]: what operators change: cancelling, bulk retry and discard, and the
 //!   pauses and limits (`controls`) that fetching obeys;
-//! - `layout`: the keys each script receives; `migrate`: moving an earlier layout;
+//! - `layout`: the keys each script receives; `record`: a job's record read back;
+//!   `migrate`: moving an earlier layout;
 //! - [`ticks`]: when each schedule last enqueued a tick;
 //! - [`shards`]: where each shard of a queue spread over several hash tags lives, and
 //!   `spread`: what the store does across them (claiming round the shards, priorities);
