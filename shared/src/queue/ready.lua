@@ -51,51 +51,52 @@ end
 -- `<id>|turn` (its member in `fair:<kind>`).
 -- A running job's claim token is `<worker>#<claims>`: claims only ever grow, so a token is
 -- never reused; a job in any other state has none.
-local JOB = {'kind', 'max_attempts', 'created_ms', 'request_id', 'traceparent', 'owner'}
+local JOB = {'kind', 'max_attempts', 'created_ms', 'request_id', 'traceparent', 'owner',
+  'payload'}
 local RUN = {'state', 'attempts', 'claims', 'started_ms', 'due_ms', 'finished_ms',
   'duration_ms', 'kind', 'worker'}
 local NUMBERS = {attempts = true, claims = true, started_ms = true, due_ms = true,
   finished_ms = true, duration_ms = true}
 
-local function get_job(K, id)
-  local s = redis.call('HGET', K.jobs, id .. '|job')
+-- The field `name` of a job's record split at `sep` into `names`, the last taking the rest
+-- (a payload or a worker's name); nil when the job has no record.
+local function read_fields(K, id, name, sep, names)
+  local s = redis.call('HGET', K.jobs, id .. '|' .. name)
   if not s then return nil end
-  local job, at = {}, 1
-  for _, name in ipairs(JOB) do
-    local line = string.find(s, '\n', at, true)
-    job[name] = string.sub(s, at, line - 1)
-    at = line + 1
+  local fields, at = {}, 1
+  for i = 1, #names - 1 do
+    local found = string.find(s, sep, at, true)
+    fields[names[i]] = string.sub(s, at, found - 1)
+    at = found + 1
   end
-  job.payload = string.sub(s, at)
-  return job
+  fields[names[#names]] = string.sub(s, at)
+  return fields
+end
+
+local function write_fields(K, id, name, sep, names, fields)
+  local parts = {}
+  for i, field in ipairs(names) do parts[i] = fields[field] or (NUMBERS[field] and 0 or '') end
+  redis.call('HSET', K.jobs, id .. '|' .. name, table.concat(parts, sep))
+end
+
+local function get_job(K, id)
+  return read_fields(K, id, 'job', '\n', JOB)
 end
 
 local function put_job(K, id, job)
-  local lines = {}
-  for i, name in ipairs(JOB) do lines[i] = job[name] or '' end
-  table.insert(lines, job.payload)
-  redis.call('HSET', K.jobs, id .. '|job', table.concat(lines, '\n'))
+  write_fields(K, id, 'job', '\n', JOB, job)
 end
 
 local function get_run(K, id)
-  local s = redis.call('HGET', K.jobs, id .. '|run')
-  if not s then return nil end
-  local run, at = {}, 1
-  for i = 1, #RUN - 1 do
-    local space = string.find(s, ' ', at, true)
-    local part = string.sub(s, at, space - 1)
-    run[RUN[i]] = NUMBERS[RUN[i]] and tonumber(part) or part
-    at = space + 1
+  local run = read_fields(K, id, 'run', ' ', RUN)
+  if run then
+    for field in pairs(NUMBERS) do run[field] = tonumber(run[field]) end
   end
-  -- The worker's name, last, is the rest.
-  run.worker = string.sub(s, at)
   return run
 end
 
 local function put_run(K, id, run)
-  local parts = {}
-  for i, name in ipairs(RUN) do parts[i] = run[name] or (NUMBERS[name] and 0 or '') end
-  redis.call('HSET', K.jobs, id .. '|run', table.concat(parts, ' '))
+  write_fields(K, id, 'run', ' ', RUN, run)
 end
 
 local function token_of(run)
