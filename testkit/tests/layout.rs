@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tasklane_shared::domain::jobs::JobState;
 use tasklane_shared::jobs::{EmailMessage, Job, ProcessUpload, Queue, SendEmail};
-use tasklane_shared::queue::QueueStore;
+use tasklane_shared::queue::{NewJob, Outcome, QueueStore};
 use tasklane_shared::redis::Conn;
 use tasklane_testkit::{TestApp, TestRedis, unique, wait_until};
 use uuid::Uuid;
@@ -164,4 +164,36 @@ async fn emails_waiting_in_the_earlier_layout_are_each_sent_once_by_a_new_worker
         let sent = app.emails_to(&format!("{tag}-{i}@example.test")).await;
         assert_eq!(sent.len(), 1, "email {i}");
     }
+}
+
+#[tokio::test]
+async fn a_claim_from_before_redis_lost_the_queue_cannot_settle_the_job_pushed_again() {
+    let app = TestApp::spawn().await;
+    let store = app.spawn_store();
+    let job = NewJob::plain("send_email", "{}", 3);
+    store.push(Queue::Emails, std::slice::from_ref(&job)).await.unwrap();
+    let before = store.claim(Queue::Emails, "send_email", "w", 1).await.unwrap().remove(0);
+
+    // Redis loses the queue (as a flush or a restart without data would); the reconciler
+    // pushes the job again and the same worker claims it.
+    let mut conn = store.connection();
+    for shard in store.shards().all() {
+        let pattern = format!("{}*", store.key_in(Queue::Emails, shard, ""));
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
+        if !keys.is_empty() {
+            run(&mut conn, redis::cmd("DEL").arg(keys)).await;
+        }
+    }
+    store.push(Queue::Emails, std::slice::from_ref(&job)).await.unwrap();
+    // Claimed once the app has copied the controls back (within a second).
+    let after = wait_until(Duration::from_secs(10), "the job claimed again", || async {
+        store.claim(Queue::Emails, "send_email", "w", 1).await.unwrap().pop()
+    })
+    .await;
+    assert_eq!((before.id.as_str(), after.attempt), (after.id.as_str(), 1));
+    assert_ne!(before.token, after.token, "a token is never reused");
+    let ok = Outcome::Succeeded;
+    assert!(!store.finish(&before, &ok, Duration::ZERO).await.unwrap(), "the old claim is refused");
+    assert!(store.finish(&after, &ok, Duration::ZERO).await.unwrap());
 }

@@ -16,7 +16,10 @@
 --       unique ('1' when it has a unique key, else ''), unique_ttl_ms, traceparent ('' for
 --       none), due_ms (0: now), owner ('' for none)
 local K = layout()
-local now = now_ms()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Where the job's claims start counting (see `token_of`).
+local epoch = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cap = tonumber(ARGV[1])
 local added, next_unique = 0, K.extra
 for i = 2, #ARGV, 10 do
@@ -37,10 +40,10 @@ for i = 2, #ARGV, 10 do
     redis.call('SADD', K.kinds, kind)
     if state == 'scheduled' then
       -- Its queue wait starts when it falls due.
-      put_run(K, id, {state = state, kind = kind, due_ms = due})
+      put_run(K, id, {state = state, kind = kind, due_ms = due, claims = epoch})
       redis.call('ZADD', K.scheduled, due, id)
     else
-      put_run(K, id, {state = state, kind = kind})
+      put_run(K, id, {state = state, kind = kind, claims = epoch})
       -- Its wake token wakes one idle worker of the kind blocked on its wake list; the cap
       -- keeps the list bounded when no worker is listening.
       make_ready(K, kind, id, owner, cap)

@@ -49,8 +49,9 @@ end
 -- started_ms, due_ms, finished_ms, duration_ms, kind, worker (0 or '' when unset);
 -- and what only some jobs have: `<id>|history` (failed attempts, JSON), `<id>|last_error`,
 -- `<id>|turn` (its member in `fair:<kind>`).
--- A running job's claim token is `<worker>#<claims>`: claims only ever grow, so a token is
--- never reused; a job in any other state has none.
+-- A running job's claim token is `<worker>#<claims>`: claims only ever grow, from Redis'
+-- time in microseconds when the job was pushed, so a token is never reused, not even by a
+-- job pushed again after Redis lost everything; a job in any other state has none.
 local JOB = {'kind', 'max_attempts', 'created_ms', 'request_id', 'traceparent', 'owner',
   'payload'}
 local RUN = {'state', 'attempts', 'claims', 'started_ms', 'due_ms', 'finished_ms',
@@ -75,7 +76,12 @@ end
 
 local function write_fields(K, id, name, sep, names, fields)
   local parts = {}
-  for i, field in ipairs(names) do parts[i] = fields[field] or (NUMBERS[field] and 0 or '') end
+  for i, field in ipairs(names) do
+    local value = fields[field] or (NUMBERS[field] and 0 or '')
+    -- Whole numbers in full: Lua writes one of more than 14 digits with an exponent.
+    if type(value) == 'number' then value = string.format('%.0f', value) end
+    parts[i] = value
+  end
   redis.call('HSET', K.jobs, id .. '|' .. name, table.concat(parts, sep))
 end
 
