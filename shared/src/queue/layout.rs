@@ -39,6 +39,17 @@ impl QueueStore {
         &self,
         queue: Queue,
         shard: u16,
+        kinds: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Vec<String> {
+        self.learn(queue, kinds.clone().into_iter());
+        self.keys_for(queue, shard, kinds)
+    }
+
+    /// The layout of `kinds` (each once, in order), learning nothing.
+    fn keys_for<'a>(
+        &self,
+        queue: Queue,
+        shard: u16,
         kinds: impl IntoIterator<Item = &'a str>,
     ) -> Vec<String> {
         let ns = self.shards.ns(queue, shard);
@@ -53,7 +64,6 @@ impl QueueStore {
                 keys.push(format!("{ns}{block}:{kind}"));
             }
         }
-        self.learn(queue, seen.iter().copied());
         keys
     }
 
@@ -68,8 +78,10 @@ impl QueueStore {
 
     /// The layout of a script in one shard that may move a job of any kind known.
     pub(super) fn full_layout(&self, queue: Queue, shard: u16, more: &[&str]) -> Vec<String> {
+        // Only `more` can be new: the rest were learnt already.
+        self.learn(queue, more.iter().copied());
         let kinds = self.known_kinds(queue, more);
-        self.layout(queue, shard, kinds.iter().map(String::as_str))
+        self.keys_for(queue, shard, kinds.iter().map(String::as_str))
     }
 
     /// Learns the kinds Redis has seen pushed to one shard of `queue`.
