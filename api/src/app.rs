@@ -107,6 +107,12 @@ impl Application {
             cors_origins: self.state.settings.cors_origins.clone(),
             max_body_bytes: self.state.settings.max_body_bytes,
             input: Arc::new(InputGuard::from_document(&openapi::document())),
+            logs_requests: tasklane_shared::telemetry::logs_info(&self.state.settings),
+            // Not while spans are exported: a hot read may have no span.
+            fast: self.state.settings.trace.endpoint.is_none().then(|| {
+                Arc::new(crate::hot_reads::HotReads::new(self.state.clone()))
+                    as Arc<dyn crate::http::FastPath>
+            }),
         };
         tracing::info!(addr = %self.local_addr, "API listening");
         self.state.hub.spawn_listener(&self.state.settings)?;

@@ -6,6 +6,10 @@
 //! the body limit, runs the [`InputGuard`] (NUL characters, non-strings for strings) before
 //! the handler, and records the request metrics.
 //!
+//! A [`FastPath`] may answer a request first: the hot reads answered from this instance's
+//! memory (see `crate::hot_reads`) skip the routes but not the policy: the same request id,
+//! headers and metrics.
+//!
 //! Why not poem's own middlewares: `SizeLimit` answers 411 to every request without a
 //! `Content-Length` (so to plain GETs) and never bounds a chunked body; `Cors` answers 403 to
 //! any origin not on its list, which would break same-origin requests from Swagger UI
@@ -15,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use metrics::{Counter, Histogram};
 use poem::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response, Result};
@@ -38,13 +43,29 @@ const CORS_EXPOSE_HEADERS: &str = "etag, location, retry-after, x-cache, x-reque
 pub struct RequestId(pub String);
 
 /// Settings of the policy, taken from [`tasklane_shared::config::Settings`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpPolicy {
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
     /// NUL characters and non-strings for strings, refused before any handler runs.
     pub input: Arc<InputGuard>,
+    /// Answers some requests before the routes; `None` sends every request the full way.
+    pub fast: Option<Arc<dyn FastPath>>,
+    /// Whether the log filter may write a line for a request (`info` or finer anywhere).
+    /// The fast path then answers inside the request's span, whose fields the line carries.
+    pub logs_requests: bool,
 }
+
+/// Requests answered before the routes and their span (see `crate::hot_reads`).
+pub trait FastPath: Send + Sync {
+    /// The work of answering `req`, when it may be answered here at all; it yields the
+    /// response and its route pattern (the metrics' label), or `None` to send the request
+    /// the full way after all. `None` at once for every other request, without allocating.
+    fn answer<'a>(&'a self, req: &'a Request) -> Option<BoxFuture<'a, Option<Answer>>>;
+}
+
+/// A response of the [`FastPath`] and its route pattern.
+pub type Answer = (Response, Arc<str>);
 
 impl<E: Endpoint> Middleware<E> for HttpPolicy {
     type Output = HttpPolicyEndpoint<E>;
@@ -105,31 +126,46 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> Result<Response> {
-        let started = Instant::now();
-        let request_id =
-            incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        req.set_data(RequestId(request_id.clone()));
-        let method = req.method().clone();
-        let docs = req.uri().path().starts_with("/docs");
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .filter(|origin| self.policy.allows_origin(origin))
-            .cloned();
-        let span = crate::trace_http::request_span(&req, &request_id);
-        let scope = request_id.clone();
+        let noted = Noted {
+            started: Instant::now(),
+            request_id: incoming_request_id(&req)
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            method: req.method().clone(),
+            origin: req
+                .headers()
+                .get(header::ORIGIN)
+                .filter(|origin| self.policy.allows_origin(origin))
+                .cloned(),
+            docs: req.uri().path().starts_with("/docs"),
+        };
+        // Unless a line may be logged for the request, which carries its span's fields, the
+        // fast path answers without a span: nothing else would see it.
+        if !self.policy.logs_requests
+            && let Some(answer) = self.policy.fast_answer(&req).await
+        {
+            let (mut resp, route) = answer;
+            self.finish(&mut resp, &route, &noted);
+            return Ok(resp);
+        }
+        req.set_data(RequestId(noted.request_id.clone()));
+        let span = crate::trace_http::request_span(&req, &noted.request_id);
+        let scope = noted.request_id.clone();
 
         let work = async move {
-            let (mut resp, route) = if origin.is_some() && is_preflight(&req) {
-                (preflight_response(), self.preflight.clone())
-            } else {
-                self.call_inner(req, &request_id).await
+            let fast = match self.policy.logs_requests {
+                true => self.policy.fast_answer(&req).await,
+                false => None,
+            };
+            let (mut resp, route) = match fast {
+                Some(answer) => answer,
+                None if noted.origin.is_some() && is_preflight(&req) => {
+                    (preflight_response(), self.preflight.clone())
+                }
+                None => self.call_inner(req, &noted.request_id).await,
             };
             let status = resp.status();
-            crate::trace_http::record_outcome(&method, &route, status);
-            apply_headers(&mut resp, &request_id, origin, docs);
-            let elapsed = started.elapsed().as_secs_f64();
-            self.metrics.record(&method, &route, status, elapsed);
+            crate::trace_http::record_outcome(&noted.method, &route, status);
+            let elapsed = self.finish(&mut resp, &route, &noted);
             tracing::info!(status = status.as_u16(), elapsed_ms = elapsed * 1000.0, "request done");
             Ok(resp)
         }
@@ -138,7 +174,28 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
     }
 }
 
+/// What the policy notes of a request before it is answered.
+struct Noted {
+    started: Instant,
+    request_id: String,
+    method: Method,
+    /// The request's `Origin`, when it is allowed.
+    origin: Option<HeaderValue>,
+    /// Swagger UI, which has a policy of its own.
+    docs: bool,
+}
+
 impl<E: Endpoint> HttpPolicyEndpoint<E> {
+    /// What every response gets, however it was answered: the headers of the policy and the
+    /// request's metrics. Returns the seconds it took.
+    fn finish(&self, resp: &mut Response, route: &Arc<str>, noted: &Noted) -> f64 {
+        let status = resp.status();
+        apply_headers(resp, &noted.request_id, noted.origin.clone(), noted.docs);
+        let elapsed = noted.started.elapsed().as_secs_f64();
+        self.metrics.record(&noted.method, route, status, elapsed);
+        elapsed
+    }
+
     /// Runs the inner endpoint; returns the response (errors as problems) and the matched
     /// route pattern, which labels metrics without one series per task id.
     async fn call_inner(&self, mut req: Request, request_id: &str) -> (Response, Arc<str>) {
@@ -270,6 +327,10 @@ async fn fill_request_id(mut resp: Response, request_id: &str) -> Response {
 }
 
 impl HttpPolicy {
+    async fn fast_answer(&self, req: &Request) -> Option<Answer> {
+        self.fast.as_ref()?.answer(req)?.await
+    }
+
     /// Origins match exactly (scheme, host and port), as browsers send them.
     fn allows_origin(&self, origin: &HeaderValue) -> bool {
         origin

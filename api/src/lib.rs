@@ -10,6 +10,9 @@
 //!   `main` and of the test harness.
 //! - [`openapi`]: the document, every API struct in one place; [`tags`]: its tags, which
 //!   every route names.
+//! - [`hot_reads`]: `GET /me`, a task and the first page answered from memory before the
+//!   routes, by the same functions (the policy's fast path; it sits beside [`app`] and
+//!   reaches the policy through [`http::FastPath`]).
 //! - [`routes`]: one module per resource; [`ops`]: health and metrics; [`console`]: the
 //!   operator console's page and assets (a client of the admin API).
 //! - [`security`]: the bearer scheme, the authenticated caller of every operation.
@@ -33,6 +36,7 @@
 pub mod app;
 pub mod auth;
 pub mod console;
+pub mod hot_reads;
 pub mod http;
 pub mod hub;
 pub mod input_guard;

@@ -108,6 +108,14 @@ pub fn init_tracing(settings: &Settings, service: &str) -> Tracing {
     Tracing { provider: Some(provider) }
 }
 
+/// Whether `settings`' log filter may write `info` lines, or finer, anywhere (judged by its
+/// most verbose directive, so a filter that might is taken to).
+pub fn logs_info(settings: &Settings) -> bool {
+    let filter =
+        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    filter.max_level_hint().is_none_or(|max| max >= tracing::level_filters::LevelFilter::INFO)
+}
+
 /// The process-wide Prometheus recorder. The `metrics` facade allows one global recorder,
 /// so the first caller installs it and everyone shares the handle.
 pub fn metrics_handle() -> PrometheusHandle {

@@ -43,7 +43,13 @@ fn client() -> TestClient<impl poem::Endpoint> {
     let api = OpenApiService::new(WidgetApi, "test", "1");
     let document = serde_json::from_str(&api.spec()).unwrap();
     let input = Arc::new(InputGuard::from_document(&document));
-    let policy = HttpPolicy { cors_origins: vec![], max_body_bytes: 1024, input };
+    let policy = HttpPolicy {
+        cors_origins: vec![],
+        max_body_bytes: 1024,
+        input,
+        fast: None,
+        logs_requests: true,
+    };
     TestClient::new(Route::new().nest("/", api).with(policy))
 }
 

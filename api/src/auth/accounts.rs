@@ -163,6 +163,15 @@ impl AccountCache {
         Ok(account.filter(|_| session_live))
     }
 
+    /// What this instance holds of `user` and `session`, like [`Self::get`] but without
+    /// reading the database: `None` when it would have to (not held, or not trusted now).
+    pub fn held(&self, user: Uuid, session: Uuid) -> Option<Option<Arc<Account>>> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.cached(user, session)
+    }
+
     /// What the entries say, when both are there, fresh and read together.
     fn cached(&self, user: Uuid, session: Uuid) -> Option<Option<Arc<Account>>> {
         let account = self.accounts.get(&user).filter(|e| e.read_at.elapsed() < TTL)?;

@@ -7,6 +7,7 @@ use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use tasklane_shared::domain::users::EmailTokenPurpose;
 
+use crate::auth::accounts::Account;
 use crate::auth::password;
 use crate::http::RequestId;
 use crate::problem::{AuthedError, FieldError, Problem, ServerError};
@@ -83,6 +84,15 @@ pub enum ChangePasswordResponse {
     TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
 }
 
+/// `GET /me`'s answer from the account as the account cache holds it: its view is rendered
+/// once per cache entry (the hot reads answer with it too).
+pub(crate) fn answer(account: &Account) -> GetMeResponse {
+    let body = account
+        .rendered
+        .get_or_init(|| RawJson::<UserView>::render(&UserView::from(account)).as_bytes().clone());
+    GetMeResponse::Ok(RawJson::from_rendered(body.clone()))
+}
+
 #[OpenApi(prefix_path = "/api/v1/me", tag = "ApiTags::Account")]
 impl MeApi {
     /// Your account.
@@ -91,13 +101,8 @@ impl MeApi {
     /// account (through any instance) drops before the next read.
     #[oai(path = "/", method = "get")]
     async fn get(&self, auth: BearerAuth) -> Result<GetMeResponse, AuthedError> {
-        // The account was read (or found cached) to authenticate the call; its view is
-        // rendered once per cache entry.
-        let account = &auth.0.account;
-        let body = account.rendered.get_or_init(|| {
-            RawJson::<UserView>::render(&UserView::from(&**account)).as_bytes().clone()
-        });
-        Ok(GetMeResponse::Ok(RawJson::from_rendered(body.clone())))
+        // The account was read (or found cached) to authenticate the call.
+        Ok(answer(&auth.0.account))
     }
 
     /// Update your profile and digest preferences.

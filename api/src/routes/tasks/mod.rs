@@ -80,6 +80,25 @@ fn version_mismatch(current: i32) -> Problem {
     problem
 }
 
+/// `GET /tasks/{id}`'s answer with the task found: its `ETag`, and 304 when `If-None-Match`
+/// names it (the hot reads answer with it too).
+pub(crate) fn task_answer(
+    task: CachedTask,
+    x_cache: &str,
+    if_none_match: Option<&str>,
+) -> GetResponse {
+    let tag = etag(task.version);
+    // Private (per user), and always revalidated: the ETag makes that cheap.
+    let cache_control = "private, no-cache".to_owned();
+    let matches = if_none_match.is_some_and(|raw| {
+        raw.split(',').any(|t| t.trim() == "*" || tag_version(t) == Some(task.version))
+    });
+    if matches {
+        return GetResponse::NotModified(tag, cache_control, x_cache.to_owned());
+    }
+    GetResponse::Ok(task.body, tag, cache_control, x_cache.to_owned())
+}
+
 #[OpenApi(prefix_path = "/api/v1/tasks", tag = "ApiTags::Tasks")]
 impl TasksApi {
     /// Create a task.
@@ -193,16 +212,7 @@ impl TasksApi {
                 (task, "miss")
             }
         };
-        let tag = etag(task.version);
-        // Private (per user), and always revalidated: the ETag makes that cheap.
-        let cache_control = "private, no-cache".to_owned();
-        let matches = if_none_match.0.as_deref().is_some_and(|raw| {
-            raw.split(',').any(|t| t.trim() == "*" || tag_version(t) == Some(task.version))
-        });
-        if matches {
-            return Ok(GetResponse::NotModified(tag, cache_control, x_cache.to_owned()));
-        }
-        Ok(GetResponse::Ok(task.body, tag, cache_control, x_cache.to_owned()))
+        Ok(task_answer(task, x_cache, if_none_match.0.as_deref()))
     }
 
     /// Change a task (JSON merge patch).

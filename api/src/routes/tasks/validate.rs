@@ -187,6 +187,7 @@ pub fn tags(prefix: &str, raw: Vec<String>, errors: &mut Vec<FieldError>) -> Vec
 }
 
 /// The query parameters of `GET /tasks`, as received.
+#[derive(Default)]
 pub struct ListParams {
     pub status: Option<String>,
     pub priority: Option<String>,
