@@ -24,11 +24,11 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use poem::http::{Method, header};
+use poem::http::{Method, StatusCode, header};
 use poem::{IntoResponse, Request};
 use uuid::Uuid;
 
-use crate::http::{Answer, FastPath};
+use crate::http::{Answer, FastPath, RequestSeries};
 use crate::routes::tasks::validate::{ListParams, list_request};
 use crate::routes::tasks::{ListResponse, task_answer};
 use crate::services::tasks::cache::TaskCache;
@@ -46,22 +46,24 @@ pub struct HotReads {
     routes: Routes,
 }
 
-/// A read's route pattern, and its count of reads answered here
-/// (`http_hot_reads_total{route}`).
+/// A read's route pattern, its request metrics at 200, and its count of reads answered
+/// here (`http_hot_reads_total{route}`).
 struct Route {
     pattern: Arc<str>,
+    series: RequestSeries,
     answered: metrics::Counter,
 }
 
 impl Route {
     fn new(pattern: String) -> Self {
+        let series = RequestSeries::new(&Method::GET, &pattern, StatusCode::OK);
         let answered = metrics::counter!("http_hot_reads_total", "route" => pattern.clone());
-        Self { pattern: Arc::from(pattern), answered }
+        Self { pattern: Arc::from(pattern), series, answered }
     }
 
-    fn answered(&self, resp: impl IntoResponse) -> Option<Answer> {
+    fn answered(&self, resp: impl IntoResponse) -> Option<Answer<'_>> {
         self.answered.increment(1);
-        Some((resp.into_response(), self.pattern.clone()))
+        Some(Answer { resp: resp.into_response(), route: &self.pattern, series: &self.series })
     }
 }
 
@@ -93,7 +95,12 @@ impl HotReads {
     }
 
     /// The answer to `read` by the bearer of `token`, when it is in memory.
-    async fn answer_read(&self, req: &Request, read: Read, token: &str) -> Option<Answer> {
+    async fn answer_read<'a>(
+        &'a self,
+        req: &'a Request,
+        read: Read,
+        token: &'a str,
+    ) -> Option<Answer<'a>> {
         let state = &self.state;
         let claims = state.tokens.verify(token).ok()?;
         let account = state.accounts.held(claims.sub, claims.sid)??;
@@ -118,7 +125,7 @@ impl HotReads {
 }
 
 impl FastPath for HotReads {
-    fn answer<'a>(&'a self, req: &'a Request) -> Option<BoxFuture<'a, Option<Answer>>> {
+    fn answer<'a>(&'a self, req: &'a Request) -> Option<BoxFuture<'a, Option<Answer<'a>>>> {
         let (read, token) = plain_read(req)?;
         Some(Box::pin(self.answer_read(req, read, token)))
     }

@@ -61,11 +61,17 @@ pub trait FastPath: Send + Sync {
     /// The work of answering `req`, when it may be answered here at all; it yields the
     /// response and its route pattern (the metrics' label), or `None` to send the request
     /// the full way after all. `None` at once for every other request, without allocating.
-    fn answer<'a>(&'a self, req: &'a Request) -> Option<BoxFuture<'a, Option<Answer>>>;
+    fn answer<'a>(&'a self, req: &'a Request) -> Option<BoxFuture<'a, Option<Answer<'a>>>>;
 }
 
-/// A response of the [`FastPath`] and its route pattern.
-pub type Answer = (Response, Arc<str>);
+/// A response of the [`FastPath`].
+pub struct Answer<'a> {
+    pub resp: Response,
+    /// Its route pattern, the metrics' label.
+    pub route: &'a Arc<str>,
+    /// The route's series of its usual status, found once rather than per request.
+    pub series: &'a RequestSeries,
+}
 
 impl<E: Endpoint> Middleware<E> for HttpPolicy {
     type Output = HttpPolicyEndpoint<E>;
@@ -94,7 +100,7 @@ pub struct HttpPolicyEndpoint<E> {
 /// the registry once: building their labels and looking them up again on every request
 /// cost more than recording the figures.
 #[derive(Default)]
-struct RequestMetrics(RwLock<HashMap<MetricsKey, (Counter, Histogram)>>);
+struct RequestMetrics(RwLock<HashMap<MetricsKey, RequestSeries>>);
 
 /// Method, route pattern and status.
 type MetricsKey = (Method, Arc<str>, u16);
@@ -102,30 +108,45 @@ type MetricsKey = (Method, Arc<str>, u16);
 impl RequestMetrics {
     fn record(&self, method: &Method, route: &Arc<str>, status: StatusCode, seconds: f64) {
         let key = (method.clone(), route.clone(), status.as_u16());
-        if let Some((count, duration)) =
-            self.0.read().unwrap_or_else(PoisonError::into_inner).get(&key)
-        {
-            count.increment(1);
-            duration.record(seconds);
+        if let Some(series) = self.0.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            series.record(seconds);
             return;
         }
+        let series = RequestSeries::new(method, route, status);
+        series.record(seconds);
+        self.0.write().unwrap_or_else(PoisonError::into_inner).insert(key, series);
+    }
+}
+
+/// The request counter and duration histogram of one method, route and status.
+pub struct RequestSeries {
+    status: StatusCode,
+    count: Counter,
+    duration: Histogram,
+}
+
+impl RequestSeries {
+    pub fn new(method: &Method, route: &str, status: StatusCode) -> Self {
         let labels = [
             ("method", method.to_string()),
-            ("route", route.to_string()),
+            ("route", route.to_owned()),
             ("status", status.as_u16().to_string()),
         ];
         let count = metrics::counter!("http_requests_total", &labels);
         let duration = metrics::histogram!("http_request_duration_seconds", &labels);
-        count.increment(1);
-        duration.record(seconds);
-        self.0.write().unwrap_or_else(PoisonError::into_inner).insert(key, (count, duration));
+        Self { status, count, duration }
+    }
+
+    fn record(&self, seconds: f64) {
+        self.count.increment(1);
+        self.duration.record(seconds);
     }
 }
 
 impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
     type Output = Response;
 
-    async fn call(&self, mut req: Request) -> Result<Response> {
+    async fn call(&self, req: Request) -> Result<Response> {
         let noted = Noted {
             started: Instant::now(),
             request_id: incoming_request_id(&req)
@@ -141,12 +162,20 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
         // Unless a line may be logged for the request, which carries its span's fields, the
         // fast path answers without a span: nothing else would see it.
         if !self.policy.logs_requests
-            && let Some(answer) = self.policy.fast_answer(&req).await
+            && let Some(Answer { mut resp, route, series }) = self.policy.fast_answer(&req).await
         {
-            let (mut resp, route) = answer;
-            self.finish(&mut resp, &route, &noted);
+            self.finish(&mut resp, route, Some(series), &noted);
             return Ok(resp);
         }
+        // Boxed: the fast path's requests should not move this larger future around.
+        Box::pin(self.call_routed(req, noted)).await
+    }
+}
+
+impl<E: Endpoint> HttpPolicyEndpoint<E> {
+    /// The request in its span: answered by the fast path when it may be (while request
+    /// lines are logged), else by the routes.
+    async fn call_routed(&self, mut req: Request, noted: Noted) -> Result<Response> {
         req.set_data(RequestId(noted.request_id.clone()));
         let span = crate::trace_http::request_span(&req, &noted.request_id);
         let scope = noted.request_id.clone();
@@ -156,16 +185,19 @@ impl<E: Endpoint> Endpoint for HttpPolicyEndpoint<E> {
                 true => self.policy.fast_answer(&req).await,
                 false => None,
             };
-            let (mut resp, route) = match fast {
-                Some(answer) => answer,
+            let (mut resp, route, series) = match fast {
+                Some(Answer { resp, route, series }) => (resp, route.clone(), Some(series)),
                 None if noted.origin.is_some() && is_preflight(&req) => {
-                    (preflight_response(), self.preflight.clone())
+                    (preflight_response(), self.preflight.clone(), None)
                 }
-                None => self.call_inner(req, &noted.request_id).await,
+                None => {
+                    let (resp, route) = self.call_inner(req, &noted.request_id).await;
+                    (resp, route, None)
+                }
             };
             let status = resp.status();
             crate::trace_http::record_outcome(&noted.method, &route, status);
-            let elapsed = self.finish(&mut resp, &route, &noted);
+            let elapsed = self.finish(&mut resp, &route, series, &noted);
             tracing::info!(status = status.as_u16(), elapsed_ms = elapsed * 1000.0, "request done");
             Ok(resp)
         }
@@ -187,12 +219,21 @@ struct Noted {
 
 impl<E: Endpoint> HttpPolicyEndpoint<E> {
     /// What every response gets, however it was answered: the headers of the policy and the
-    /// request's metrics. Returns the seconds it took.
-    fn finish(&self, resp: &mut Response, route: &Arc<str>, noted: &Noted) -> f64 {
+    /// request's metrics (in `series` when it is of its status). Returns the seconds it took.
+    fn finish(
+        &self,
+        resp: &mut Response,
+        route: &Arc<str>,
+        series: Option<&RequestSeries>,
+        noted: &Noted,
+    ) -> f64 {
         let status = resp.status();
         apply_headers(resp, &noted.request_id, noted.origin.clone(), noted.docs);
         let elapsed = noted.started.elapsed().as_secs_f64();
-        self.metrics.record(&noted.method, route, status, elapsed);
+        match series {
+            Some(series) if series.status == status => series.record(elapsed),
+            _ => self.metrics.record(&noted.method, route, status, elapsed),
+        }
         elapsed
     }
 
@@ -327,7 +368,7 @@ async fn fill_request_id(mut resp: Response, request_id: &str) -> Response {
 }
 
 impl HttpPolicy {
-    async fn fast_answer(&self, req: &Request) -> Option<Answer> {
+    async fn fast_answer<'a>(&'a self, req: &'a Request) -> Option<Answer<'a>> {
         self.fast.as_ref()?.answer(req)?.await
     }
 
@@ -375,6 +416,8 @@ fn preflight_response() -> Response {
 fn apply_headers(resp: &mut Response, request_id: &str, origin: Option<HeaderValue>, docs: bool) {
     let status = resp.status();
     let headers = resp.headers_mut();
+    // Room for what follows at once, rather than growing the map on the way.
+    headers.reserve(8);
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, id);
     }

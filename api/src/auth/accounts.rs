@@ -174,11 +174,13 @@ impl AccountCache {
 
     /// What the entries say, when both are there, fresh and read together.
     fn cached(&self, user: Uuid, session: Uuid) -> Option<Option<Arc<Account>>> {
-        let account = self.accounts.get(&user).filter(|e| e.read_at.elapsed() < TTL)?;
+        let now = Instant::now();
+        let fresh = |read_at: Instant| now.saturating_duration_since(read_at) < TTL;
+        let account = self.accounts.get(&user).filter(|e| fresh(e.read_at))?;
         let session = self
             .sessions
             .get(&(user, session))
-            .filter(|e| e.read_at.elapsed() < TTL && e.epoch == account.epoch)?;
+            .filter(|e| fresh(e.read_at) && e.epoch == account.epoch)?;
         Some(account.account.filter(|_| session.live))
     }
 
