@@ -18,8 +18,9 @@
 //! What it skips is poem-openapi's routing and extractors, the input guard (with no query
 //! and no body there is nothing to check), and the request's span. A span is seen in log
 //! lines, in exported traces and in the jobs a request causes. So the fast path is not
-//! installed when spans are exported, the policy uses it only while no log line would be
-//! written for the request, and a hit neither logs nor causes a job.
+//! installed when spans are exported, the policy skips the span only while no log line
+//! would be written for the request (it answers inside the span otherwise), and a hit
+//! neither logs nor causes a job.
 
 use std::sync::Arc;
 
