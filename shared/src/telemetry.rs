@@ -86,8 +86,7 @@ pub fn init_tracing(settings: &Settings, service: &str) -> Tracing {
         crate::trace::carrying_layer()
     });
 
-    let filter =
-        || EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || log_filter(settings);
     let registry = tracing_subscriber::registry().with(otel).with(carrying);
     let result = if settings.env == Environment::Prod {
         registry
@@ -111,9 +110,14 @@ pub fn init_tracing(settings: &Settings, service: &str) -> Tracing {
 /// Whether `settings`' log filter may write `info` lines, or finer, anywhere (judged by its
 /// most verbose directive, so a filter that might is taken to).
 pub fn logs_info(settings: &Settings) -> bool {
-    let filter =
-        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    filter.max_level_hint().is_none_or(|max| max >= tracing::level_filters::LevelFilter::INFO)
+    log_filter(settings)
+        .max_level_hint()
+        .is_none_or(|max| max >= tracing::level_filters::LevelFilter::INFO)
+}
+
+/// `settings`' log filter; `info` when it does not parse.
+fn log_filter(settings: &Settings) -> EnvFilter {
+    EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade allows one global recorder,
